@@ -1,0 +1,101 @@
+"""Bounded, set-associative key table shared by the detectors.
+
+A table of ``capacity`` slots is split into buckets of ``ways`` slots; a key
+(a 128-bit address, optionally with a 16-bit port) hashes to one bucket, so a
+lookup or insert touches at most ``ways`` slots. A key's slot is reused when
+
+* the key is found (hit),
+* an empty slot or a stale one (its owner idle for ``stale_ns`` of packet
+  time) is in the bucket, or
+* as a last resort the least recently seen slot that the caller allows to be
+  evicted (the caller passes a per-slot "pinned" test via ``evictable``).
+
+The hash is keyed with a per-run seed, so an attacker cannot aim spoofed
+addresses at one bucket without knowing it. Time is packet time only.
+
+Memory: ``capacity * 24`` bytes for keys and last-seen times; the detector's
+own per-slot arrays are sized by the same capacity.
+"""
+import numpy as np
+
+from kernels.jit import inline
+
+EMPTY = np.int64(-1)   # last_seen value of a never-used slot
+
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@inline
+def mix64(x):
+    """splitmix64 finaliser."""
+    x = (x ^ (x >> np.uint64(30))) * M1
+    x = (x ^ (x >> np.uint64(27))) * M2
+    return x ^ (x >> np.uint64(31))
+
+
+@inline
+def hash_key(hi, lo, extra, seed):
+    h = mix64(hi ^ seed)
+    h = mix64(h ^ lo ^ GOLDEN)
+    return mix64(h ^ np.uint64(extra))
+
+
+LOOKUP_HIT = 0
+LOOKUP_NEW = 1        # slot was empty or stale
+LOOKUP_EVICTED = 2    # slot held a live key that is now replaced
+LOOKUP_FULL = 3       # every slot in the bucket is pinned; slot = the oldest pinned one
+
+
+@inline
+def find_slot(key_hi, key_lo, key_extra, last_seen_ns, pinned, hi, lo, extra,
+              now_ns, stale_ns, ways, seed):
+    """Find or claim a slot for (hi, lo, extra).
+
+    Returns (outcome, slot). For LOOKUP_NEW / LOOKUP_EVICTED the caller must
+    initialise the slot (keys are written here). For LOOKUP_FULL nothing is
+    written: the caller must release the returned pinned slot first.
+    """
+    nbuckets = key_hi.shape[0] // ways
+    h = hash_key(hi, lo, extra, seed)
+    base = np.int64(h % np.uint64(nbuckets)) * ways
+    free = -1
+    oldest = -1
+    oldest_ts = np.int64(0x7FFFFFFFFFFFFFFF)
+    oldest_pinned = -1
+    oldest_pinned_ts = np.int64(0x7FFFFFFFFFFFFFFF)
+    for w in range(ways):
+        s = base + w
+        seen = last_seen_ns[s]
+        if seen == EMPTY:
+            if free < 0:
+                free = s
+            continue
+        if key_hi[s] == hi and key_lo[s] == lo and key_extra[s] == extra:
+            return LOOKUP_HIT, s
+        if pinned[s]:
+            if seen < oldest_pinned_ts:
+                oldest_pinned_ts = seen
+                oldest_pinned = s
+            continue
+        if now_ns - seen >= stale_ns:
+            if free < 0:
+                free = s
+            continue
+        if seen < oldest_ts:
+            oldest_ts = seen
+            oldest = s
+    if free >= 0:
+        outcome = LOOKUP_NEW
+        slot = free
+    elif oldest >= 0:
+        outcome = LOOKUP_EVICTED
+        slot = oldest
+    else:
+        return LOOKUP_FULL, oldest_pinned
+    key_hi[slot] = hi
+    key_lo[slot] = lo
+    key_extra[slot] = extra
+    last_seen_ns[slot] = now_ns
+    return outcome, slot

@@ -1,0 +1,358 @@
+"""Frame decoder: one captured frame -> one batch row (or a counted reason to skip it).
+
+Shared by every capture path (pcap and pcapng walkers now, the AF_PACKET ring
+later): each walker finds a frame's bytes, time and link type, then calls
+``decode_frame`` which is inlined into the walker's loop.
+
+What a row holds is documented in ``kernels/batch.py``. The rules:
+
+* Link layer: Ethernet (up to 4 VLAN tags of TPID 0x8100/0x88a8/0x9100/0x9200;
+  the outermost VLAN id is kept), Linux SLL and SLL2, raw IP (101, 12, 14,
+  228, 229), BSD null (0, host byte order) and loop (108, network order).
+* IPv4 options are skipped by IHL; a total length of 0 (TSO captures) means
+  "to the end of the capture". IPv6 extension headers (hop-by-hop, routing,
+  destination options, fragment, AH, mobility, HIP, shim6) are walked, at most
+  8 of them.
+* Fragments after the first are counted and skipped: they carry no ports.
+* A frame is skipped, with one counter incremented, when a header the sensor
+  needs is cut (``truncated_*``: the capture was shorter than the packet said
+  it was) or inconsistent (``malformed_*``). Needed means: the IP header, 14
+  bytes of TCP (up to the flags), 4 bytes of UDP/SCTP/UDP-Lite/DCCP (ports),
+  2 bytes of ICMP (type, code). The header quoted inside an ICMP error is
+  optional evidence: if it is cut, malformed or a non-first fragment the row
+  is still emitted without it.
+
+Memory: none; writes one row of the batch given to it.
+"""
+import numpy as np
+
+from kernels.batch import (
+    S_DECODED, S_FRAGMENT, S_LINKTYPE, S_MALFORMED_IP, S_MALFORMED_L4,
+    S_NON_IP, S_TRUNC_IP, S_TRUNC_L4, S_TRUNC_LINK,
+    PF_FIRST_FRAGMENT, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS,
+    PF_HAS_TCP_FLAGS, PF_HAS_VLAN, PF_INNER_HAS_PORTS, PF_IPV6,
+)
+from kernels.jit import inline
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_DLT_RAW_12 = 12
+LINKTYPE_DLT_RAW_14 = 14
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+SUPPORTED_LINKTYPES = (0, 1, 12, 14, 101, 108, 113, 228, 229, 276)
+
+# parse_ip outcomes
+IP_OK = 0
+IP_TRUNCATED = 1
+IP_MALFORMED = 2
+IP_FRAGMENT = 3
+
+U64_ZERO = np.uint64(0)
+MAPPED_V4 = np.uint64(0xFFFF_0000_0000)
+
+
+@inline
+def be16(buf, p):
+    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+
+
+@inline
+def be32(buf, p):
+    return ((np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16)
+            | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3]))
+
+
+@inline
+def be64u(buf, p):
+    v = np.uint64(0)
+    for k in range(8):
+        v = (v << np.uint64(8)) | np.uint64(buf[p + k])
+    return v
+
+
+@inline
+def canonical_v6(hi, lo):
+    """IPv4-compatible ::a.b.c.d (not :: or ::1) -> IPv4-mapped ::ffff:a.b.c.d."""
+    if hi == U64_ZERO and (lo >> np.uint64(32)) == U64_ZERO and lo > np.uint64(1):
+        lo = lo | MAPPED_V4
+    return hi, lo
+
+
+@inline
+def is_port_proto(proto):
+    return proto == 6 or proto == 17 or proto == 132 or proto == 136 or proto == 33
+
+
+@inline
+def parse_ip(buf, p, end, want_version):
+    """Parse an IPv4/IPv6 header at buf[p:end].
+
+    want_version: 4 or 6 to require it, 0 to take the version nibble.
+    Returns (status, version, src_hi, src_lo, dst_hi, dst_lo, proto,
+    l4_off, l4_end, first_fragment, cut) where l4_end is where the IP packet
+    ends inside the capture, and cut tells that the capture ended before the
+    packet's declared end.
+    """
+    z = U64_ZERO
+    if end - p < 1:
+        return IP_TRUNCATED, 0, z, z, z, z, 0, 0, 0, False, True
+    version = np.int64(buf[p]) >> 4
+    if want_version != 0 and version != want_version:
+        return IP_MALFORMED, version, z, z, z, z, 0, 0, 0, False, False
+    if version == 4:
+        if end - p < 20:
+            return IP_TRUNCATED, 4, z, z, z, z, 0, 0, 0, False, True
+        ihl = (np.int64(buf[p]) & 15) * 4
+        if ihl < 20:
+            return IP_MALFORMED, 4, z, z, z, z, 0, 0, 0, False, False
+        total = be16(buf, p + 2)
+        if total != 0 and total < ihl:
+            return IP_MALFORMED, 4, z, z, z, z, 0, 0, 0, False, False
+        if end - p < ihl:
+            return IP_TRUNCATED, 4, z, z, z, z, 0, 0, 0, False, True
+        declared_end = end if total == 0 else p + total
+        cut = declared_end > end
+        ip_end = end if cut else declared_end
+        frag = be16(buf, p + 6)
+        if (frag & 0x1FFF) != 0:
+            return IP_FRAGMENT, 4, z, z, z, z, 0, 0, 0, False, cut
+        first_fragment = (frag & 0x2000) != 0
+        proto = np.int64(buf[p + 9])
+        src_lo = MAPPED_V4 | np.uint64(be32(buf, p + 12))
+        dst_lo = MAPPED_V4 | np.uint64(be32(buf, p + 16))
+        return (IP_OK, 4, z, src_lo, z, dst_lo, proto, p + ihl, ip_end,
+                first_fragment, cut)
+    if version == 6:
+        if end - p < 40:
+            return IP_TRUNCATED, 6, z, z, z, z, 0, 0, 0, False, True
+        plen = be16(buf, p + 4)
+        declared_end = end if plen == 0 else p + 40 + plen
+        cut = declared_end > end
+        ip_end = end if cut else declared_end
+        if ip_end < p + 40:
+            ip_end = p + 40
+        src_hi, src_lo = canonical_v6(be64u(buf, p + 8), be64u(buf, p + 16))
+        dst_hi, dst_lo = canonical_v6(be64u(buf, p + 24), be64u(buf, p + 32))
+        nh = np.int64(buf[p + 6])
+        q = p + 40
+        first_fragment = False
+        for _ in range(8):
+            if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
+                if ip_end - q < 2:
+                    st = IP_TRUNCATED if cut else IP_MALFORMED
+                    return st, 6, z, z, z, z, 0, 0, 0, False, cut
+                hlen = (np.int64(buf[q + 1]) + 1) * 8
+            elif nh == 51:
+                if ip_end - q < 2:
+                    st = IP_TRUNCATED if cut else IP_MALFORMED
+                    return st, 6, z, z, z, z, 0, 0, 0, False, cut
+                hlen = (np.int64(buf[q + 1]) + 2) * 4
+            elif nh == 44:
+                hlen = 8
+                if ip_end - q < 8:
+                    st = IP_TRUNCATED if cut else IP_MALFORMED
+                    return st, 6, z, z, z, z, 0, 0, 0, False, cut
+                fo = be16(buf, q + 2)
+                if (fo >> 3) != 0:
+                    return IP_FRAGMENT, 6, z, z, z, z, 0, 0, 0, False, cut
+                if (fo & 1) != 0:
+                    first_fragment = True
+            else:
+                return (IP_OK, 6, src_hi, src_lo, dst_hi, dst_lo, nh, q, ip_end,
+                        first_fragment, cut)
+            if ip_end - q < hlen:
+                st = IP_TRUNCATED if cut else IP_MALFORMED
+                return st, 6, z, z, z, z, 0, 0, 0, False, cut
+            nh = np.int64(buf[q])
+            q += hlen
+        # still inside an extension-header chain after 8 headers
+        return IP_MALFORMED, 6, z, z, z, z, 0, 0, 0, False, cut
+    return IP_MALFORMED, version, z, z, z, z, 0, 0, 0, False, False
+
+
+@inline
+def is_icmp_error(proto, icmp_type):
+    if proto == 1:
+        return (icmp_type == 3 or icmp_type == 4 or icmp_type == 5
+                or icmp_type == 11 or icmp_type == 12)
+    return icmp_type == 1 or icmp_type == 2 or icmp_type == 3 or icmp_type == 4
+
+
+@inline
+def link_payload(buf, off, caplen, linktype):
+    """Find the IP header behind the link layer.
+
+    Returns (status, ip_off, want_version, vlan, has_vlan) with status 0 = IP
+    found, else the stats index to count.
+    """
+    end = off + caplen
+    if linktype == LINKTYPE_ETHERNET:
+        if caplen < 14:
+            return S_TRUNC_LINK, 0, 0, 0, False
+        ethertype = be16(buf, off + 12)
+        p = off + 14
+        vlan = 0
+        has_vlan = False
+        for _ in range(4):
+            if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100 or ethertype == 0x9200:
+                if end - p < 4:
+                    return S_TRUNC_LINK, 0, 0, 0, False
+                if not has_vlan:
+                    vlan = be16(buf, p) & 0xFFF
+                    has_vlan = True
+                ethertype = be16(buf, p + 2)
+                p += 4
+            else:
+                break
+        if ethertype == 0x0800:
+            return 0, p, 4, vlan, has_vlan
+        if ethertype == 0x86DD:
+            return 0, p, 6, vlan, has_vlan
+        return S_NON_IP, 0, 0, 0, False
+    if linktype == LINKTYPE_LINUX_SLL or linktype == LINKTYPE_LINUX_SLL2:
+        hdr = 16 if linktype == LINKTYPE_LINUX_SLL else 20
+        if caplen < hdr:
+            return S_TRUNC_LINK, 0, 0, 0, False
+        proto_at = off + 14 if linktype == LINKTYPE_LINUX_SLL else off
+        ethertype = be16(buf, proto_at)
+        if ethertype == 0x0800:
+            return 0, off + hdr, 4, 0, False
+        if ethertype == 0x86DD:
+            return 0, off + hdr, 6, 0, False
+        return S_NON_IP, 0, 0, 0, False
+    if linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
+        if caplen < 4:
+            return S_TRUNC_LINK, 0, 0, 0, False
+        fam_be = be32(buf, off)
+        fam_le = ((np.int64(buf[off + 3]) << 24) | (np.int64(buf[off + 2]) << 16)
+                  | (np.int64(buf[off + 1]) << 8) | np.int64(buf[off]))
+        fam = fam_be
+        if linktype == LINKTYPE_NULL and fam_le < 65536:
+            fam = fam_le
+        if fam == 2:
+            return 0, off + 4, 4, 0, False
+        if fam == 24 or fam == 28 or fam == 30:
+            return 0, off + 4, 6, 0, False
+        return S_NON_IP, 0, 0, 0, False
+    if linktype == LINKTYPE_RAW or linktype == LINKTYPE_DLT_RAW_12 or linktype == LINKTYPE_DLT_RAW_14:
+        return 0, off, 0, 0, False
+    if linktype == LINKTYPE_IPV4:
+        return 0, off, 4, 0, False
+    if linktype == LINKTYPE_IPV6:
+        return 0, off, 6, 0, False
+    return S_LINKTYPE, 0, 0, 0, False
+
+
+@inline
+def decode_frame(buf, off, caplen, wire_len, linktype, ts_ns, cols, row, stats):
+    """Decode one frame into row ``row`` of ``cols``. Returns 1 if a row was written."""
+    (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto,
+     c_tcp_flags, c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto,
+     c_inner_src_hi, c_inner_src_lo, c_inner_dst_hi, c_inner_dst_lo,
+     c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
+
+    lstat, p, want, vlan, has_vlan = link_payload(buf, off, caplen, linktype)
+    if lstat != 0:
+        stats[lstat] += 1
+        return 0
+    end = off + caplen
+    (st, version, src_hi, src_lo, dst_hi, dst_lo, proto, l4, l4_end,
+     first_frag, cut) = parse_ip(buf, p, end, want)
+    if st != IP_OK:
+        if st == IP_TRUNCATED:
+            stats[S_TRUNC_IP] += 1
+        elif st == IP_FRAGMENT:
+            stats[S_FRAGMENT] += 1
+        else:
+            stats[S_MALFORMED_IP] += 1
+        return 0
+
+    flags = 0
+    if version == 6:
+        flags |= PF_IPV6
+    if first_frag:
+        flags |= PF_FIRST_FRAGMENT
+    if has_vlan:
+        flags |= PF_HAS_VLAN
+    sport = 0
+    dport = 0
+    tcp_flags = 0
+    icmp_type = 0
+    icmp_code = 0
+    inner_proto = 0
+    i_src_hi = U64_ZERO
+    i_src_lo = U64_ZERO
+    i_dst_hi = U64_ZERO
+    i_dst_lo = U64_ZERO
+    i_sport = 0
+    i_dport = 0
+    avail = l4_end - l4
+    if proto == 6:
+        if avail < 14:
+            stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
+            return 0
+        if (np.int64(buf[l4 + 12]) >> 4) < 5:
+            stats[S_MALFORMED_L4] += 1
+            return 0
+        sport = be16(buf, l4)
+        dport = be16(buf, l4 + 2)
+        tcp_flags = np.int64(buf[l4 + 13])
+        flags |= PF_HAS_PORTS | PF_HAS_TCP_FLAGS
+    elif is_port_proto(proto):
+        if avail < 4:
+            stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
+            return 0
+        sport = be16(buf, l4)
+        dport = be16(buf, l4 + 2)
+        flags |= PF_HAS_PORTS
+    elif proto == 1 or proto == 58:
+        if avail < 2:
+            stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
+            return 0
+        icmp_type = np.int64(buf[l4])
+        icmp_code = np.int64(buf[l4 + 1])
+        flags |= PF_HAS_ICMP
+        if is_icmp_error(proto, icmp_type) and avail > 8:
+            (ist, iversion, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, iproto,
+             il4, il4_end, ifirst, icut) = parse_ip(buf, l4 + 8, l4_end, 0)
+            if ist == IP_OK:
+                flags |= PF_HAS_INNER
+                inner_proto = iproto
+                if is_port_proto(iproto) and il4_end - il4 >= 4:
+                    i_sport = be16(buf, il4)
+                    i_dport = be16(buf, il4 + 2)
+                    flags |= PF_INNER_HAS_PORTS
+            if (flags & PF_HAS_INNER) == 0:
+                i_src_hi = U64_ZERO
+                i_src_lo = U64_ZERO
+                i_dst_hi = U64_ZERO
+                i_dst_lo = U64_ZERO
+
+    c_ts[row] = ts_ns
+    c_src_hi[row] = src_hi
+    c_src_lo[row] = src_lo
+    c_dst_hi[row] = dst_hi
+    c_dst_lo[row] = dst_lo
+    c_sport[row] = sport
+    c_dport[row] = dport
+    c_proto[row] = proto
+    c_tcp_flags[row] = tcp_flags
+    c_icmp_type[row] = icmp_type
+    c_icmp_code[row] = icmp_code
+    c_pkt_flags[row] = flags
+    c_inner_proto[row] = inner_proto
+    c_inner_src_hi[row] = i_src_hi
+    c_inner_src_lo[row] = i_src_lo
+    c_inner_dst_hi[row] = i_dst_hi
+    c_inner_dst_lo[row] = i_dst_lo
+    c_inner_sport[row] = i_sport
+    c_inner_dport[row] = i_dport
+    c_vlan[row] = vlan
+    c_wire_len[row] = wire_len
+    stats[S_DECODED] += 1
+    return 1

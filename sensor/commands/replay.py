@@ -1,0 +1,116 @@
+"""``scan-sensor replay FILE...``: run the detectors over capture files offline."""
+import argparse
+import json
+import os
+import sys
+import time
+
+from sensor.capture.files import CaptureError, CaptureFile
+from sensor.config import load_config
+from sensor.engine import Engine
+from sensor.output.jsonl import JsonlSink
+from sensor.output.summary import render_summary
+
+PROGRESS_MIN_BYTES = 32 << 20
+
+
+def register(sub):
+    p = sub.add_parser(
+        "replay", help="detect scans in pcap/pcapng files (gzip ok, - for stdin)",
+        description="Read capture files in order as one stream of packet time and write "
+                    "alerts as JSON lines. Damaged files are reported (with the byte offset) "
+                    "and the rest is still read.")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="pcap or pcapng file, optionally gzip-compressed; - reads standard input")
+    p.add_argument("-c", "--config", metavar="CONFIG.toml", help="TOML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set port_scan.threshold=20 (repeatable)")
+    p.add_argument("--jsonl", metavar="PATH|-", default="-",
+                   help="write alerts as JSON lines to PATH (appended) or - for stdout (default)")
+    p.add_argument("--stats-json", metavar="PATH",
+                   help="write decode and detector counters as JSON to PATH")
+    p.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
+                   help="print a summary table on stderr (default: when stderr is a terminal)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar on stderr (default: on a terminal, for inputs "
+                        f"over {PROGRESS_MIN_BYTES >> 20} MiB)")
+    p.set_defaults(run=run)
+
+
+def _progress_bar(files, enabled):
+    sizes = []
+    for f in files:
+        try:
+            sizes.append(os.stat(f).st_size if f != "-" else 0)
+        except OSError:
+            sizes.append(0)
+    total = sum(sizes)
+    if enabled is None:
+        enabled = sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024,
+                desc="replay", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def run(args):
+    from sensor.cli import EXIT_OK, EXIT_RUNTIME, SensorError
+
+    cfg = load_config(args.config, args.set)
+    engine = Engine(cfg)
+    try:
+        sink = JsonlSink(args.jsonl)
+    except OSError as exc:
+        raise SensorError(str(exc)) from None
+    bar = _progress_bar(args.files, args.progress)
+    all_alerts = []
+    failed = False
+    started = time.perf_counter()
+
+    def emit(alerts):
+        for alert in alerts:
+            sink.write(alert)
+            all_alerts.append(alert)
+
+    try:
+        for path in args.files:
+            try:
+                capture = CaptureFile(path, cfg["capture.read_chunk_bytes"])
+            except CaptureError as exc:
+                print(f"scan-sensor: error: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            with capture:
+                done = 0
+                try:
+                    for batch in capture.batches(engine.batch, engine.decode_stats):
+                        emit(engine.process(batch))
+                        if bar is not None:
+                            bar.update(capture.bytes_done - done)
+                            done = capture.bytes_done
+                except CaptureError as exc:
+                    print(f"scan-sensor: error: {exc}", file=sys.stderr)
+                    failed = True
+                for warning in capture.warnings:
+                    print(f"scan-sensor: warning: {warning}", file=sys.stderr)
+                    if "corrupt" in warning.message:
+                        failed = True
+        emit(engine.finish())
+    except BrokenPipeError:
+        # the reader of stdout went away (e.g. `| head`): nothing more can be delivered
+        sys.stderr.close()
+        return EXIT_RUNTIME
+    finally:
+        if bar is not None:
+            bar.close()
+        sink.close()
+    seconds = time.perf_counter() - started
+    stats = engine.stats()
+    if args.stats_json:
+        with open(args.stats_json, "w", encoding="utf-8") as fh:
+            json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats}, fh, indent=2)
+    show_summary = args.summary if args.summary is not None else sys.stderr.isatty()
+    if show_summary:
+        print(render_summary(all_alerts, stats, len(args.files), seconds), file=sys.stderr)
+    return EXIT_RUNTIME if failed else EXIT_OK
