@@ -1,8 +1,9 @@
 """Bounded, set-associative key table shared by the detectors.
 
 A table of ``capacity`` slots is split into buckets of ``ways`` slots; a key
-(a 128-bit address, optionally with a 16-bit port) hashes to one bucket, so a
-lookup or insert touches at most ``ways`` slots. A key's slot is reused when
+of four uint64 words (a source address; a source and a destination address; a
+source and a port; a port alone: unused words are 0) hashes to one bucket, so
+a lookup or insert touches at most ``ways`` slots. A key's slot is reused when
 
 * the key is found (hit),
 * an empty slot or a stale one (its owner idle for ``stale_ns`` of packet
@@ -13,7 +14,7 @@ lookup or insert touches at most ``ways`` slots. A key's slot is reused when
 The hash is keyed with a per-run seed, so an attacker cannot aim spoofed
 addresses at one bucket without knowing it. Time is packet time only.
 
-Memory: ``capacity * 24`` bytes for keys and last-seen times; the detector's
+Memory: ``capacity * 40`` bytes for keys and last-seen times; the detector's
 own per-slot arrays are sized by the same capacity.
 """
 import numpy as np
@@ -36,10 +37,11 @@ def mix64(x):
 
 
 @inline
-def hash_key(hi, lo, extra, seed):
-    h = mix64(hi ^ seed)
-    h = mix64(h ^ lo ^ GOLDEN)
-    return mix64(h ^ np.uint64(extra))
+def hash_key(k0, k1, k2, k3, seed):
+    h = mix64(k0 ^ seed)
+    h = mix64(h ^ k1 ^ GOLDEN)
+    h = mix64(h ^ k2)
+    return mix64(h ^ k3 ^ GOLDEN)
 
 
 LOOKUP_HIT = 0
@@ -49,16 +51,16 @@ LOOKUP_FULL = 3       # every slot in the bucket is pinned; slot = the oldest pi
 
 
 @inline
-def find_slot(key_hi, key_lo, key_extra, last_seen_ns, pinned, hi, lo, extra,
-              now_ns, stale_ns, ways, seed):
-    """Find or claim a slot for (hi, lo, extra).
+def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, now_ns, stale_ns, ways, seed):
+    """Find or claim a slot for key (k0, k1, k2, k3).
 
-    Returns (outcome, slot). For LOOKUP_NEW / LOOKUP_EVICTED the caller must
-    initialise the slot (keys are written here). For LOOKUP_FULL nothing is
-    written: the caller must release the returned pinned slot first.
+    Returns (outcome, slot). For LOOKUP_NEW / LOOKUP_EVICTED the key is
+    written and the caller must initialise the rest of the slot. For
+    LOOKUP_FULL nothing is written: the caller must release the returned
+    pinned slot first.
     """
-    nbuckets = key_hi.shape[0] // ways
-    h = hash_key(hi, lo, extra, seed)
+    nbuckets = keys.shape[0] // ways
+    h = hash_key(k0, k1, k2, k3, seed)
     base = np.int64(h % np.uint64(nbuckets)) * ways
     free = -1
     oldest = -1
@@ -72,7 +74,7 @@ def find_slot(key_hi, key_lo, key_extra, last_seen_ns, pinned, hi, lo, extra,
             if free < 0:
                 free = s
             continue
-        if key_hi[s] == hi and key_lo[s] == lo and key_extra[s] == extra:
+        if keys[s, 0] == k0 and keys[s, 1] == k1 and keys[s, 2] == k2 and keys[s, 3] == k3:
             return LOOKUP_HIT, s
         if pinned[s]:
             if seen < oldest_pinned_ts:
@@ -94,8 +96,9 @@ def find_slot(key_hi, key_lo, key_extra, last_seen_ns, pinned, hi, lo, extra,
         slot = oldest
     else:
         return LOOKUP_FULL, oldest_pinned
-    key_hi[slot] = hi
-    key_lo[slot] = lo
-    key_extra[slot] = extra
+    keys[slot, 0] = k0
+    keys[slot, 1] = k1
+    keys[slot, 2] = k2
+    keys[slot, 3] = k3
     last_seen_ns[slot] = now_ns
     return outcome, slot

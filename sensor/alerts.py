@@ -47,24 +47,46 @@ def alert_id(sensor, rule, key, first_seen_ns):
 
 @dataclasses.dataclass
 class Alert:
-    """One detection, with its complete evidence. Field order is the output order."""
-    rule: str                 # "port_scan", ...
+    """One detection, with its complete evidence. Field order is the output order.
+
+    Optional fields that do not apply to a rule are None and left out of the
+    rendered record.
+    """
+    rule: str                 # "port_scan", "host_sweep", ...
     src_ip: str               # canonical text: IPv4-mapped addresses print as IPv4
-    dst_ips: list             # distinct destinations, capped (see dst_ips_omitted)
-    dst_ip_count: int         # distinct destinations in all
+    dst_ips: list             # distinct targets, capped (see dst_ips_omitted)
+    dst_ip_count: int         # distinct targets in all
     dst_ips_omitted: int      # dst_ip_count - len(dst_ips)
-    dst_ip_count_estimated: bool  # True when dst_ip_count came from the sketch (list was full)
+    dst_ip_count_estimated: bool  # True when dst_ip_count came from a sketch (list was full)
     dst_ports: str            # every distinct port, as ranges "21-23,80,443"
     dst_port_count: int
     first_seen: str           # RFC 3339 UTC, packet time
     last_seen: str
-    packets: int              # probes counted for this alert
+    packets: int              # rows the rule counted for this alert
     severity: str             # "medium"; "high" at 10x the threshold
     mitre: list               # ATT&CK technique ids
     sensor: str
-    id: str                   # stable: same scan, same sensor -> same id
+    id: str                   # stable: same episode, same sensor -> same id (updates keep it)
     threshold: int
     window_s: float
+    count: int = 0            # the rule's count (what crossed the threshold)
+    count_kind: str = ""      # distinct_ports, distinct_hosts, attempts, refused_pairs, closed_ports
+    count_estimated: bool = False
+    direction: str = None     # inbound, outbound, internal, external (prober's view)
+    seq: int = 1              # 1 for the first report of an episode, 2.. for updates
+    update: bool = False      # seq > 1
+    scope: str = None         # port_scan: "source" or "pair"
+    dst_port: int = None      # rules keyed by one port (host_sweep, port_sweep)
+    sources: list = None      # port_sweep: [{"ip": ..., "probes": n}] top contributors
+    sources_complete: bool = None  # port_sweep: False if more probers than listed
+    probe_types: list = None  # stealth_scan: ["fin", "null", "xmas", "other"]
+    emitted_ns: int = dataclasses.field(default=0, repr=False)  # packet time of emission (not rendered)
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name == "emitted_ns":
+                continue
+            out[f.name] = value
+        return out

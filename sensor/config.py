@@ -5,7 +5,10 @@ prints the commented default config (``scan-sensor dump-config``) and
 generates CONFIG.md, so the three can never disagree.
 """
 import dataclasses
+import ipaddress
 import socket
+
+from sensor.rules import ALL_DIRECTIONS, RULES
 
 try:
     import tomllib
@@ -25,20 +28,79 @@ class Setting:
     min: float = None
     max: float = None
     choices: tuple = None
+    item_check: object = None   # for list settings: item -> error text or None
 
     @property
     def type(self):
         return type(self.default)
 
 
+DEFAULT_HOME_NET = [
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",   # RFC 1918
+    "100.64.0.0/10",                                     # RFC 6598 shared address space
+    "127.0.0.0/8", "::1/128",                            # loopback
+    "169.254.0.0/16", "fe80::/10",                       # link-local
+    "fc00::/7",                                          # unique local (ULA)
+]
+
+
+def _cidr(value):
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        return f"{value!r} is not an address or network ({exc})"
+    return None
+
+
+def _port_spec(value):
+    try:
+        port_ranges([value])
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _direction(value):
+    if value not in ALL_DIRECTIONS:
+        return f"{value!r} is not one of {ALL_DIRECTIONS}"
+    return None
+
+
+def port_ranges(specs):
+    """[80, "8000-8100", "443"] -> sorted list of (lo, hi) ranges; ValueError on bad input."""
+    out = []
+    for spec in specs:
+        if isinstance(spec, bool):
+            raise ValueError(f"{spec!r} is not a port or port range")
+        if isinstance(spec, int):
+            lo = hi = spec
+        elif isinstance(spec, str):
+            a, sep, b = spec.strip().partition("-")
+            try:
+                lo = int(a)
+                hi = int(b) if sep else lo
+            except ValueError:
+                raise ValueError(f"{spec!r} is not a port or port range") from None
+        else:
+            raise ValueError(f"{spec!r} is not a port or port range")
+        if not (0 <= lo <= hi <= 65535):
+            raise ValueError(f"{spec!r} is not a port range within 0-65535")
+        out.append((lo, hi))
+    return sorted(out)
+
+
 SECTIONS = {
     "sensor": "Identity of this sensor and process-wide behaviour.",
     "capture": "How capture input is read and batched.",
-    "port_scan": "One source probing many distinct destination ports (vertical scan). "
-                 "Counts TCP connection attempts (SYN without ACK/RST) per source.",
+    "net": "Address semantics shared by every rule. Lists take IPv4 and IPv6 addresses and "
+           "CIDR networks; IPv4-mapped IPv6 (::ffff:10.1.2.3) is the same host as its IPv4 "
+           "address everywhere. Ports are numbers or \"low-high\" ranges.",
+    "alerts": "Limits that apply to all alerts together.",
 }
+for _rule in RULES:
+    SECTIONS[_rule.name] = _rule.about
 
-SETTINGS = (
+SETTINGS = [
     Setting("sensor.name", "",
             "Name written in every alert's `sensor` field. Empty: this machine's host name."),
     Setting("sensor.hash_seed", 0,
@@ -52,33 +114,75 @@ SETTINGS = (
     Setting("capture.read_chunk_bytes", 4 << 20,
             "Bytes read at a time from compressed files and standard input (plain files "
             "are memory-mapped whole).", min=4096, max=1 << 30),
-    Setting("port_scan.enabled", True, "Run the port_scan detector."),
-    Setting("port_scan.threshold", 50,
-            "Alert when one source has sent connection attempts to at least this many "
-            "distinct destination ports within `window_s`.", min=2, max=65536),
-    Setting("port_scan.window_s", 300.0,
-            "Sliding window, in seconds of packet time. Ports probed within one window of "
-            "each other always count together; probes up to two windows apart may.",
-            min=0.001, max=86400),
-    Setting("port_scan.report_delay_s", 5.0,
-            "Seconds (packet time) between a source reaching the threshold and its alert "
-            "being sent, to collect the rest of the scan's evidence. 0 sends at once. At "
-            "most `window_s`.", min=0, max=86400),
-    Setting("port_scan.max_sources", 4096,
-            "Sources tracked at once (table slots); each costs about 17 KiB plus 16 bytes "
-            "per `max_dst_ips`. When full, the least recently seen source is evicted "
-            "(counted in stats).", min=8, max=1 << 22),
-    Setting("port_scan.table_ways", 8,
-            "Slots searched per lookup (set associativity). `max_sources` is rounded up "
-            "to a multiple of it.", min=1, max=64),
-    Setting("port_scan.max_dst_ips", 64,
-            "Destination addresses kept exactly per source for the alert's `dst_ips`; "
-            "beyond that `dst_ip_count` is estimated and `dst_ips_omitted` says how many "
-            "were left out.", min=1, max=4096),
-    Setting("port_scan.max_pending_alerts", 4096,
-            "Alerts that may wait for `report_delay_s` at once; past that an alert is "
-            "sent at once (never dropped).", min=1, max=1 << 20),
-)
+    Setting("net.home_net", DEFAULT_HOME_NET,
+            "Networks that are inside. Decides each alert's `direction` (inbound, outbound, "
+            "internal, external) and the rules' direction filters. Default: RFC 1918, RFC "
+            "6598, loopback, link-local, ULA.", item_check=_cidr),
+    Setting("net.allow_sources", [],
+            "Probers never flagged by any rule: authorised vulnerability scanners, monitoring "
+            "(e.g. SolarWinds), load-balancer health checkers.", item_check=_cidr),
+    Setting("net.ignore_destinations", [],
+            "Targets never counted (e.g. honeypots you watch elsewhere, sinkholes).",
+            item_check=_cidr),
+    Setting("net.ignore_ports", [],
+            "Destination ports never counted by any rule.", item_check=_port_spec),
+    Setting("net.exposed_hosts", [],
+            "Internet-facing hosts watched by exposed_host_probe.", item_check=_cidr),
+    Setting("alerts.max_per_minute", 600,
+            "At most this many alerts per minute of packet time; past it alerts are held "
+            "back and one `alert_rate_limited` record says how many, per rule, when the "
+            "minute ends. 0: no limit.", min=0, max=10_000_000),
+]
+for _rule in RULES:
+    _p = _rule.name + "."
+    SETTINGS += [
+        Setting(_p + "enabled", True, f"Run the {_rule.name} rule."),
+        Setting(_p + "threshold", _rule.threshold,
+                f"Alert when the count ({_rule.count_kind.replace('_', ' ')}) reaches this "
+                "within `window_s`.", min=1, max=1 << 30),
+        Setting(_p + "window_s", _rule.window_s,
+                "Sliding window in seconds of packet time: what happens within one window "
+                "always counts together, what is up to two windows apart may.",
+                min=0.001, max=7 * 86400),
+        Setting(_p + "report_delay_s", 5.0,
+                "Seconds (packet time) from reaching the threshold to sending the alert, to "
+                "collect the rest of the evidence. 0 sends at once. At most `window_s`.",
+                min=0, max=86400),
+        Setting(_p + "directions", list(_rule.directions),
+                "Directions counted, from the prober's side: inbound (outside -> home_net), "
+                "outbound, internal, external.", item_check=_direction),
+        Setting(_p + "exclude_ports", list(_rule.exclude_ports),
+                "Destination ports this rule ignores (for failed_connections: the refusing "
+                "port).", item_check=_port_spec),
+        Setting(_p + "max_keys", _rule.max_keys,
+                "Keys tracked at once (table slots; memory is fixed by this). When full, the "
+                "least recently seen key is evicted (counted in stats).", min=8, max=1 << 22),
+        Setting(_p + "table_ways", 8,
+                "Slots searched per lookup (set associativity); `max_keys` is rounded up to a "
+                "multiple of it.", min=1, max=64),
+        Setting(_p + "max_listed", _rule.max_listed,
+                "Targets (or items) kept exactly per key for the alert's lists and exact "
+                "counts; beyond it the count is estimated (flagged in the alert) and "
+                "`*_omitted` says how many are not listed.", min=1, max=4096),
+        Setting(_p + "max_pending_alerts", 4096,
+                "Alerts that may wait for `report_delay_s` at once; past that an alert is "
+                "sent at once (never dropped).", min=1, max=1 << 20),
+        Setting(_p + "growth_factor", 10,
+                "Send an update (same id, next `seq`) when the count reaches this many times "
+                "the last reported count. 0: no growth updates.", min=0, max=1 << 20),
+        Setting(_p + "new_target_updates", True,
+                "Send an update when the key hits a target not in its last report."),
+        Setting(_p + "update_interval_s", 60.0,
+                "Minimum seconds between two reports of one episode.", min=0, max=7 * 86400),
+        Setting(_p + "suppress_s", 3600.0,
+                "Longest episode: after this long, a key that is still active starts a new "
+                "alert (new id). An episode also ends when the key is idle for two windows.",
+                min=1, max=30 * 86400),
+    ]
+    for _name, _default, _help in _rule.extra:
+        _choices = {"scope": ("source", "pair"), "count": ("distinct", "attempts")}[_name]
+        SETTINGS.append(Setting(_p + _name, _default, _help, choices=_choices))
+SETTINGS = tuple(SETTINGS)
 SETTING_BY_KEY = {s.key: s for s in SETTINGS}
 
 
@@ -93,6 +197,11 @@ def _check(setting, value, origin):
         raise ConfigError(f"{origin}: `{setting.key}` must be >= {setting.min}, got {value!r}")
     if setting.max is not None and value > setting.max:
         raise ConfigError(f"{origin}: `{setting.key}` must be <= {setting.max}, got {value!r}")
+    if setting.item_check is not None:
+        for item in value:
+            problem = setting.item_check(item)
+            if problem:
+                raise ConfigError(f"{origin}: `{setting.key}`: {problem}")
     if setting.choices is not None and value not in setting.choices:
         raise ConfigError(f"{origin}: `{setting.key}` must be one of {list(setting.choices)}, "
                           f"got {value!r}")
@@ -127,9 +236,11 @@ class Config:
         return self["sensor.name"] or socket.gethostname()
 
     def validate_relations(self):
-        if self["port_scan.report_delay_s"] > self["port_scan.window_s"]:
-            raise ConfigError("`port_scan.report_delay_s` must not exceed `port_scan.window_s` "
-                              f"({self['port_scan.report_delay_s']} > {self['port_scan.window_s']})")
+        for rule in RULES:
+            delay, window = self[rule.name + ".report_delay_s"], self[rule.name + ".window_s"]
+            if delay > window:
+                raise ConfigError(f"`{rule.name}.report_delay_s` must not exceed "
+                                  f"`{rule.name}.window_s` ({delay} > {window})")
 
 
 def _flatten(table, origin, prefix=""):
@@ -168,8 +279,14 @@ def parse_override(text):
     return key, _check(SETTING_BY_KEY[key], value, "--set")
 
 
-def load_config(path=None, overrides=()):
+def load_config(path=None, overrides=(), preset=None):
+    """Defaults, then the preset, then the file, then ``--set`` overrides."""
+    from sensor.presets import PRESETS
     values = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        values.update(PRESETS[preset].settings)
     if path is not None:
         try:
             with open(path, "rb") as fh:
@@ -188,6 +305,8 @@ def load_config(path=None, overrides=()):
 
 
 def _toml_value(value):
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -7,6 +7,7 @@ import time
 
 from sensor.capture.files import CaptureError, CaptureFile
 from sensor.config import load_config
+from sensor.presets import PRESETS
 from sensor.engine import Engine
 from sensor.output.jsonl import JsonlSink
 from sensor.output.summary import render_summary
@@ -23,6 +24,8 @@ def register(sub):
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="pcap or pcapng file, optionally gzip-compressed; - reads standard input")
     p.add_argument("-c", "--config", metavar="CONFIG.toml", help="TOML config file")
+    p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                   help="start from a preset reproducing a SIEM rule: " + ", ".join(PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set port_scan.threshold=20 (repeatable)")
     p.add_argument("--jsonl", metavar="PATH|-", default="-",
@@ -57,7 +60,7 @@ def _progress_bar(files, enabled):
 def run(args):
     from sensor.cli import EXIT_OK, EXIT_RUNTIME, SensorError
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, args.preset)
     engine = Engine(cfg)
     try:
         sink = JsonlSink(args.jsonl)

@@ -1,4 +1,7 @@
 """Human-readable end-of-run summary (stderr, for a terminal)."""
+from kernels.batch import STATS
+
+DECODE_SKIPS = tuple(s for s in STATS if s not in ("records", "decoded"))
 
 
 def _table(headers, rows):
@@ -12,16 +15,22 @@ def render_summary(alerts, stats, files, seconds):
     rate = records / seconds if seconds > 0 else 0.0
     out = [f"scan-sensor: {files} file(s), {records:,} packets ({stats.get('decoded', 0):,} "
            f"decoded) in {seconds:.2f} s, {rate / 1e6:.2f} Mpps; {len(alerts)} alert(s)"]
-    if alerts:
-        rows = [(a.rule, a.src_ip, a.dst_port_count, a.dst_ip_count, a.packets,
-                 a.severity, a.first_seen) for a in alerts]
-        out.append(_table(("rule", "source", "ports", "hosts", "packets", "severity",
-                           "first seen"), rows))
-    skipped = {k: v for k, v in stats.items()
-               if v and k not in ("records", "decoded") and not k.startswith("port_scan_")}
+    rows = [(a.rule, a.src_ip, a.direction or "", a.count, a.dst_port_count, a.dst_ip_count,
+             a.packets, a.severity, a.first_seen) for a in alerts if hasattr(a, "count")]
+    if rows:
+        out.append(_table(("rule", "source", "direction", "count", "ports", "hosts", "packets",
+                           "severity", "first seen"), rows))
+    for a in alerts:
+        if not hasattr(a, "count"):
+            f = a.to_dict()
+            out.append(f"{f['rule']}: {f['suppressed_total']:,} alerts held back in the minute "
+                       f"from {f['minute_start']} (alerts.max_per_minute = {f['max_per_minute']})")
+    skipped = {k: v for k, v in stats.items() if v and k in DECODE_SKIPS}
     if skipped:
         out.append("skipped: " + ", ".join(f"{k} {v:,}" for k, v in skipped.items()))
-    if stats.get("port_scan_evictions"):
-        out.append(f"port_scan table evictions: {stats['port_scan_evictions']:,} "
-                   "(raise port_scan.max_sources if scans are missed)")
+    for key, value in stats.items():
+        if key.endswith("_evictions") and value:
+            rule = key[: -len("_evictions")]
+            out.append(f"{rule}: {value:,} keys evicted from a full table "
+                       f"(raise {rule}.max_keys if scans are missed)")
     return "\n".join(out)

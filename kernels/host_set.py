@@ -1,0 +1,236 @@
+"""Host-set counter: distinct targets (or target + port pairs) per key, over a sliding window.
+
+Serves host_sweep (key = prober + port), port_sweep (key = port, with the
+probers as contributors), icmp_sweep (key = prober) and failed_connections
+(key = prober, item = refusing host + port); ``kernels/rules.py`` says which
+rows each counts.
+
+Items are kept exactly in a per-slot list of ``P_LIST`` entries, each with the
+pane it was last seen in (pane = ts // window_ns). On a pane change, items
+older than the previous pane are dropped, so the list holds exactly the items
+of the current and previous pane and the count is exact while the list has
+room. Two 4,096-bit pane sketches (hashed items) estimate the count by linear
+counting once the list is full; the estimate is flagged in the alert.
+
+Contributors: port_sweep keeps the top ``CONTRIBUTORS`` probers per key with
+Misra-Gries counters (exact when no more probers than that; otherwise each
+count is a lower bound, off by at most probes / (CONTRIBUTORS + 1)).
+
+Memory (fixed at allocation, per slot): 26 B per list entry, 1 KiB of pane
+sketches, 24 B per contributor, about 130 B of scalars.
+"""
+import numpy as np
+
+from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
+from kernels.alert_slots import (
+    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
+    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK, P_LIST, P_MODE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS,
+    due_slot, episode_over, maybe_schedule, start_episode,
+)
+from kernels.jit import inline, kernel
+from kernels.port_set import popcount64
+from kernels.rules import HS_FAILED, HS_ICMP_SWEEP, HS_PORT_SWEEP, select_host_row
+
+SKETCH_WORDS = 64
+SKETCH_BITS = SKETCH_WORDS * 64
+CONTRIBUTORS = 8
+
+
+class HostSetState:
+    def __init__(self, capacity, list_len):
+        self.pane = np.zeros(capacity, np.int64)
+        self.item_hi = np.zeros((capacity, list_len), np.uint64)
+        self.item_lo = np.zeros((capacity, list_len), np.uint64)
+        self.item_port = np.zeros((capacity, list_len), np.int32)
+        self.item_pane = np.zeros((capacity, list_len), np.int64)
+        self.item_n = np.zeros(capacity, np.int64)
+        self.sketch = np.zeros((capacity, 2, SKETCH_WORDS), np.uint64)
+        self.contrib_hi = np.zeros((capacity, CONTRIBUTORS), np.uint64)
+        self.contrib_lo = np.zeros((capacity, CONTRIBUTORS), np.uint64)
+        self.contrib_n = np.zeros((capacity, CONTRIBUTORS), np.int64)
+
+    @property
+    def arrays(self):
+        return (self.pane, self.item_hi, self.item_lo, self.item_port, self.item_pane,
+                self.item_n, self.sketch, self.contrib_hi, self.contrib_lo, self.contrib_n)
+
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays)
+
+
+@inline
+def clear_slot(hs, slot, pane):
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
+     contrib_lo, contrib_n) = hs
+    pane_a[slot] = pane
+    item_n[slot] = 0
+    for w in range(SKETCH_WORDS):
+        sketch[slot, 0, w] = 0
+        sketch[slot, 1, w] = 0
+    for k in range(CONTRIBUTORS):
+        contrib_n[slot, k] = 0
+
+
+@inline
+def sketch_estimate(sketch, slot):
+    zeros = 0
+    for w in range(SKETCH_WORDS):
+        zeros += 64 - popcount64(sketch[slot, 0, w] | sketch[slot, 1, w])
+    if zeros == 0:
+        zeros = 1
+    return np.int64(np.round(-SKETCH_BITS * np.log(zeros / SKETCH_BITS)))
+
+
+@inline
+def live_count(hs, slot, list_len):
+    item_n = hs[5]
+    n = item_n[slot]
+    if n < list_len:
+        return n
+    return max(n, sketch_estimate(hs[6], slot))
+
+
+@inline
+def advance_pane(hs, slot, pane):
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
+     contrib_lo, contrib_n) = hs
+    old = pane_a[slot]
+    if pane <= old:
+        return
+    if pane == old + 1:
+        for w in range(SKETCH_WORDS):
+            sketch[slot, pane & 1, w] = 0
+        keep = 0
+        for k in range(item_n[slot]):
+            if item_pane[slot, k] >= pane - 1:
+                item_hi[slot, keep] = item_hi[slot, k]
+                item_lo[slot, keep] = item_lo[slot, k]
+                item_port[slot, keep] = item_port[slot, k]
+                item_pane[slot, keep] = item_pane[slot, k]
+                keep += 1
+        item_n[slot] = keep
+    else:
+        for w in range(SKETCH_WORDS):
+            sketch[slot, 0, w] = 0
+            sketch[slot, 1, w] = 0
+        item_n[slot] = 0
+    pane_a[slot] = pane
+
+
+@inline
+def add_item(hs, slot, hi, lo, port, pane, list_len, seed):
+    """Record an item in the current pane; returns True if it is new to the window."""
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
+     contrib_lo, contrib_n) = hs
+    h = mix64(mix64(hi ^ seed) ^ lo ^ np.uint64(port))
+    bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
+    word = bit >> 6
+    mask = np.uint64(1) << np.uint64(bit & 63)
+    cur = pane_a[slot] & 1
+    maybe_seen = ((sketch[slot, 0, word] | sketch[slot, 1, word]) & mask) != 0
+    sketch[slot, cur, word] |= mask
+    n = item_n[slot]
+    if maybe_seen:
+        for k in range(n):
+            if item_hi[slot, k] == hi and item_lo[slot, k] == lo and item_port[slot, k] == port:
+                if pane > item_pane[slot, k]:
+                    item_pane[slot, k] = pane
+                return False
+    if n < list_len:
+        item_hi[slot, n] = hi
+        item_lo[slot, n] = lo
+        item_port[slot, n] = port
+        item_pane[slot, n] = pane
+        item_n[slot] = n + 1
+        return True
+    return not maybe_seen
+
+
+@inline
+def add_contributor(hs, slot, hi, lo):
+    """Misra-Gries update of the slot's top probers."""
+    contrib_hi = hs[7]
+    contrib_lo = hs[8]
+    contrib_n = hs[9]
+    free = -1
+    for k in range(CONTRIBUTORS):
+        if contrib_n[slot, k] > 0:
+            if contrib_hi[slot, k] == hi and contrib_lo[slot, k] == lo:
+                contrib_n[slot, k] += 1
+                return
+        elif free < 0:
+            free = k
+    if free >= 0:
+        contrib_hi[slot, free] = hi
+        contrib_lo[slot, free] = lo
+        contrib_n[slot, free] = 1
+        return
+    for k in range(CONTRIBUTORS):
+        contrib_n[slot, k] -= 1
+
+
+@kernel
+def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed):
+    """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
+    (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+    ts_col = cols[0]
+    mode = params[P_MODE]
+    window_ns = params[P_WINDOW_NS]
+    suppress_ns = params[P_SUPPRESS_NS]
+    ways = params[P_WAYS]
+    list_len = params[P_LIST]
+    dir_allowed = params[P_DIR_MASK]
+    count_attempts = params[P_COUNT_ATTEMPTS] != 0
+    stale_ns = 2 * window_ns
+    for i in range(start, n):
+        ts = ts_col[i]
+        due = due_slot(lc, ts)
+        if due >= 0:
+            return i, EV_DUE, due
+        take, k0, k1, k2, it_hi, it_lo, it_port, p_hi, p_lo, d = select_host_row(
+            mode, i, cols, cls)
+        if not take:
+            continue
+        if (d & dir_allowed) == 0:
+            meta[M_DIR_FILTERED] += 1
+            continue
+        if mode == HS_FAILED:
+            port = np.int64(it_port)
+        elif mode == HS_ICMP_SWEEP:
+            port = np.int64(-1)
+        else:
+            port = np.int64(k2)
+        if port >= 0 and (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
+            meta[M_PORT_FILTERED] += 1
+            continue
+        outcome, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, np.uint64(0), ts,
+                                  stale_ns, ways, seed)
+        if outcome == LOOKUP_FULL:
+            meta[M_FORCED] += 1
+            return i, EV_FORCED, slot
+        pane = ts // window_ns
+        if outcome != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
+            if outcome == LOOKUP_EVICTED:
+                meta[M_EVICTIONS] += 1
+            start_episode(lc, slot, ts)
+            clear_slot(hs, slot, pane)
+        advance_pane(hs, slot, pane)
+        is_new = add_item(hs, slot, it_hi, it_lo, it_port, hs[0][slot], list_len, seed)
+        probes[slot] += 1
+        if count_attempts:
+            count[slot] = probes[slot]
+        else:
+            count[slot] = live_count(hs, slot, list_len)
+        if mode == HS_PORT_SWEEP:
+            add_contributor(hs, slot, p_hi, p_lo)
+        meta[M_COUNTED] += 1
+        dir_mask[slot] |= d
+        if ts > last_seen_ns[slot]:
+            last_seen_ns[slot] = ts
+        if is_new and seq[slot] > 0:
+            new_target[slot] = 1
+        forced = maybe_schedule(lc, slot, ts, params)
+        if forced >= 0:
+            return i + 1, EV_FORCED, forced
+    return n, EV_NONE, -1

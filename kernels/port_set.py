@@ -1,0 +1,190 @@
+"""Port-set counter: distinct destination ports per key, exact, over a sliding window.
+
+Serves port_scan (key = prober, or prober + target), stealth_scan, udp_scan
+and exposed_host_probe (which counts attempts instead of distinct ports);
+``kernels/rules.py`` says which rows each counts.
+
+Window: time is cut into panes of ``window_ns`` (pane = ts // window_ns). A
+key keeps two 65,536-bit bitmaps, the current pane's and the previous one's;
+its count is the popcount of their union, kept incrementally (+1 when a port
+is new to both, recomputed once per pane change). Ports probed within one
+window of each other always lie in those two panes, so a scan reaching the
+threshold inside one window is always caught; one spread over up to two
+windows may also count.
+
+Targets: each slot keeps up to ``P_LIST`` distinct targets exactly, and a
+4,096-bit hashed bitmap of all of them (linear counting) for their number
+once the list is full.
+
+Alert timing, episodes and updates: ``kernels/alert_slots.py``.
+
+Memory (fixed at allocation, per slot): 16 KiB of port bitmaps, 512 B of
+target sketch, 16 B per listed target, about 130 B of scalars.
+"""
+import numpy as np
+
+from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
+from kernels.alert_slots import (
+    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
+    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK, P_LIST, P_MODE, P_PAIR_SCOPE,
+    P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, due_slot, episode_over, maybe_schedule,
+    start_episode,
+)
+from kernels.jit import inline, kernel
+from kernels.rules import select_port_row
+
+PORT_WORDS = 1024          # 65,536 bits
+SKETCH_WORDS = 64          # 4,096 bits
+SKETCH_BITS = SKETCH_WORDS * 64
+
+
+class PortSetState:
+    """Arrays of one port-set table besides its lifecycle (kernels/alert_slots.py)."""
+
+    def __init__(self, capacity, list_len):
+        self.pane = np.zeros(capacity, np.int64)
+        self.ports = np.zeros((capacity, 2, PORT_WORDS), np.uint64)
+        self.target_hi = np.zeros((capacity, list_len), np.uint64)
+        self.target_lo = np.zeros((capacity, list_len), np.uint64)
+        self.target_n = np.zeros(capacity, np.int64)
+        self.target_sketch = np.zeros((capacity, SKETCH_WORDS), np.uint64)
+
+    @property
+    def arrays(self):
+        return (self.pane, self.ports, self.target_hi, self.target_lo, self.target_n,
+                self.target_sketch)
+
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays)
+
+
+@inline
+def popcount64(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@inline
+def clear_slot(ps, slot, pane):
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    pane_a[slot] = pane
+    target_n[slot] = 0
+    for w in range(PORT_WORDS):
+        ports[slot, 0, w] = 0
+        ports[slot, 1, w] = 0
+    for w in range(SKETCH_WORDS):
+        target_sketch[slot, w] = 0
+
+
+@inline
+def advance_pane(ps, count, slot, pane, count_attempts):
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    old = pane_a[slot]
+    if pane <= old:
+        return
+    cur_new = pane & 1
+    if pane == old + 1:
+        total = 0
+        for w in range(PORT_WORDS):
+            ports[slot, cur_new, w] = 0
+            total += popcount64(ports[slot, 1 - cur_new, w])
+        if not count_attempts:
+            count[slot] = total
+    else:
+        for w in range(PORT_WORDS):
+            ports[slot, 0, w] = 0
+            ports[slot, 1, w] = 0
+        if not count_attempts:
+            count[slot] = 0
+    pane_a[slot] = pane
+
+
+@inline
+def add_target(ps, slot, hi, lo, list_len, seed):
+    """Record a target; returns True if it was not seen before (exactly, or per the sketch)."""
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    h = mix64(mix64(hi ^ seed) ^ lo)
+    bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
+    word = bit >> 6
+    mask = np.uint64(1) << np.uint64(bit & 63)
+    seen_bit = (target_sketch[slot, word] & mask) != 0
+    target_sketch[slot, word] |= mask
+    n = target_n[slot]
+    if n >= list_len:
+        return not seen_bit
+    if seen_bit:
+        for k in range(n):
+            if target_hi[slot, k] == hi and target_lo[slot, k] == lo:
+                return False
+    target_hi[slot, n] = hi
+    target_lo[slot, n] = lo
+    target_n[slot] = n + 1
+    return True
+
+
+@kernel
+def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed):
+    """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
+    (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    ts_col = cols[0]
+    mode = params[P_MODE]
+    pair_scope = params[P_PAIR_SCOPE] != 0
+    count_attempts = params[P_COUNT_ATTEMPTS] != 0
+    window_ns = params[P_WINDOW_NS]
+    suppress_ns = params[P_SUPPRESS_NS]
+    ways = params[P_WAYS]
+    list_len = params[P_LIST]
+    dir_allowed = params[P_DIR_MASK]
+    stale_ns = 2 * window_ns
+    for i in range(start, n):
+        ts = ts_col[i]
+        due = due_slot(lc, ts)
+        if due >= 0:
+            return i, EV_DUE, due
+        take, k0, k1, k2, k3, port, t_hi, t_lo, d, ev_bits = select_port_row(
+            mode, pair_scope, i, cols, cls)
+        if not take:
+            continue
+        if (d & dir_allowed) == 0:
+            meta[M_DIR_FILTERED] += 1
+            continue
+        if (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
+            meta[M_PORT_FILTERED] += 1
+            continue
+        outcome, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, ts,
+                                  stale_ns, ways, seed)
+        if outcome == LOOKUP_FULL:
+            meta[M_FORCED] += 1
+            return i, EV_FORCED, slot
+        pane = ts // window_ns
+        if outcome != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
+            if outcome == LOOKUP_EVICTED:
+                meta[M_EVICTIONS] += 1
+            start_episode(lc, slot, ts)
+            clear_slot(ps, slot, pane)
+        advance_pane(ps, count, slot, pane, count_attempts)
+        word = port >> 6
+        mask = np.uint64(1) << np.uint64(port & 63)
+        cur = pane_a[slot] & 1
+        if (ports[slot, cur, word] & mask) == 0:
+            if (ports[slot, 1 - cur, word] & mask) == 0 and not count_attempts:
+                count[slot] += 1
+            ports[slot, cur, word] |= mask
+        if count_attempts:
+            count[slot] += 1
+        probes[slot] += 1
+        meta[M_COUNTED] += 1
+        dir_mask[slot] |= d
+        evidence[slot] |= ev_bits
+        if ts > last_seen_ns[slot]:
+            last_seen_ns[slot] = ts
+        if add_target(ps, slot, t_hi, t_lo, list_len, seed) and seq[slot] > 0:
+            new_target[slot] = 1
+        forced = maybe_schedule(lc, slot, ts, params)
+        if forced >= 0:
+            return i + 1, EV_FORCED, forced
+    return n, EV_NONE, -1

@@ -1,0 +1,188 @@
+"""Which rows each rule counts, under which key, and what each row adds.
+
+Every rule is a *mode* of one of two counter kernels:
+
+* port-set rules (``kernels/port_set.py``): a key collects distinct
+  destination ports (exact 65,536-bit bitmaps) or, for exposed_host_probe,
+  attempts;
+* host-set rules (``kernels/host_set.py``): a key collects distinct hosts
+  (or host+port pairs).
+
+``select_*`` decide for one row whether the rule counts it and return the
+key words, the item, the *prober* (the side doing the scanning) and the
+*target*. The prober is usually the source; for replies (ICMP port
+unreachable, TCP RST) it is the destination, because the reply goes back to
+whoever probed. Direction is from the prober's point of view:
+
+  internal  prober and target both in home_net
+  outbound  prober in home_net, target outside
+  inbound   prober outside, target in home_net
+  external  neither in home_net
+
+Common filters: probers in the allow-list or special (loopback/unspecified)
+are never counted; targets in the ignore-list and ignored ports never count.
+"""
+import numpy as np
+
+from kernels.batch import (
+    PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
+    TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG,
+)
+from kernels.classify import (
+    C_DPORT_IGNORED, C_DST_ALLOWED, C_DST_HOME, C_DST_IGNORED, C_DST_EXPOSED,
+    C_DST_SPECIAL, C_SPORT_IGNORED, C_SRC_ALLOWED, C_SRC_HOME, C_SRC_IGNORED,
+    C_SRC_SPECIAL,
+)
+from kernels.jit import inline
+
+# port-set modes
+PS_PORT_SCAN = 0        # TCP SYN probes; key = prober (scope source) or prober+target (scope pair)
+PS_EXPOSED_PROBE = 1    # TCP SYN probes to exposed hosts from outside; counts attempts
+PS_STEALTH = 2          # TCP segments without SYN, ACK or RST (FIN, NULL, Xmas, ...)
+PS_UDP_CLOSED = 3       # ICMP port unreachable quoting UDP: the prober hit a closed UDP port
+
+# host-set modes
+HS_HOST_SWEEP = 0       # TCP SYN probes; key = prober + port; item = target
+HS_PORT_SWEEP = 1       # TCP SYN probes; key = port; item = target; contributors = probers
+HS_ICMP_SWEEP = 2       # ICMP/ICMPv6 echo requests; key = prober; item = target
+HS_FAILED = 3           # TCP RST from the target; key = prober; item = target + port
+
+DIR_INTERNAL = 1
+DIR_OUTBOUND = 2
+DIR_INBOUND = 4
+DIR_EXTERNAL = 8
+DIRECTION_NAMES = {DIR_INTERNAL: "internal", DIR_OUTBOUND: "outbound",
+                   DIR_INBOUND: "inbound", DIR_EXTERNAL: "external"}
+
+# stealth probe kinds (evidence bits)
+ST_NULL = 1
+ST_FIN = 2
+ST_XMAS = 4
+ST_OTHER = 8
+STEALTH_NAMES = {ST_NULL: "null", ST_FIN: "fin", ST_XMAS: "xmas", ST_OTHER: "other"}
+
+U0 = np.uint64(0)
+
+
+@inline
+def direction(prober_home, target_home):
+    if prober_home:
+        return DIR_INTERNAL if target_home else DIR_OUTBOUND
+    return DIR_INBOUND if target_home else DIR_EXTERNAL
+
+
+@inline
+def is_syn_probe(pkt_flags, tcp_flags):
+    return ((pkt_flags & PF_HAS_TCP_FLAGS) != 0
+            and (tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN)
+
+
+@inline
+def forward_ok(c):
+    """Filters for a row whose source is the prober."""
+    return (c & (C_SRC_ALLOWED | C_SRC_SPECIAL | C_DST_IGNORED | C_DPORT_IGNORED)) == 0
+
+
+@inline
+def reply_ok(c):
+    """Filters for a reply row whose destination is the prober."""
+    return (c & (C_DST_ALLOWED | C_DST_SPECIAL | C_SRC_IGNORED | C_SPORT_IGNORED)) == 0
+
+
+@inline
+def select_port_row(mode, pair_scope, i, cols, cls):
+    """For port-set rules. Returns (take, k0, k1, k2, k3, port, target_hi,
+    target_lo, direction, evidence_bits)."""
+    pkt_flags = cols[11][i]
+    c = cls[i]
+    if mode == PS_UDP_CLOSED:
+        if (pkt_flags & (PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS)) != (
+                PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS):
+            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+        proto = cols[7][i]
+        t = cols[9][i]
+        code = cols[10][i]
+        unreachable = (proto == 1 and t == 3 and code == 3) or (proto == 58 and t == 1 and code == 4)
+        if not unreachable or cols[12][i] != 17:
+            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+        if (c & (C_DST_ALLOWED | C_DST_SPECIAL | C_SRC_IGNORED)) != 0:
+            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+        # the quoted packet went from the prober (inner src) to the target (inner dst)
+        k0 = cols[13][i]
+        k1 = cols[14][i]
+        t_hi = cols[15][i]
+        t_lo = cols[16][i]
+        port = np.int64(cols[18][i])
+        d = direction((c & C_DST_HOME) != 0, (c & C_SRC_HOME) != 0)
+        if pair_scope:
+            return True, k0, k1, t_hi, t_lo, port, t_hi, t_lo, d, 0
+        return True, k0, k1, U0, U0, port, t_hi, t_lo, d, 0
+    if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
+        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+    flags = cols[8][i]
+    evidence = 0
+    if mode == PS_STEALTH:
+        if (flags & (TH_SYN | TH_ACK | TH_RST)) != 0:
+            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+        if flags == 0:
+            evidence = ST_NULL
+        elif flags == TH_FIN:
+            evidence = ST_FIN
+        elif (flags & (TH_FIN | TH_PUSH | TH_URG)) == (TH_FIN | TH_PUSH | TH_URG):
+            evidence = ST_XMAS
+        else:
+            evidence = ST_OTHER
+    elif (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN:
+        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+    if not forward_ok(c):
+        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+    if mode == PS_EXPOSED_PROBE and ((c & C_DST_EXPOSED) == 0 or (c & C_SRC_HOME) != 0):
+        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+    d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+    t_hi = cols[3][i]
+    t_lo = cols[4][i]
+    port = np.int64(cols[6][i])
+    if pair_scope:
+        return True, cols[1][i], cols[2][i], t_hi, t_lo, port, t_hi, t_lo, d, evidence
+    return True, cols[1][i], cols[2][i], U0, U0, port, t_hi, t_lo, d, evidence
+
+
+@inline
+def select_host_row(mode, i, cols, cls):
+    """For host-set rules. Returns (take, k0, k1, k2, item_hi, item_lo,
+    item_port, prober_hi, prober_lo, direction)."""
+    pkt_flags = cols[11][i]
+    c = cls[i]
+    if mode == HS_ICMP_SWEEP:
+        if (pkt_flags & PF_HAS_ICMP) == 0:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        proto = cols[7][i]
+        t = cols[9][i]
+        if not ((proto == 1 and t == 8) or (proto == 58 and t == 128)):
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        if (c & (C_SRC_ALLOWED | C_SRC_SPECIAL | C_DST_IGNORED)) != 0:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+        return (True, cols[1][i], cols[2][i], U0, cols[3][i], cols[4][i], 0,
+                cols[1][i], cols[2][i], d)
+    if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
+        return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+    flags = cols[8][i]
+    if mode == HS_FAILED:
+        if (flags & TH_RST) == 0 or (flags & TH_SYN) != 0:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        if not reply_ok(c):
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        d = direction((c & C_DST_HOME) != 0, (c & C_SRC_HOME) != 0)
+        return (True, cols[3][i], cols[4][i], U0, cols[1][i], cols[2][i],
+                np.int64(cols[5][i]), cols[3][i], cols[4][i], d)
+    if (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
+        return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+    d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+    port = np.int64(cols[6][i])
+    if mode == HS_HOST_SWEEP:
+        return (True, cols[1][i], cols[2][i], np.uint64(port), cols[3][i], cols[4][i], 0,
+                cols[1][i], cols[2][i], d)
+    # HS_PORT_SWEEP: key is the port alone; the probers are the contributors
+    return (True, U0, U0, np.uint64(port), cols[3][i], cols[4][i], 0,
+            cols[1][i], cols[2][i], d)

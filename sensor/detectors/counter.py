@@ -1,0 +1,194 @@
+"""Python half of every rule: owns a counter kernel's arrays, turns its events into Alerts."""
+import math
+
+import numpy as np
+
+from kernels import alert_slots as ks
+from kernels.host_set import CONTRIBUTORS, HostSetState, host_set_update
+from kernels.port_set import PortSetState, port_set_update
+from kernels.rules import (
+    DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, STEALTH_NAMES,
+)
+from sensor.addresses import to_text
+from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
+from sensor.config import port_ranges
+from sensor.rules import direction_mask
+
+SKETCH_BITS = 4096
+# when several directions were seen, the alert names the most outward-facing one
+DIRECTION_PRIORITY = (DIR_INBOUND, DIR_OUTBOUND, DIR_EXTERNAL, DIR_INTERNAL)
+
+
+def port_bitmap(specs):
+    """Port specs ([80, "8000-8100"]) -> 65,536-bit bitmap as uint64[1024]."""
+    bits = np.zeros(65536, np.uint8)
+    for lo, hi in port_ranges(specs):
+        bits[lo:hi + 1] = 1
+    return np.packbits(bits, bitorder="little").view(np.uint64).copy()
+
+
+def linear_count(sketch_words):
+    zeros = SKETCH_BITS - int(np.unpackbits(np.ascontiguousarray(sketch_words).view(np.uint8)).sum())
+    return int(round(-SKETCH_BITS * math.log(max(zeros, 1) / SKETCH_BITS)))
+
+
+class CounterDetector:
+    """One rule on one counter kernel (port-set or host-set)."""
+
+    def __init__(self, rule, cfg, seed, sensor_name):
+        s = cfg.section(rule.name)
+        self.rule = rule
+        self.name = rule.name
+        self.sensor_name = sensor_name
+        self.seed = np.uint64(seed)
+        ways = s["table_ways"]
+        capacity = -(-s["max_keys"] // ways) * ways
+        self.threshold = s["threshold"]
+        self.window_s = s["window_s"]
+        self.scope = s.get("scope")
+        self.lc = ks.Lifecycle(capacity, s["max_pending_alerts"])
+        if rule.table == "port_set":
+            self.table = PortSetState(capacity, s["max_listed"])
+            self._update = port_set_update
+        else:
+            self.table = HostSetState(capacity, s["max_listed"])
+            self._update = host_set_update
+        p = np.zeros(ks.N_PARAMS, np.int64)
+        p[ks.P_THRESHOLD] = self.threshold
+        p[ks.P_WINDOW_NS] = int(round(self.window_s * 1e9))
+        p[ks.P_DELAY_NS] = int(round(s["report_delay_s"] * 1e9))
+        p[ks.P_WAYS] = ways
+        p[ks.P_LIST] = s["max_listed"]
+        p[ks.P_DIR_MASK] = direction_mask(s["directions"])
+        p[ks.P_GROWTH] = s["growth_factor"]
+        p[ks.P_UPDATE_NS] = int(round(s["update_interval_s"] * 1e9))
+        p[ks.P_SUPPRESS_NS] = int(round(s["suppress_s"] * 1e9))
+        p[ks.P_MODE] = rule.mode
+        p[ks.P_PAIR_SCOPE] = int(self.scope == "pair")
+        p[ks.P_COUNT_ATTEMPTS] = int(rule.count_kind == "attempts" or s.get("count") == "attempts")
+        p[ks.P_NEW_TARGET] = int(s["new_target_updates"])
+        self.params = p
+        self.count_kind = "attempts" if p[ks.P_COUNT_ATTEMPTS] else rule.count_kind
+        self.excluded_ports = port_bitmap(s["exclude_ports"])
+
+    # --- running -------------------------------------------------------------
+    def process(self, batch, cls):
+        alerts = []
+        cols = batch.columns
+        lc = self.lc.arrays
+        tab = self.table.arrays
+        i = 0
+        while True:
+            i, event, slot = self._update(cols, cls, i, batch.n, lc, tab, self.params,
+                                          self.excluded_ports, self.seed)
+            if event == ks.EV_NONE:
+                return alerts
+            now = int(batch.ts_ns[min(i, batch.n - 1)])
+            alerts.append(self._report(slot, now))
+
+    def flush(self):
+        """End of input: report every alert still waiting, earliest due first."""
+        lc = self.lc
+        n = int(lc.meta[ks.M_NPENDING])
+        slots = sorted(lc.pending[:n].tolist(), key=lambda s: (lc.due_ns[s], s))
+        return [self._report(s, int(lc.due_ns[s])) for s in slots]
+
+    def stats(self):
+        m = self.lc.meta
+        p = self.name + "_"
+        return {
+            p + "counted": int(m[ks.M_COUNTED]),
+            p + "evictions": int(m[ks.M_EVICTIONS]),
+            p + "forced_reports": int(m[ks.M_FORCED]),
+            p + "direction_filtered": int(m[ks.M_DIR_FILTERED]),
+            p + "port_filtered": int(m[ks.M_PORT_FILTERED]),
+            p + "table_bytes": int(self.lc.nbytes() + self.table.nbytes()),
+        }
+
+    def _report(self, slot, now_ns):
+        alert = self.snapshot(slot)
+        alert.emitted_ns = max(now_ns, int(self.lc.last_seen_ns[slot]))
+        ks.release_slot(self.lc.arrays, slot)
+        return alert
+
+    # --- evidence ------------------------------------------------------------
+    def snapshot(self, slot):
+        lc = self.lc
+        key = lc.keys[slot]
+        if self.rule.table == "port_set":
+            fields = self._port_set_evidence(slot)
+        else:
+            fields = self._host_set_evidence(slot)
+        count = int(lc.count[slot])
+        dmask = int(lc.dir_mask[slot])
+        direction = next((DIRECTION_NAMES[b] for b in DIRECTION_PRIORITY if dmask & b), None)
+        outside = direction in ("inbound", "external")
+        first = int(lc.first_seen_ns[slot])
+        seq = int(lc.seq[slot]) + 1
+        key_text = "|".join(str(int(w)) for w in key)
+        evidence = int(lc.evidence[slot])
+        return Alert(
+            rule=self.name, first_seen=rfc3339(first), last_seen=rfc3339(lc.last_seen_ns[slot]),
+            packets=int(lc.probes[slot]),
+            severity="high" if count >= 10 * self.threshold else "medium",
+            mitre=list(self.rule.mitre_from_outside if outside else self.rule.mitre),
+            sensor=self.sensor_name, id=alert_id(self.sensor_name, self.name, key_text, first),
+            threshold=self.threshold, window_s=self.window_s, count=count,
+            count_kind=self.count_kind, direction=direction, seq=seq, update=seq > 1,
+            scope=self.scope,
+            probe_types=[n for b, n in STEALTH_NAMES.items() if evidence & b] or None,
+            **fields)
+
+    def _port_set_evidence(self, slot):
+        t = self.table
+        key = self.lc.keys[slot]
+        words = t.ports[slot, 0] | t.ports[slot, 1]
+        ports = np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))
+        n_list = int(t.target_n[slot])
+        dst_ips = [to_text(t.target_hi[slot, j], t.target_lo[slot, j]) for j in range(n_list)]
+        dst_count, estimated = n_list, False
+        if n_list >= t.target_hi.shape[1]:
+            dst_count, estimated = max(n_list, linear_count(t.target_sketch[slot])), True
+        return dict(
+            src_ip=to_text(key[0], key[1]), dst_ips=dst_ips, dst_ip_count=dst_count,
+            dst_ips_omitted=dst_count - len(dst_ips), dst_ip_count_estimated=estimated,
+            dst_ports=compress_ports(ports), dst_port_count=len(ports),
+            dst_port=int(ports[0]) if len(ports) == 1 else None)
+
+    def _host_set_evidence(self, slot):
+        t = self.table
+        key = self.lc.keys[slot]
+        mode = self.rule.mode
+        n_list = int(t.item_n[slot])
+        full = n_list >= t.item_hi.shape[1]
+        hosts, ports = [], set()
+        for j in range(n_list):
+            h = to_text(t.item_hi[slot, j], t.item_lo[slot, j])
+            if h not in hosts:
+                hosts.append(h)
+            ports.add(int(t.item_port[slot, j]))
+        host_count = len(hosts)
+        if full and mode != HS_FAILED:
+            host_count = max(host_count, linear_count(t.sketch[slot, 0] | t.sketch[slot, 1]))
+        fields = dict(dst_ips=hosts, dst_ip_count=host_count, dst_ips_omitted=host_count - len(hosts),
+                      dst_ip_count_estimated=full, count_estimated=full)
+        if mode == HS_FAILED:
+            fields.update(src_ip=to_text(key[0], key[1]), dst_ports=compress_ports(ports),
+                          dst_port_count=len(ports))
+        elif mode in (HS_HOST_SWEEP, HS_PORT_SWEEP):
+            port = int(key[2])
+            fields.update(dst_ports=str(port), dst_port_count=1, dst_port=port)
+        else:  # icmp_sweep
+            fields.update(dst_ports="", dst_port_count=0)
+        if mode == HS_PORT_SWEEP:
+            order = sorted(range(CONTRIBUTORS), key=lambda k: -int(t.contrib_n[slot, k]))
+            sources = [{"ip": to_text(t.contrib_hi[slot, k], t.contrib_lo[slot, k]),
+                        "probes": int(t.contrib_n[slot, k])}
+                       for k in order if t.contrib_n[slot, k] > 0]
+            fields.update(src_ip=sources[0]["ip"] if sources else "",
+                          sources=sources,
+                          sources_complete=sum(s["probes"] for s in sources) == int(self.lc.probes[slot]))
+        else:
+            fields.setdefault("src_ip", to_text(key[0], key[1]))
+        return fields

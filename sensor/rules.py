@@ -1,0 +1,86 @@
+"""The rules: what each detects, which counter kernel serves it, its defaults.
+
+Every rule has the same settings (threshold, window, directions, ...) with
+rule-specific defaults; ``sensor/config.py`` builds its setting table from
+here and ``sensor/presets.py`` overrides them to mimic the SIEM rules.
+"""
+import dataclasses
+
+from kernels import rules as kr
+
+ALL_DIRECTIONS = ["inbound", "outbound", "internal", "external"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    name: str
+    table: str            # "port_set" or "host_set"
+    mode: int             # kernels/rules.py mode
+    about: str
+    count_kind: str       # what `count` counts
+    threshold: int
+    window_s: float
+    directions: tuple = tuple(ALL_DIRECTIONS)
+    mitre: tuple = ("T1046",)
+    mitre_from_outside: tuple = ("T1046", "T1595.001")
+    exclude_ports: tuple = ()
+    max_keys: int = 4096
+    max_listed: int = 64
+    extra: tuple = ()     # (name, default, help) of rule-specific settings
+
+
+RULES = (
+    Rule("port_scan", "port_set", kr.PS_PORT_SCAN,
+         "One prober sending TCP connection attempts (SYN without ACK/RST) to many distinct "
+         "destination ports (vertical scan). Counted per source (`scope = \"source\"`, "
+         "Sentinel style) or per source and destination pair (`\"pair\"`, Elastic/Zeek style).",
+         "distinct_ports", threshold=50, window_s=300.0,
+         extra=(("scope", "source", "What a key is: \"source\" (one prober, all its targets) "
+                 "or \"pair\" (one prober and one target)."),)),
+    Rule("host_sweep", "host_set", kr.HS_HOST_SWEEP,
+         "One prober sending TCP connection attempts to many distinct hosts on the same "
+         "destination port (horizontal scan; Zeek address scan, Elastic network sweep).",
+         "distinct_hosts", threshold=25, window_s=300.0, mitre_from_outside=("T1046", "T1595.001")),
+    Rule("port_sweep", "host_set", kr.HS_PORT_SWEEP,
+         "Many hosts in home_net hit on one destination port, by any number of probers "
+         "(Sentinel \"Network Port Sweep from External Network\"). The alert names the "
+         "probers responsible (`sources`, top contributors with counts).",
+         "distinct_hosts", threshold=50, window_s=300.0, directions=("inbound",),
+         max_keys=1024),
+    Rule("failed_connections", "host_set", kr.HS_FAILED,
+         "A prober whose connection attempts are refused: TCP RST sent back to it by the "
+         "targets (Palo Alto \"possible internal to external port scanning\"). Counts "
+         "distinct refusing host+port pairs, or refusals (`count = \"attempts\"`).",
+         "refused_pairs", threshold=10, window_s=300.0,
+         extra=(("count", "distinct", "\"distinct\": distinct refusing host+port pairs; "
+                 "\"attempts\": every refusal."),)),
+    Rule("exposed_host_probe", "port_set", kr.PS_EXPOSED_PROBE,
+         "Connection attempts from outside home_net to the hosts listed in "
+         "`net.exposed_hosts` (Defender \"port scanning on internet-facing devices\"): "
+         "counts attempts per remote address. Does nothing while that list is empty.",
+         "attempts", threshold=3, window_s=3600.0, directions=("inbound", "external"),
+         max_keys=1024),
+    Rule("stealth_scan", "port_set", kr.PS_STEALTH,
+         "TCP probes that no real connection sends: segments with none of SYN, ACK and RST "
+         "(nmap -sF FIN, -sN NULL, -sX Xmas). Maimon and ACK scans need flow state (probe "
+         "outcomes) and are not counted yet.",
+         "distinct_ports", threshold=5, window_s=300.0, max_keys=1024),
+    Rule("udp_scan", "port_set", kr.PS_UDP_CLOSED,
+         "A prober whose UDP datagrams hit many distinct closed ports: counted from the ICMP "
+         "port-unreachable replies quoting them.",
+         "closed_ports", threshold=10, window_s=300.0, max_keys=1024),
+    Rule("icmp_sweep", "host_set", kr.HS_ICMP_SWEEP,
+         "One prober sending ICMP/ICMPv6 echo requests to many distinct hosts (ping sweep).",
+         "distinct_hosts", threshold=25, window_s=300.0,
+         mitre=("T1018",), mitre_from_outside=("T1018", "T1595.001")),
+)
+RULE_BY_NAME = {r.name: r for r in RULES}
+
+DIRECTION_BITS = {name: bit for bit, name in kr.DIRECTION_NAMES.items()}
+
+
+def direction_mask(names):
+    mask = 0
+    for name in names:
+        mask |= DIRECTION_BITS[name]
+    return mask

@@ -1,0 +1,44 @@
+"""Build PacketBatch objects straight from row dicts (detector tests skip decode)."""
+from kernels.batch import COLUMNS, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, TH_SYN, PacketBatch
+from sensor.addresses import from_text
+
+
+def syn_row(ts_ns, src, dst, dport, sport=40000, flags=TH_SYN):
+    src_hi, src_lo = from_text(src)
+    dst_hi, dst_lo = from_text(dst)
+    row = {name: 0 for name, _ in COLUMNS}
+    row.update(ts_ns=ts_ns, src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo,
+               sport=sport, dport=dport, proto=6, tcp_flags=flags,
+               pkt_flags=PF_HAS_PORTS | PF_HAS_TCP_FLAGS)
+    return row
+
+
+def batches_from_rows(rows, capacity):
+    """Yield PacketBatch objects holding ``rows`` in order, ``capacity`` at a time."""
+    batch = PacketBatch(capacity)
+    for start in range(0, len(rows), capacity):
+        chunk = rows[start:start + capacity]
+        for name, _ in COLUMNS:
+            col = getattr(batch, name)
+            for i, r in enumerate(chunk):
+                col[i] = r[name]
+        batch.n = len(chunk)
+        yield batch
+
+
+def icmp_row(ts_ns, src, dst, icmp_type, icmp_code=0, inner=None, v6=False):
+    """ICMP (v6=False) or ICMPv6 row; inner=(src, dst, proto, sport, dport) for errors."""
+    from kernels.batch import PF_HAS_ICMP, PF_HAS_INNER, PF_INNER_HAS_PORTS
+    src_hi, src_lo = from_text(src)
+    dst_hi, dst_lo = from_text(dst)
+    row = {name: 0 for name, _ in COLUMNS}
+    row.update(ts_ns=ts_ns, src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo,
+               proto=58 if v6 else 1, icmp_type=icmp_type, icmp_code=icmp_code,
+               pkt_flags=PF_HAS_ICMP)
+    if inner is not None:
+        isrc, idst, iproto, isport, idport = inner
+        row["inner_src_hi"], row["inner_src_lo"] = from_text(isrc)
+        row["inner_dst_hi"], row["inner_dst_lo"] = from_text(idst)
+        row.update(inner_proto=iproto, inner_sport=isport, inner_dport=idport)
+        row["pkt_flags"] |= PF_HAS_INNER | PF_INNER_HAS_PORTS
+    return row

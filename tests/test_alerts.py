@@ -1,0 +1,29 @@
+from hypothesis import given, strategies as st
+
+from sensor.addresses import from_text, to_text
+from sensor.alerts import compress_ports, expand_ports, rfc3339
+
+
+def test_compress_ports_examples():
+    assert compress_ports([80, 21, 22, 23, 443]) == "21-23,80,443"
+    assert compress_ports([]) == ""
+    assert compress_ports(range(65536)) == "0-65535"
+
+
+@given(st.sets(st.integers(0, 65535), max_size=300))
+def test_compress_expand_round_trip(ports):
+    assert expand_ports(compress_ports(ports)) == sorted(ports)
+
+
+def test_canonical_addresses():
+    assert to_text(*from_text("::ffff:10.1.2.3")) == "10.1.2.3"
+    assert from_text("::ffff:10.1.2.3") == from_text("10.1.2.3")
+    assert from_text("::10.1.2.3") == from_text("10.1.2.3")      # IPv4-compatible
+    assert to_text(*from_text("::1")) == "::1"
+    assert to_text(*from_text("::")) == "::"
+    assert to_text(*from_text("2001:db8::ffff:10.1.2.3")) == "2001:db8::ffff:a01:203"
+
+
+def test_rfc3339():
+    assert rfc3339(1_719_198_070_258_764_300) == "2024-06-24T03:01:10.258764Z"
+    assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"

@@ -1,0 +1,133 @@
+"""The command line as a user meets it: real processes, exit codes, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, shipped
+
+try:
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
+
+
+def sensor(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "sensor", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, input=stdin, timeout=300)
+
+
+def alerts_of(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_nmap_syn_scan_gives_one_port_scan_alert():
+    proc = sensor("replay", shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 0, proc.stderr
+    (alert,) = alerts_of(proc.stdout)
+    assert alert["rule"] == "port_scan"
+    assert alert["src_ip"] == "10.77.0.1"
+    assert alert["dst_ips"] == ["10.77.0.2"]
+    assert alert["dst_port_count"] == 1000
+    assert alert["dst_ports"] == "1-1000"
+    assert alert["mitre"] == ["T1046"]
+    for field in ("rule", "src_ip", "dst_ips", "dst_ip_count", "dst_ports", "dst_port_count",
+                  "first_seen", "last_seen", "packets", "severity", "mitre", "sensor"):
+        assert field in alert
+    assert alert["first_seen"].endswith("Z") and alert["first_seen"] <= alert["last_seen"]
+
+
+def test_benign_capture_gives_no_alert():
+    proc = sensor("replay", shipped("benign_clients.pcap"))
+    assert proc.returncode == 0, proc.stderr
+    assert alerts_of(proc.stdout) == []
+
+
+def test_file_then_stdin_into_jsonl_file(tmp_path):
+    syn = shipped("nmap_syn_scan.pcap")
+    out = tmp_path / "alerts.jsonl"
+    # benign file first, then the scan from standard input: one stream of packet time
+    proc = subprocess.run([sys.executable, "-m", "sensor", "replay",
+                           str(shipped("benign_clients.pcap")), "-", "--jsonl", str(out)],
+                          cwd=ROOT, input=syn.read_bytes(), capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b""
+    (alert,) = alerts_of(out.read_text())
+    assert alert["dst_port_count"] == 1000
+
+
+def test_missing_file_is_one_line_exit_1_and_other_files_still_read():
+    proc = sensor("replay", "/nonexistent/x.pcap", shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "scan-sensor: error: /nonexistent/x.pcap: cannot open: No such file or directory"]
+    assert len(alerts_of(proc.stdout)) == 1
+
+
+def test_not_a_capture_file(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello world, not a pcap\n")
+    proc = sensor("replay", bad)
+    assert proc.returncode == 1
+    assert "not a pcap or pcapng file" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "port_scan.treshold=3"], "unknown setting `port_scan.treshold` (did you mean `port_scan.threshold`?)"),
+    (["--set", "port_scan.threshold=abc"], "`port_scan.threshold` must be an integer"),
+    (["--set", "port_scan.threshold=1"], "`port_scan.threshold` must be >= 2"),
+    (["--set", "port_scan.report_delay_s=600"], "must not exceed `port_scan.window_s`"),
+    (["-c", "/nonexistent.toml"], "cannot read config"),
+])
+def test_config_errors_exit_2_naming_the_key(args, fragment):
+    proc = sensor("replay", *args, shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 2
+    assert fragment in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_bad_config_file_names_file_and_key(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[port_scan]\nthreshold = 20\nwindow = 3\n")
+    proc = sensor("replay", "-c", cfg, shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 2
+    assert f"{cfg}: unknown setting `port_scan.window`" in proc.stderr
+
+
+def test_usage_error_exit_2():
+    proc = sensor("replay")
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+
+
+def test_config_file_threshold_changes_result(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[port_scan]\nthreshold = 1001\n")
+    proc = sensor("replay", "-c", cfg, shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 0 and alerts_of(proc.stdout) == []
+
+
+def test_dump_config_round_trips_as_valid_config(tmp_path):
+    proc = sensor("dump-config")
+    assert proc.returncode == 0
+    table = tomllib.loads(proc.stdout)
+    assert table["port_scan"]["threshold"] == 50
+    cfg = tmp_path / "full.toml"
+    cfg.write_text(proc.stdout)
+    proc = sensor("replay", "-c", cfg, shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 0 and len(alerts_of(proc.stdout)) == 1
+
+
+def test_summary_and_stats_json(tmp_path):
+    stats = tmp_path / "stats.json"
+    proc = sensor("replay", "--summary", "--stats-json", stats, shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 0
+    assert "port_scan  10.77.0.1" in proc.stderr
+    data = json.loads(stats.read_text())
+    assert data["alerts"] == 1 and data["records"] == data["decoded"] + sum(
+        v for k, v in data.items() if k in ("non_ip", "truncated_link", "truncated_ip",
+                                            "malformed_ip", "fragment_noninitial",
+                                            "truncated_l4", "malformed_l4",
+                                            "unsupported_linktype"))

@@ -1,0 +1,146 @@
+"""Every rule's kernel against the plain-Python reference (tests/naive.py), on generated rows."""
+import ipaddress
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import naive_rules_tmp as naive
+from batch_builder import batches_from_rows, icmp_row, syn_row
+from kernels.batch import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG
+from sensor.addresses import from_text, to_text
+from sensor.alerts import expand_ports
+from sensor.config import DEFAULT_HOME_NET, load_config
+from sensor.engine import Engine
+from sensor.rules import RULES
+
+SEC = 1_000_000_000
+T0 = 1_700_000_000 * SEC
+HOSTS = ["10.0.0.1", "10.0.0.2", "192.168.1.7", "::ffff:10.0.0.3", "198.51.100.4",
+         "203.0.113.9", "2001:db8::5", "fd00::9", "127.0.0.1", "10.9.9.9"]
+FLAGS = [TH_SYN] * 6 + [TH_SYN | TH_ACK, TH_RST, TH_RST | TH_ACK, TH_ACK, 0, TH_FIN,
+                        TH_FIN | TH_PUSH | TH_URG, TH_FIN | TH_ACK]
+ALLOW = ["10.9.9.9/32"]
+IGNORE = ["10.0.0.2/32"]
+EXPOSED = ["10.0.0.1/32", "fd00::9/128"]
+IGNORE_PORTS = [7]
+
+
+@st.composite
+def mixed_rows(draw):
+    rows = []
+    ts = T0
+    for _ in range(draw(st.integers(1, 250))):
+        ts += draw(st.sampled_from([0, 1, 1000, SEC // 10, SEC, 7 * SEC, 40 * SEC]))
+        src = draw(st.sampled_from(HOSTS + ["203.0.113.9"] * 4))
+        dst = draw(st.sampled_from(HOSTS))
+        port = draw(st.one_of(st.sampled_from([22, 80, 443]), st.integers(1, 30)))
+        port = port * draw(st.sampled_from([1, 1, 1, 997])) % 65536
+        kind = draw(st.sampled_from(["tcp"] * 6 + ["echo", "unreach"]))
+        if kind == "tcp":
+            row = syn_row(ts, src, dst, port, sport=draw(st.sampled_from([80, 443, 22, 40000])),
+                          flags=draw(st.sampled_from(FLAGS)))
+        elif kind == "echo":
+            row = icmp_row(ts, src, dst, 8)
+        else:
+            row = icmp_row(ts, src, dst, 3, 3, inner=(dst, src, 17, 5353, port))
+        rows.append(row)
+    return rows
+
+
+def network(scope):
+    return dict(home=[ipaddress.ip_network(n) for n in DEFAULT_HOME_NET],
+                allow=[ipaddress.ip_network(n) for n in ALLOW],
+                ignore=[ipaddress.ip_network(n) for n in IGNORE],
+                exposed=[ipaddress.ip_network(n) for n in EXPOSED],
+                ignore_ports=set(IGNORE_PORTS), scope=scope)
+
+
+def engine_for(rule, **settings_):
+    over = [f"{r.name}.enabled={'true' if r.name == rule else 'false'}" for r in RULES]
+    over += ["sensor.hash_seed=99", "alerts.max_per_minute=0",
+             f"net.allow_sources={ALLOW!r}".replace("'", '"'),
+             f"net.ignore_destinations={IGNORE!r}".replace("'", '"'),
+             f"net.exposed_hosts={EXPOSED!r}".replace("'", '"'),
+             f"net.ignore_ports={IGNORE_PORTS!r}"]
+    over += [f"{rule}.{k}={v}" for k, v in settings_.items()]
+    return Engine(load_config(None, over))
+
+
+def run(engine, rows, capacity):
+    alerts = []
+    for batch in batches_from_rows(rows, capacity):
+        alerts.extend(engine.process(batch))
+    return alerts + engine.finish()
+
+
+def key_text(rule, ref):
+    return ref
+
+
+@pytest.mark.parametrize("rule", [r.name for r in RULES])
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(rows=mixed_rows(), threshold=st.integers(1, 6), window_s=st.sampled_from([1, 10, 60]),
+       delay_s=st.sampled_from([0, 1, 5]), growth=st.sampled_from([0, 2]),
+       new_target=st.booleans(), update_s=st.sampled_from([0, 30]),
+       suppress_s=st.sampled_from([30, 3600]), capacity=st.sampled_from([1, 5, 4096]),
+       scope=st.sampled_from(["source", "pair"]),
+       directions=st.sampled_from([["inbound", "outbound", "internal", "external"],
+                                   ["inbound"], ["internal", "outbound"]]),
+       exclude=st.sampled_from([[], [3, "20-25"]]), attempts=st.booleans())
+def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth, new_target,
+                                update_s, suppress_s, capacity, scope, directions, exclude,
+                                attempts):
+    delay_s = min(delay_s, window_s)
+    settings_ = {"threshold": threshold, "window_s": window_s, "report_delay_s": delay_s,
+                 "growth_factor": growth, "new_target_updates": str(new_target).lower(),
+                 "update_interval_s": update_s, "suppress_s": suppress_s,
+                 "directions": str(directions).replace("'", '"'),
+                 "exclude_ports": str(exclude).replace("'", '"'), "max_listed": 512,
+                 "max_keys": 256}
+    if rule == "port_scan":
+        settings_["scope"] = scope
+    if rule == "failed_connections":
+        settings_["count"] = "attempts" if attempts else "distinct"
+    alerts = run(engine_for(rule, **settings_), rows, capacity)
+    ref = naive.counter_reference(
+        rule, rows, network(scope if rule == "port_scan" else "source"), threshold,
+        window_s * SEC, delay_s * SEC, set(directions),
+        exclude_ports=set([3] + list(range(20, 26))) if exclude else set(),
+        growth=growth, update_ns=update_s * SEC, suppress_ns=suppress_s * SEC,
+        new_target_updates=new_target,
+        count_attempts=(rule == "failed_connections" and attempts))
+    got = sorted(summarise_alert(a) for a in alerts)
+    want = sorted(summarise_ref(rule, r) for r in ref)
+    assert got == want
+
+
+def summarise_alert(a):
+    return (a.src_ip, a.seq, a.count, a.packets, a.first_seen, a.last_seen,
+            a.dst_ports if a.rule in ("port_scan", "stealth_scan", "udp_scan",
+                                      "exposed_host_probe", "failed_connections") else "",
+            tuple(sorted(a.dst_ips)), a.direction, tuple(a.probe_types or ()),
+            tuple(sorted((s["ip"], s["probes"]) for s in a.sources or ())))
+
+
+def summarise_ref(rule, r):
+    from sensor.alerts import compress_ports, rfc3339
+    port_set = r["ports"] is not None
+    if rule == "port_sweep":
+        top = max(r["contributors"].items(), key=lambda kv: kv[1])[0]
+        src = to_text(*top)
+    else:
+        src = to_text(*r["key"][:2])
+    if port_set:
+        ports = compress_ports(r["ports"])
+        dsts = tuple(sorted(to_text(*t) for t in r["targets"]))
+    else:
+        ports = compress_ports({p for (_, p) in r["items"]}) if rule == "failed_connections" else ""
+        dsts = tuple(sorted({to_text(*h) for (h, _) in r["items"]}))
+    for name in ("inbound", "outbound", "external", "internal"):
+        if name in r["directions"]:
+            direction = name
+            break
+    kinds = tuple(k for k in ("null", "fin", "xmas", "other") if k in r["evidence"])
+    sources = tuple(sorted((to_text(*p), n) for p, n in r["contributors"].items()))
+    return (src, r["seq"], r["count"], r["probes"], rfc3339(r["first_seen_ns"]),
+            rfc3339(r["last_seen_ns"]), ports, dsts, direction, kinds, sources)
