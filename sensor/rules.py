@@ -51,7 +51,7 @@ RULES = (
          "A prober whose connection attempts are refused: TCP RST sent back to it by the "
          "targets (Palo Alto \"possible internal to external port scanning\"). Counts "
          "distinct refusing host+port pairs, or refusals (`count = \"attempts\"`).",
-         "refused_pairs", threshold=10, window_s=300.0,
+         "refused_pairs", threshold=10, window_s=300.0, max_keys=1024, max_listed=1024,
          extra=(("count", "distinct", "\"distinct\": distinct refusing host+port pairs; "
                  "\"attempts\": every refusal."),)),
     Rule("exposed_host_probe", "port_set", kr.PS_EXPOSED_PROBE,

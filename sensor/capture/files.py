@@ -1,17 +1,23 @@
 """Capture files as batches: classic pcap, pcapng, gzip of either, or standard input.
 
 A regular file is memory-mapped and handed to the walker kernel whole (no
-copy). Gzip files and standard input are read in chunks into a rolling
-buffer; the walker reports how far it got and the unread tail is carried
-into the next chunk, so a record split across chunks is never lost.
+copy). Gzip files, standard input and other non-regular paths (FIFOs,
+``<(...)`` process substitution), and any file opened with
+``use_mmap=False``, are read in chunks of at most ``chunk_bytes`` into a
+rolling buffer (a chunk is whatever is available, so a live pipe is decoded
+as packets arrive); the walker reports how far it got and the unread tail is
+carried into the next chunk, so a record split across chunks is never lost.
 
 This module only moves bytes: it holds no detection logic.
 """
 import gzip
 import mmap
 import os
+import stat
 import struct
 import sys
+import weakref
+import zlib
 
 import numpy as np
 
@@ -56,12 +62,18 @@ class CaptureFile:
     Attributes set while reading: ``size_bytes`` (None for streams),
     ``bytes_done`` (progress), ``warnings`` (CaptureWarning list),
     ``format`` ("pcap" / "pcapng"), ``compressed``.
+
+    ``use_mmap=False`` reads a regular file through the chunked stream path
+    instead of mapping it (tests use it to check both paths agree).
     """
 
-    def __init__(self, path, chunk_bytes=4 << 20):
+    def __init__(self, path, chunk_bytes=4 << 20, use_mmap=True):
         self.path = path
         self.name = _display_name(path)
         self.chunk_bytes = int(chunk_bytes)
+        if self.chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be >= 1")
+        self.use_mmap = bool(use_mmap)
         self.size_bytes = None
         self.bytes_done = 0
         self.warnings = []
@@ -70,6 +82,7 @@ class CaptureFile:
         self._raw = None
         self._mmap = None
         self._stream = None
+        self._generators = weakref.WeakSet()
         self._open()
 
     # --- opening -----------------------------------------------------------
@@ -77,25 +90,39 @@ class CaptureFile:
         try:
             if self.path == "-":
                 self._raw = sys.stdin.buffer
-                head = self._raw.peek(4)[:4] if hasattr(self._raw, "peek") else b""
             else:
                 self._raw = open(self.path, "rb")
+                st = os.fstat(self._raw.fileno())
+                if stat.S_ISREG(st.st_mode):
+                    self.size_bytes = st.st_size
+            if self.size_bytes is not None:
                 head = self._raw.read(4)
                 self._raw.seek(0)
-                self.size_bytes = os.fstat(self._raw.fileno()).st_size
+            else:
+                # a pipe cannot seek back: look at the head without consuming it
+                head = self._raw.peek(4)[:4] if hasattr(self._raw, "peek") else b""
         except OSError as exc:
             raise CaptureError(f"{self.name}: cannot open: {exc.strerror or exc}") from None
         if head[:2] == GZIP_MAGIC:
             self.compressed = True
             self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
-        elif self.path == "-" or not self.size_bytes:
+        elif not self.size_bytes or not self.use_mmap:
             self._stream = self._raw
         else:
             self._mmap = mmap.mmap(self._raw.fileno(), 0, access=mmap.ACCESS_READ)
 
     def close(self):
+        # a batches() generator suspended at a yield holds a view of the map
+        # (mmap.close() would raise BufferError): finish it first
+        for gen in list(self._generators):
+            gen.close()
         if self._mmap is not None:
-            self._mmap.close()
+            try:
+                self._mmap.close()
+            except BufferError:
+                # the traceback of an exception being handled still holds the
+                # view; the map is released with it
+                pass
             self._mmap = None
         if self._raw is not None and self.path != "-":
             self._raw.close()
@@ -113,15 +140,28 @@ class CaptureFile:
         if self._mmap is not None:
             yield np.frombuffer(self._mmap, dtype=np.uint8), True
             return
+        read = getattr(self._stream, "read1", self._stream.read)
+        total = 0
         while True:
             try:
-                data = self._stream.read(self.chunk_bytes)
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                raise CaptureError(f"{self.name}: read failed after {self.bytes_done} bytes"
+                data = read(self.chunk_bytes)
+            except EOFError:
+                # gzip stream cut short (written by a capture that was killed, or
+                # copied while being written): decode what came out of it
+                self.warnings.append(CaptureWarning(
+                    self.name, f"compressed data ends early, after {total} decompressed "
+                    f"bytes; what came before was decoded"))
+                yield b"", True
+                return
+            except (OSError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
+                raise CaptureError(f"{self.name}: read failed after {total} bytes"
                                    f"{' (decompressed)' if self.compressed else ''}: {exc}") from None
+            total += len(data)
             yield data, not data
 
     def _parse_header(self, head):
+        if not head:
+            raise CaptureError(f"{self.name}: empty file, not a capture")
         if len(head) < 4:
             raise CaptureError(f"{self.name}: too short to be a capture file ({len(head)} bytes)")
         magic = struct.unpack("<I", head[:4])[0]
@@ -149,8 +189,13 @@ class CaptureFile:
         The caller consumes ``batch.n`` rows before resuming the generator.
         Counters are added to ``stats``. Damage that stops decoding of this
         file is reported as a CaptureWarning (kept in ``self.warnings``); what
-        was decoded before it is kept.
+        was decoded before it is kept. ``close()`` ends an unfinished generator.
         """
+        gen = self._batches(batch, stats)
+        self._generators.add(gen)
+        return gen
+
+    def _batches(self, batch, stats):
         cols = batch.columns
         pending = b""
         header = None

@@ -174,8 +174,11 @@ class CounterDetector:
         fields = dict(dst_ips=hosts, dst_ip_count=host_count, dst_ips_omitted=host_count - len(hosts),
                       dst_ip_count_estimated=full, count_estimated=full)
         if mode == HS_FAILED:
+            pairs = n_list
+            if full:
+                pairs = max(n_list, linear_count(t.sketch[slot, 0] | t.sketch[slot, 1]))
             fields.update(src_ip=to_text(key[0], key[1]), dst_ports=compress_ports(ports),
-                          dst_port_count=len(ports))
+                          dst_port_count=len(ports), pairs_omitted=pairs - n_list)
         elif mode in (HS_HOST_SWEEP, HS_PORT_SWEEP):
             port = int(key[2])
             fields.update(dst_ports=str(port), dst_port_count=1, dst_port=port)

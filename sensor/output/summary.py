@@ -14,7 +14,7 @@ def render_summary(alerts, stats, files, seconds):
     records = stats.get("records", 0)
     rate = records / seconds if seconds > 0 else 0.0
     out = [f"scan-sensor: {files} file(s), {records:,} packets ({stats.get('decoded', 0):,} "
-           f"decoded) in {seconds:.2f} s, {rate / 1e6:.2f} Mpps; {len(alerts)} alert(s)"]
+           f"decoded) in {seconds:.2f} s ({rate:,.0f} packets/s); {len(alerts)} alert(s)"]
     rows = [(a.rule, a.src_ip, a.direction or "", a.count, a.dst_port_count, a.dst_ip_count,
              a.packets, a.severity, a.first_seen) for a in alerts if hasattr(a, "count")]
     if rows:

@@ -1,0 +1,63 @@
+"""Golden alerts: shipped captures (real nmap runs and scapy edge cases) -> expected alerts.
+
+Regenerate after an intended change with ``python tests/test_golden.py`` and review the diff.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+
+# (capture under pcaps/, extra replay arguments, golden file name)
+CASES = [
+    ("nmap_syn_scan.pcap", [], "nmap_syn_scan.jsonl"),
+    ("nmap_connect_scan.pcap", [], "nmap_connect_scan.jsonl"),
+    ("nmap_syn_filtered.pcap", [], "nmap_syn_filtered.jsonl"),
+    ("nmap_syn_scan_ipv6.pcap", [], "nmap_syn_scan_ipv6.jsonl"),
+    ("nmap_stealth_scans.pcap", [], "nmap_stealth_scans.jsonl"),
+    ("nmap_udp_scan.pcap", [], "nmap_udp_scan.jsonl"),
+    ("benign_clients.pcap", [], "benign_clients.jsonl"),
+    ("nmap_syn_scan.pcap", ["--preset", "elastic-network-scan"], "nmap_syn_scan.elastic.jsonl"),
+    ("nmap_syn_scan.pcap", ["--set", "port_scan.scope=\"pair\"", "--set",
+                            "failed_connections.enabled=false"], "nmap_syn_scan.pair.jsonl"),
+    ("edge/mapped_ipv6.pcap", [], "mapped_ipv6.jsonl"),
+    ("edge/ipv4_twin_scan.pcap", [], "ipv4_twin_scan.jsonl"),
+]
+COMMON = ["--set", "sensor.name=\"golden\"", "--set", "sensor.hash_seed=1", "--no-summary"]
+
+
+def replay(capture, args):
+    proc = subprocess.run([sys.executable, "-m", "sensor", "replay", *COMMON, *args,
+                           str(ROOT / "pcaps" / capture)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("capture, args, golden", CASES, ids=[c[2] for c in CASES])
+def test_golden(capture, args, golden):
+    if not (ROOT / "pcaps" / capture).exists():
+        pytest.skip(f"pcaps/{capture} not present")
+    expected = [json.loads(line) for line in (GOLDEN / golden).read_text().splitlines()]
+    assert replay(capture, args) == expected
+
+
+def test_mapped_ipv6_scan_equals_its_ipv4_twin():
+    """::ffff:10.1.2.3 in IPv6 headers is the same internal host as 10.1.2.3."""
+    mapped = replay("edge/mapped_ipv6.pcap", [])
+    twin = replay("edge/ipv4_twin_scan.pcap", [])
+    assert mapped and mapped == twin
+    assert {a["src_ip"] for a in mapped} == {"10.1.2.3"}
+    assert {a["direction"] for a in mapped} == {"internal"}
+
+
+if __name__ == "__main__":
+    GOLDEN.mkdir(exist_ok=True)
+    for capture, args, golden in CASES:
+        alerts = replay(capture, args)
+        (GOLDEN / golden).write_text("".join(json.dumps(a) + "\n" for a in alerts))
+        print(f"{golden}: {len(alerts)} alert(s)")
