@@ -1,8 +1,9 @@
 """Bounded, set-associative key table shared by the detectors.
 
 A table of ``capacity`` slots is split into buckets of ``ways`` slots; a key
-of four uint64 words (a source address; a source and a destination address; a
-source and a port; a port alone: unused words are 0) hashes to one bucket, so
+of five uint64 words (a source address; a source and a destination address; a
+source and a port; a port alone; a probe's initiator, responder and port:
+unused words are 0) hashes to one bucket, so
 a lookup or insert touches at most ``ways`` slots. A key's slot is reused when
 
 * the key is found (hit),
@@ -14,7 +15,7 @@ a lookup or insert touches at most ``ways`` slots. A key's slot is reused when
 The hash is keyed with a per-run seed, so an attacker cannot aim spoofed
 addresses at one bucket without knowing it. Time is packet time only.
 
-Memory: ``capacity * 40`` bytes for keys and last-seen times; the detector's
+Memory: ``capacity * 48`` bytes for keys and last-seen times; the detector's
 own per-slot arrays are sized by the same capacity.
 """
 import numpy as np
@@ -37,11 +38,12 @@ def mix64(x):
 
 
 @inline
-def hash_key(k0, k1, k2, k3, seed):
+def hash_key(k0, k1, k2, k3, k4, seed):
     h = mix64(k0 ^ seed)
     h = mix64(h ^ k1 ^ GOLDEN)
     h = mix64(h ^ k2)
-    return mix64(h ^ k3 ^ GOLDEN)
+    h = mix64(h ^ k3 ^ GOLDEN)
+    return mix64(h ^ k4)
 
 
 LOOKUP_HIT = 0
@@ -51,8 +53,8 @@ LOOKUP_FULL = 3       # every slot in the bucket is pinned; slot = the oldest pi
 
 
 @inline
-def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, now_ns, stale_ns, ways, seed):
-    """Find or claim a slot for key (k0, k1, k2, k3).
+def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, k4, now_ns, stale_ns, ways, seed):
+    """Find or claim a slot for key (k0, k1, k2, k3, k4).
 
     Returns (outcome, slot). For LOOKUP_NEW / LOOKUP_EVICTED the key is
     written and the caller must initialise the rest of the slot. For
@@ -60,7 +62,7 @@ def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, now_ns, stale_ns, ways
     pinned slot first.
     """
     nbuckets = keys.shape[0] // ways
-    h = hash_key(k0, k1, k2, k3, seed)
+    h = hash_key(k0, k1, k2, k3, k4, seed)
     base = np.int64(h % np.uint64(nbuckets)) * ways
     free = -1
     oldest = -1
@@ -74,7 +76,8 @@ def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, now_ns, stale_ns, ways
             if free < 0:
                 free = s
             continue
-        if keys[s, 0] == k0 and keys[s, 1] == k1 and keys[s, 2] == k2 and keys[s, 3] == k3:
+        if (keys[s, 0] == k0 and keys[s, 1] == k1 and keys[s, 2] == k2 and keys[s, 3] == k3
+                and keys[s, 4] == k4):
             return LOOKUP_HIT, s
         if pinned[s]:
             if seen < oldest_pinned_ts:
@@ -100,5 +103,20 @@ def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, now_ns, stale_ns, ways
     keys[slot, 1] = k1
     keys[slot, 2] = k2
     keys[slot, 3] = k3
+    keys[slot, 4] = k4
     last_seen_ns[slot] = now_ns
     return outcome, slot
+
+
+@inline
+def lookup_slot(keys, last_seen_ns, k0, k1, k2, k3, k4, ways, seed):
+    """Slot holding key (k0..k4), or -1. Never writes."""
+    nbuckets = keys.shape[0] // ways
+    h = hash_key(k0, k1, k2, k3, k4, seed)
+    base = np.int64(h % np.uint64(nbuckets)) * ways
+    for w in range(ways):
+        s = base + w
+        if (last_seen_ns[s] != EMPTY and keys[s, 0] == k0 and keys[s, 1] == k1
+                and keys[s, 2] == k2 and keys[s, 3] == k3 and keys[s, 4] == k4):
+            return s
+    return -1

@@ -43,7 +43,12 @@ P_MODE = 9            # rule mode (kernels/rules.py)
 P_PAIR_SCOPE = 10     # port-set: key is prober + target
 P_COUNT_ATTEMPTS = 11  # port-set: count attempts instead of distinct ports
 P_NEW_TARGET = 12     # schedule an update when a new target appears
-N_PARAMS = 13
+P_TRW_FAIL = 13       # trw_scanner: log-likelihood step of a failed first contact (micro-units)
+P_TRW_SUCCESS = 14    # ... of a successful one (negative)
+P_TRW_UPPER = 15      # log(eta1): flag as scanner at or above
+P_TRW_LOWER = 16      # log(eta0): declare benign at or below
+P_COUNT_FILTERED = 17  # failed_connections: unanswered/filtered attempts count as failures
+N_PARAMS = 18
 
 # meta (int64): pending-list bookkeeping and counters
 M_NPENDING = 0
@@ -61,7 +66,7 @@ class Lifecycle:
     """Per-slot episode arrays and the pending list of one table."""
 
     def __init__(self, capacity, max_pending):
-        self.keys = np.zeros((capacity, 4), np.uint64)
+        self.keys = np.zeros((capacity, 5), np.uint64)
         self.last_seen_ns = np.full(capacity, EMPTY, np.int64)
         self.first_seen_ns = np.zeros(capacity, np.int64)
         self.pinned = np.zeros(capacity, np.uint8)
@@ -191,3 +196,9 @@ def release_slot(lc, slot):
                 best = k
         meta[M_MIN_DUE] = due_ns[pending[best]]
         meta[M_MIN_DUE_SLOT] = pending[best]
+
+
+@kernel
+def next_due(lc, now_ns):
+    """Slot whose alert is due by ``now_ns`` (earliest first), or -1."""
+    return due_slot(lc, now_ns)

@@ -12,13 +12,21 @@ What a row holds is documented in ``kernels/batch.py``. The rules:
 * IPv4 options are skipped by IHL; a total length of 0 (TSO captures) means
   "to the end of the capture". IPv6 extension headers (hop-by-hop, routing,
   destination options, fragment, AH, mobility, HIP, shim6) are walked, at most
-  8 of them.
+  8 of them (a 9th extension header makes the packet ``malformed_ip``).
 * Fragments after the first are counted and skipped: they carry no ports.
+  A first fragment (PF_FIRST_FRAGMENT) whose TCP header is split across
+  fragments (RFC 1858 tiny fragment, ``nmap -f``) still gives a row when its
+  first 4 TCP bytes are there: ports without PF_HAS_TCP_FLAGS (the flags are
+  in the next fragment), so fragmenting a probe does not hide it.
 * A frame is skipped, with one counter incremented, when a header the sensor
   needs is cut (``truncated_*``: the capture was shorter than the packet said
   it was) or inconsistent (``malformed_*``). Needed means: the IP header, 14
   bytes of TCP (up to the flags), 4 bytes of UDP/SCTP/UDP-Lite/DCCP (ports),
-  2 bytes of ICMP (type, code). The header quoted inside an ICMP error is
+  2 bytes of ICMP (type, code). Whether a short header is cut or malformed is
+  decided by the IP length fields alone: shorter than the IP packet says it is
+  means cut by the snap length; an IP packet whose own length leaves no room
+  for the header is malformed (an IPv4 total length of 0 takes the capture
+  end as the packet end). The header quoted inside an ICMP error is
   optional evidence: if it is cut, malformed or a non-first fragment the row
   is still emitted without it.
 
@@ -52,6 +60,8 @@ IP_TRUNCATED = 1
 IP_MALFORMED = 2
 IP_FRAGMENT = 3
 
+MAX_EXT_HEADERS = 8
+
 U64_ZERO = np.uint64(0)
 MAPPED_V4 = np.uint64(0xFFFF_0000_0000)
 
@@ -81,6 +91,13 @@ def canonical_v6(hi, lo):
     if hi == U64_ZERO and (lo >> np.uint64(32)) == U64_ZERO and lo > np.uint64(1):
         lo = lo | MAPPED_V4
     return hi, lo
+
+
+@inline
+def is_ext_header(nh):
+    """IPv6 extension headers walked to reach the transport header."""
+    return (nh == 0 or nh == 43 or nh == 44 or nh == 51 or nh == 60 or nh == 135
+            or nh == 139 or nh == 140)
 
 
 @inline
@@ -141,18 +158,12 @@ def parse_ip(buf, p, end, want_version):
         nh = np.int64(buf[p + 6])
         q = p + 40
         first_fragment = False
-        for _ in range(8):
-            if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
-                if ip_end - q < 2:
-                    st = IP_TRUNCATED if cut else IP_MALFORMED
-                    return st, 6, z, z, z, z, 0, 0, 0, False, cut
-                hlen = (np.int64(buf[q + 1]) + 1) * 8
-            elif nh == 51:
-                if ip_end - q < 2:
-                    st = IP_TRUNCATED if cut else IP_MALFORMED
-                    return st, 6, z, z, z, z, 0, 0, 0, False, cut
-                hlen = (np.int64(buf[q + 1]) + 2) * 4
-            elif nh == 44:
+        n_ext = 0
+        while is_ext_header(nh):
+            if n_ext == MAX_EXT_HEADERS:
+                # a longer chain is not something a real stack sends
+                return IP_MALFORMED, 6, z, z, z, z, 0, 0, 0, False, cut
+            if nh == 44:
                 hlen = 8
                 if ip_end - q < 8:
                     st = IP_TRUNCATED if cut else IP_MALFORMED
@@ -163,15 +174,21 @@ def parse_ip(buf, p, end, want_version):
                 if (fo & 1) != 0:
                     first_fragment = True
             else:
-                return (IP_OK, 6, src_hi, src_lo, dst_hi, dst_lo, nh, q, ip_end,
-                        first_fragment, cut)
+                if ip_end - q < 2:
+                    st = IP_TRUNCATED if cut else IP_MALFORMED
+                    return st, 6, z, z, z, z, 0, 0, 0, False, cut
+                if nh == 51:
+                    hlen = (np.int64(buf[q + 1]) + 2) * 4
+                else:
+                    hlen = (np.int64(buf[q + 1]) + 1) * 8
             if ip_end - q < hlen:
                 st = IP_TRUNCATED if cut else IP_MALFORMED
                 return st, 6, z, z, z, z, 0, 0, 0, False, cut
             nh = np.int64(buf[q])
             q += hlen
-        # still inside an extension-header chain after 8 headers
-        return IP_MALFORMED, 6, z, z, z, z, 0, 0, 0, False, cut
+            n_ext += 1
+        return (IP_OK, 6, src_hi, src_lo, dst_hi, dst_lo, nh, q, ip_end,
+                first_fragment, cut)
     return IP_MALFORMED, version, z, z, z, z, 0, 0, 0, False, False
 
 
@@ -294,15 +311,22 @@ def decode_frame(buf, off, caplen, wire_len, linktype, ts_ns, cols, row, stats):
     avail = l4_end - l4
     if proto == 6:
         if avail < 14:
-            stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
-            return 0
-        if (np.int64(buf[l4 + 12]) >> 4) < 5:
+            if not (first_frag and not cut and avail >= 4):
+                stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
+                return 0
+            # tiny first fragment (RFC 1858, nmap -f): the ports are here, the
+            # flags are in the next fragment
+            sport = be16(buf, l4)
+            dport = be16(buf, l4 + 2)
+            flags |= PF_HAS_PORTS
+        elif (np.int64(buf[l4 + 12]) >> 4) < 5:
             stats[S_MALFORMED_L4] += 1
             return 0
-        sport = be16(buf, l4)
-        dport = be16(buf, l4 + 2)
-        tcp_flags = np.int64(buf[l4 + 13])
-        flags |= PF_HAS_PORTS | PF_HAS_TCP_FLAGS
+        else:
+            sport = be16(buf, l4)
+            dport = be16(buf, l4 + 2)
+            tcp_flags = np.int64(buf[l4 + 13])
+            flags |= PF_HAS_PORTS | PF_HAS_TCP_FLAGS
     elif is_port_proto(proto):
         if avail < 4:
             stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1

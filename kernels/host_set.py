@@ -1,9 +1,17 @@
 """Host-set counter: distinct targets (or target + port pairs) per key, over a sliding window.
 
 Serves host_sweep (key = prober + port), port_sweep (key = port, with the
-probers as contributors), icmp_sweep (key = prober) and failed_connections
-(key = prober, item = refusing host + port); ``kernels/rules.py`` says which
-rows each counts.
+probers as contributors), icmp_sweep (key = prober), failed_connections
+(key = prober, item = refusing host + port) and trw_scanner (key = prober,
+item = host contacted); ``kernels/rules.py`` says which rows each counts.
+
+trw_scanner is Threshold Random Walk (Jung, Paxson, Berger, Balakrishnan,
+IEEE S&P 2004): each *first contact* of a prober with a host (an item new to
+its list) moves the prober's log-likelihood ratio up (failure: closed or
+filtered) or down (success: open). At or above log(eta1) the prober is a
+scanner; at or below log(eta0) it is declared benign and no longer scored
+for the episode. The ratio is kept in fixed point (micro-units), so the
+kernel and its reference agree exactly.
 
 Items are kept exactly in a per-slot list of ``P_LIST`` entries, each with the
 pane it was last seen in (pane = ts // window_ns). On a pane change, items
@@ -24,12 +32,17 @@ import numpy as np
 from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
 from kernels.alert_slots import (
     EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
-    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK, P_LIST, P_MODE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS,
+    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_COUNT_FILTERED, P_DIR_MASK, P_LIST, P_TRW_FAIL, P_TRW_LOWER,
+    P_TRW_SUCCESS, P_TRW_UPPER, P_MODE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS,
     due_slot, episode_over, maybe_schedule, start_episode,
 )
 from kernels.jit import inline, kernel
+
+U0 = np.uint64(0)
 from kernels.port_set import popcount64
-from kernels.rules import HS_FAILED, HS_ICMP_SWEEP, HS_PORT_SWEEP, select_host_row
+from kernels.rules import (
+    HS_FAILED, HS_ICMP_SWEEP, HS_PORT_SWEEP, HS_TRW, OUT_OPEN, select_host_row,
+)
 
 SKETCH_WORDS = 64
 SKETCH_BITS = SKETCH_WORDS * 64
@@ -48,11 +61,15 @@ class HostSetState:
         self.contrib_hi = np.zeros((capacity, CONTRIBUTORS), np.uint64)
         self.contrib_lo = np.zeros((capacity, CONTRIBUTORS), np.uint64)
         self.contrib_n = np.zeros((capacity, CONTRIBUTORS), np.int64)
+        self.llr = np.zeros(capacity, np.int64)        # trw_scanner log-likelihood ratio
+        self.failures = np.zeros(capacity, np.int64)   # trw_scanner failed first contacts
+        self.trw_state = np.zeros(capacity, np.uint8)  # 0 scoring, 1 benign
 
     @property
     def arrays(self):
         return (self.pane, self.item_hi, self.item_lo, self.item_port, self.item_pane,
-                self.item_n, self.sketch, self.contrib_hi, self.contrib_lo, self.contrib_n)
+                self.item_n, self.sketch, self.contrib_hi, self.contrib_lo, self.contrib_n,
+                self.llr, self.failures, self.trw_state)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -61,7 +78,7 @@ class HostSetState:
 @inline
 def clear_slot(hs, slot, pane):
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n) = hs
+     contrib_lo, contrib_n, llr, failures, trw_state) = hs
     pane_a[slot] = pane
     item_n[slot] = 0
     for w in range(SKETCH_WORDS):
@@ -69,6 +86,9 @@ def clear_slot(hs, slot, pane):
         sketch[slot, 1, w] = 0
     for k in range(CONTRIBUTORS):
         contrib_n[slot, k] = 0
+    llr[slot] = 0
+    failures[slot] = 0
+    trw_state[slot] = 0
 
 
 @inline
@@ -93,7 +113,7 @@ def live_count(hs, slot, list_len):
 @inline
 def advance_pane(hs, slot, pane):
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n) = hs
+     contrib_lo, contrib_n, llr, failures, trw_state) = hs
     old = pane_a[slot]
     if pane <= old:
         return
@@ -121,7 +141,7 @@ def advance_pane(hs, slot, pane):
 def add_item(hs, slot, hi, lo, port, pane, list_len, seed):
     """Record an item in the current pane; returns True if it is new to the window."""
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n) = hs
+     contrib_lo, contrib_n, llr, failures, trw_state) = hs
     h = mix64(mix64(hi ^ seed) ^ lo ^ np.uint64(port))
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
@@ -170,7 +190,7 @@ def add_contributor(hs, slot, hi, lo):
 
 
 @kernel
-def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed):
+def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, outcome):
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
@@ -182,6 +202,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed):
     list_len = params[P_LIST]
     dir_allowed = params[P_DIR_MASK]
     count_attempts = params[P_COUNT_ATTEMPTS] != 0
+    count_filtered = params[P_COUNT_FILTERED] != 0
     stale_ns = 2 * window_ns
     for i in range(start, n):
         ts = ts_col[i]
@@ -189,7 +210,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed):
         if due >= 0:
             return i, EV_DUE, due
         take, k0, k1, k2, it_hi, it_lo, it_port, p_hi, p_lo, d = select_host_row(
-            mode, i, cols, cls)
+            mode, i, cols, cls, outcome, count_filtered)
         if not take:
             continue
         if (d & dir_allowed) == 0:
@@ -197,28 +218,39 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed):
             continue
         if mode == HS_FAILED:
             port = np.int64(it_port)
-        elif mode == HS_ICMP_SWEEP:
+        elif mode == HS_ICMP_SWEEP or mode == HS_TRW:
             port = np.int64(-1)
         else:
             port = np.int64(k2)
         if port >= 0 and (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        outcome, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, np.uint64(0), ts,
+        found, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, U0, U0, ts,
                                   stale_ns, ways, seed)
-        if outcome == LOOKUP_FULL:
+        if found == LOOKUP_FULL:
             meta[M_FORCED] += 1
             return i, EV_FORCED, slot
         pane = ts // window_ns
-        if outcome != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
-            if outcome == LOOKUP_EVICTED:
+        if found != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
+            if found == LOOKUP_EVICTED:
                 meta[M_EVICTIONS] += 1
             start_episode(lc, slot, ts)
             clear_slot(hs, slot, pane)
         advance_pane(hs, slot, pane)
         is_new = add_item(hs, slot, it_hi, it_lo, it_port, hs[0][slot], list_len, seed)
         probes[slot] += 1
-        if count_attempts:
+        if mode == HS_TRW:
+            if is_new and hs[12][slot] == 0:
+                if outcome[i] == OUT_OPEN:
+                    hs[10][slot] += params[P_TRW_SUCCESS]
+                else:
+                    hs[10][slot] += params[P_TRW_FAIL]
+                    hs[11][slot] += 1
+                if hs[10][slot] <= params[P_TRW_LOWER]:
+                    hs[12][slot] = 1                       # benign: stop scoring
+            # count = failed first contacts, but only once the walk crossed eta1
+            count[slot] = hs[11][slot] if hs[10][slot] >= params[P_TRW_UPPER] else 0
+        elif count_attempts:
             count[slot] = probes[slot]
         else:
             count[slot] = live_count(hs, slot, list_len)

@@ -31,6 +31,8 @@ from kernels.alert_slots import (
     start_episode,
 )
 from kernels.jit import inline, kernel
+
+U0 = np.uint64(0)
 from kernels.rules import select_port_row
 
 PORT_WORDS = 1024          # 65,536 bits
@@ -155,14 +157,14 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed):
         if (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        outcome, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, ts,
+        found, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, U0, ts,
                                   stale_ns, ways, seed)
-        if outcome == LOOKUP_FULL:
+        if found == LOOKUP_FULL:
             meta[M_FORCED] += 1
             return i, EV_FORCED, slot
         pane = ts // window_ns
-        if outcome != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
-            if outcome == LOOKUP_EVICTED:
+        if found != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
+            if found == LOOKUP_EVICTED:
                 meta[M_EVICTIONS] += 1
             start_episode(lc, slot, ts)
             clear_slot(ps, slot, pane)

@@ -6,7 +6,9 @@ Every rule is a *mode* of one of two counter kernels:
   destination ports (exact 65,536-bit bitmaps) or, for exposed_host_probe,
   attempts;
 * host-set rules (``kernels/host_set.py``): a key collects distinct hosts
-  (or host+port pairs).
+  (or host+port pairs). failed_connections and trw_scanner read *outcome
+  rows* (``kernels/probes.py``: src = initiator, dst = responder, dport =
+  port, with an outcome code) instead of packets.
 
 ``select_*`` decide for one row whether the rule counts it and return the
 key words, the item, the *prober* (the side doing the scanning) and the
@@ -30,7 +32,7 @@ from kernels.batch import (
 )
 from kernels.classify import (
     C_DPORT_IGNORED, C_DST_ALLOWED, C_DST_HOME, C_DST_IGNORED, C_DST_EXPOSED,
-    C_DST_SPECIAL, C_SPORT_IGNORED, C_SRC_ALLOWED, C_SRC_HOME, C_SRC_IGNORED,
+    C_DST_SPECIAL, C_SRC_ALLOWED, C_SRC_HOME, C_SRC_IGNORED,
     C_SRC_SPECIAL,
 )
 from kernels.jit import inline
@@ -45,7 +47,13 @@ PS_UDP_CLOSED = 3       # ICMP port unreachable quoting UDP: the prober hit a cl
 HS_HOST_SWEEP = 0       # TCP SYN probes; key = prober + port; item = target
 HS_PORT_SWEEP = 1       # TCP SYN probes; key = port; item = target; contributors = probers
 HS_ICMP_SWEEP = 2       # ICMP/ICMPv6 echo requests; key = prober; item = target
-HS_FAILED = 3           # TCP RST from the target; key = prober; item = target + port
+HS_FAILED = 3           # probe outcomes closed/filtered; key = prober; item = target + port
+HS_TRW = 4              # probe outcomes; key = prober; item = target (first contacts)
+
+# outcome codes (kernels/probes.py) that rules read from outcome rows
+OUT_OPEN = 1
+OUT_CLOSED = 2
+OUT_FILTERED = 3
 
 DIR_INTERNAL = 1
 DIR_OUTBOUND = 2
@@ -81,12 +89,6 @@ def is_syn_probe(pkt_flags, tcp_flags):
 def forward_ok(c):
     """Filters for a row whose source is the prober."""
     return (c & (C_SRC_ALLOWED | C_SRC_SPECIAL | C_DST_IGNORED | C_DPORT_IGNORED)) == 0
-
-
-@inline
-def reply_ok(c):
-    """Filters for a reply row whose destination is the prober."""
-    return (c & (C_DST_ALLOWED | C_DST_SPECIAL | C_SRC_IGNORED | C_SPORT_IGNORED)) == 0
 
 
 @inline
@@ -148,11 +150,23 @@ def select_port_row(mode, pair_scope, i, cols, cls):
 
 
 @inline
-def select_host_row(mode, i, cols, cls):
+def select_host_row(mode, i, cols, cls, outcome, count_filtered):
     """For host-set rules. Returns (take, k0, k1, k2, item_hi, item_lo,
     item_port, prober_hi, prober_lo, direction)."""
     pkt_flags = cols[11][i]
     c = cls[i]
+    if mode == HS_FAILED or mode == HS_TRW:
+        o = outcome[i]
+        if mode == HS_FAILED and o != OUT_CLOSED and not (o == OUT_FILTERED and count_filtered):
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        if mode == HS_TRW and o != OUT_OPEN and o != OUT_CLOSED and o != OUT_FILTERED:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        if not forward_ok(c):
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+        port = np.int64(cols[6][i]) if mode == HS_FAILED else np.int64(0)
+        return (True, cols[1][i], cols[2][i], U0, cols[3][i], cols[4][i], port,
+                cols[1][i], cols[2][i], d)
     if mode == HS_ICMP_SWEEP:
         if (pkt_flags & PF_HAS_ICMP) == 0:
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
@@ -168,14 +182,6 @@ def select_host_row(mode, i, cols, cls):
     if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     flags = cols[8][i]
-    if mode == HS_FAILED:
-        if (flags & TH_RST) == 0 or (flags & TH_SYN) != 0:
-            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
-        if not reply_ok(c):
-            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
-        d = direction((c & C_DST_HOME) != 0, (c & C_SRC_HOME) != 0)
-        return (True, cols[3][i], cols[4][i], U0, cols[1][i], cols[2][i],
-                np.int64(cols[5][i]), cols[3][i], cols[4][i], d)
     if (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)

@@ -12,8 +12,17 @@ second, whether units are a power of two (and its exponent), offset seconds.
 
 Returns (pos, rows, status) with the same statuses as ``walk_pcap``; WALK_BAD
 means a block header is corrupt (length < 12, not a multiple of 4, above
-``MAX_BLOCK_BYTES``, or a packet that does not fit its block), or a packet
-block before any section header.
+``MAX_BLOCK_BYTES``, the trailing copy of the length differs (as libpcap and
+Wireshark check), or a packet that does not fit its block), or a block other
+than a section header before the first section header.
+
+Timestamps: ``if_tsresol`` 10^-k (k <= 18) or 2^-k (k <= 62), default 10^-6
+(also for a resolution outside those ranges); the 64-bit tick count is
+unsigned and converted exactly (floor) to ns, then ``if_tsoffset`` seconds
+are added. A Simple Packet Block has no timestamp: it gets the time of the
+previous packet block in the stream (0 before any). A packet whose interface
+id has no Interface Description in its section counts as
+``unsupported_linktype``.
 
 Memory: ``MAX_INTERFACES`` entries per array (about 40 KiB), fixed.
 """
@@ -56,10 +65,18 @@ class PcapngState:
 
 
 @inline
-def ticks_to_ns(ticks, units, pow2):
-    """Exact floor(ticks * 1e9 / units) without 128-bit overflow."""
-    sec = ticks // units
-    frac = ticks - sec * units
+def ticks_to_ns(ts_hi, ts_lo, units, pow2):
+    """Exact floor(ticks * 1e9 / units) without 128-bit overflow.
+
+    ticks = ts_hi:ts_lo is unsigned (at 10^-10 s or 2^-32 s resolution
+    today's dates already need the 64th bit), so the division by the unit is
+    done in uint64 and only the quotient and remainder come back to int64.
+    """
+    ticks = (np.uint64(ts_hi) << np.uint64(32)) | np.uint64(ts_lo)
+    units_u = np.uint64(units)
+    sec_u = ticks // units_u
+    frac = np.int64(ticks - sec_u * units_u)
+    sec = np.int64(sec_u)
     if units <= 1_000_000_000:
         return sec * 1_000_000_000 + (frac * 1_000_000_000) // units
     if pow2 < 0:
@@ -137,6 +154,8 @@ def walk_pcapng(buf, pos, end, state, cols, row, stats):
             return pos, row, WALK_BAD
         if end - pos < blen:
             return pos, row, WALK_NEED_MORE
+        if u32_at(buf, pos + blen - 4, swap) != blen:
+            return pos, row, WALK_BAD
         if btype == BT_SHB:
             section[SEC_ORDER] = 1 if swap else 0
             section[SEC_NIF] = 0
@@ -171,7 +190,7 @@ def walk_pcapng(buf, pos, end, state, cols, row, stats):
                     return pos, row, WALK_BAD
                 ts_ns = 0
                 if iface < section[SEC_NIF] and iface < MAX_INTERFACES:
-                    ts_ns = (ticks_to_ns((ts_hi << 32) | ts_lo, if_units[iface], if_pow2[iface])
+                    ts_ns = (ticks_to_ns(ts_hi, ts_lo, if_units[iface], if_pow2[iface])
                              + if_offset_s[iface] * 1_000_000_000)
                 section[SEC_LAST_TS] = ts_ns
             stats[S_RECORDS] += 1

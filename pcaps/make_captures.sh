@@ -3,31 +3,65 @@
 #
 #   sudo bash pcaps/make_captures.sh            # all captures
 #   sudo bash pcaps/make_captures.sh nmap_udp_scan benign_clients   # a subset
+#   sudo bash pcaps/make_captures.sh --out /tmp/x nmap_syn_scan     # write elsewhere
+#
+# Options (before the capture names):
+#   --out DIR        write DIR/NAME.pcap and DIR/logs/NAME.log instead of
+#                    pcaps/NAME.pcap and pcaps/logs/NAME.log (DIR is created)
+#   --ns-prefix P    name the namespaces P-scan / P-target instead of
+#                    ss-scan / ss-target, so a run (e.g. a test) cannot
+#                    collide with another run; at most 12 characters
 #
 # Every capture gets a fresh pair of network namespaces:
 #
 #   ss-scan  [ssv-scan 02:00:0a:4d:00:01 10.77.0.1/24 fd77::1/64] <--veth-->
 #   ss-target[ssv-tgt  02:00:0a:4d:00:02 10.77.0.2/24 fd77::2/64]
 #
+# Some captures add addresses: 10.77.0.10-49 on ssv-tgt (sweep targets) and
+# 198.51.100.x/32 on ssv-scan (documentation-range "external" scanners; the
+# target gets an on-link route 198.51.100.0/24 dev ssv-tgt to answer them).
+#
 # ss-target runs target_services.py (TCP 22/80/443, UDP 53, dual stack) and
 # tcpdump on ssv-tgt.  No traffic ever leaves the two namespaces: the veth pair
 # is the only non-loopback interface in either of them and there is no route
 # anywhere else.
 #
-# Idempotent: stale ss-scan/ss-target namespaces are removed first, results are
+# Idempotent: stale namespaces of the same name are removed first, results are
 # written to a temp dir and only copied over pcaps/*.pcap once every requested
 # capture succeeded.  The EXIT trap kills everything this script started and
 # deletes the namespaces, also on failure or Ctrl-C.
 set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=${HERE}
+NS_PREFIX=ss
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --out) [[ $# -ge 2 ]] || { echo "make_captures.sh: --out needs a directory" >&2; exit 2; }
+               OUT=$2; shift 2 ;;
+        --out=*) OUT=${1#--out=}; shift ;;
+        --ns-prefix) [[ $# -ge 2 ]] || { echo "make_captures.sh: --ns-prefix needs a value" >&2; exit 2; }
+               NS_PREFIX=$2; shift 2 ;;
+        --ns-prefix=*) NS_PREFIX=${1#--ns-prefix=}; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; break ;;
+        -*) echo "make_captures.sh: unknown option $1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+[[ -n ${OUT} ]] || { echo "make_captures.sh: --out is empty" >&2; exit 2; }
+[[ ${NS_PREFIX} =~ ^[A-Za-z0-9_.-]{1,12}$ ]] \
+    || { echo "make_captures.sh: bad --ns-prefix '${NS_PREFIX}'" >&2; exit 2; }
 
 if [[ ${EUID} -ne 0 ]]; then
     echo "make_captures.sh: must run as root (namespaces, raw sockets, tcpdump)" >&2
     exit 1
 fi
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-NS_SCAN=ss-scan
-NS_TGT=ss-target
+NS_SCAN=${NS_PREFIX}-scan
+NS_TGT=${NS_PREFIX}-target
 IF_SCAN=ssv-scan
 IF_TGT=ssv-tgt
 MAC_SCAN=02:00:0a:4d:00:01
@@ -37,14 +71,22 @@ TGT4=10.77.0.2
 DNSCLIENT4=10.77.0.3
 SCAN6=fd77::1
 TGT6=fd77::2
+SWEEP_NET=10.77.0             # sweep targets ${SWEEP_NET}.10 .. .49 (40 hosts)
+SWEEP_FIRST=10
+SWEEP_LAST=49
+SWEEP_445_OPEN=(10.77.0.10 10.77.0.25 10.77.0.40)  # nmap_host_sweep: 445 listening here
+EXT_NET=198.51.100            # RFC 5737 TEST-NET-2: the "external" scanners
 
 ALL_CAPTURES=(nmap_syn_scan nmap_connect_scan nmap_udp_scan nmap_syn_filtered
-              nmap_syn_scan_ipv6 nmap_stealth_scans benign_clients)
+              nmap_syn_scan_ipv6 nmap_stealth_scans benign_clients
+              nmap_host_sweep nmap_ping_sweep distributed_port_sweep
+              exposed_host_probe)
 
 WORK=$(mktemp -d /tmp/ss-captures.XXXXXX)
 chmod 755 "${WORK}"
 TCPDUMP_PID=""
 SERVICES_PID=""
+EXTRA_PID=""
 
 exec 3>&2  # the script's own stderr, also while a generator's output is redirected
 log() { printf '[make_captures] %s\n' "$*" >&3; }
@@ -70,11 +112,14 @@ teardown_ns() {
         wait "${TCPDUMP_PID}" 2>/dev/null || true
         TCPDUMP_PID=""
     fi
-    if [[ -n ${SERVICES_PID} ]]; then
-        kill -TERM "${SERVICES_PID}" 2>/dev/null || true
-        wait "${SERVICES_PID}" 2>/dev/null || true
-        SERVICES_PID=""
-    fi
+    local pid
+    for pid in "${SERVICES_PID}" "${EXTRA_PID}"; do
+        [[ -n ${pid} ]] || continue
+        kill -TERM "${pid}" 2>/dev/null || true
+        wait "${pid}" 2>/dev/null || true
+    done
+    SERVICES_PID=""
+    EXTRA_PID=""
     local ns
     for ns in "${NS_SCAN}" "${NS_TGT}"; do
         if ns_exists "${ns}"; then
@@ -227,7 +272,83 @@ gen_benign_clients() {
     in_scan python3 "${HERE}/benign_clients.py"
 }
 
+gen_nmap_host_sweep() {
+    in_scan nmap -sS -Pn -n -p 445 --max-retries 1 "${SWEEP_NET}.${SWEEP_FIRST}-${SWEEP_LAST}"
+}
+gen_nmap_ping_sweep() {
+    # On an Ethernet link nmap (as root) replaces -PE by an ARP ping unless
+    # told not to; --disable-arp-ping makes it really send ICMP echo requests.
+    in_scan nmap -sn -PE -n --disable-arp-ping "${SWEEP_NET}.${SWEEP_FIRST}-${SWEEP_LAST}"
+}
+gen_distributed_port_sweep() {
+    # 8 scanners 198.51.100.1..8, all at once, each sweeping 5 of the 40 hosts
+    # on TCP 3389 (198.51.100.K -> 10.77.0.(5K+5) .. 10.77.0.(5K+9)).
+    local k lo pids=() rc=0
+    for k in $(seq 1 8); do
+        lo=$((SWEEP_FIRST + 5 * (k - 1)))
+        in_scan nmap -sS -Pn -n -p 3389 -S "${EXT_NET}.${k}" -e "${IF_SCAN}" --max-retries 0 \
+            "${SWEEP_NET}.${lo}-$((lo + 4))" >"${WORK}/dps.${k}.log" 2>&1 &
+        pids+=($!)
+    done
+    for k in $(seq 1 8); do
+        wait "${pids[k - 1]}" || rc=1
+        echo "---- scanner ${EXT_NET}.${k} ----"
+        cat "${WORK}/dps.${k}.log"
+    done
+    return "${rc}"
+}
+gen_exposed_host_probe() {
+    # 198.51.100.20: 5 connection attempts; 198.51.100.21: 2 (one SYN per port,
+    # --max-retries 0).
+    in_scan nmap -sS -Pn -n -p 22,80,443,8080,3306 -S "${EXT_NET}.20" -e "${IF_SCAN}" \
+        --max-retries 0 "${TGT4}"
+    sleep 1
+    in_scan nmap -sS -Pn -n -p 80,443 -S "${EXT_NET}.21" -e "${IF_SCAN}" \
+        --max-retries 0 "${TGT4}"
+}
+
 # ---- per-capture extra setup ------------------------------------------------
+add_sweep_hosts() {
+    # one namespace answers for all 40 sweep targets: extra addresses on ssv-tgt
+    local i
+    for i in $(seq "${SWEEP_FIRST}" "${SWEEP_LAST}"); do
+        ip -n "${NS_TGT}" addr add "${SWEEP_NET}.${i}/24" dev "${IF_TGT}"
+    done
+}
+add_external_scanners() {
+    # documentation-range source addresses on the scanner's veth (/32, no
+    # route of their own needed there); the target reaches them on-link
+    local k
+    for k in "$@"; do
+        ip -n "${NS_SCAN}" addr add "${EXT_NET}.${k}/32" dev "${IF_SCAN}"
+    done
+    ip -n "${NS_TGT}" route add "${EXT_NET}.0/24" dev "${IF_TGT}"
+}
+prepare_nmap_host_sweep() {
+    add_sweep_hosts
+    local args=() a i
+    for a in "${SWEEP_445_OPEN[@]}"; do args+=(--listen "${a}:445"); done
+    rm -f "${WORK}/extra.ready"
+    ip netns exec "${NS_TGT}" python3 "${HERE}/target_services.py" "${WORK}/extra.ready" "${args[@]}" \
+        >"${WORK}/extra.log" 2>&1 &
+    EXTRA_PID=$!
+    for i in $(seq 1 100); do
+        [[ -s ${WORK}/extra.ready ]] && break
+        kill -0 "${EXTRA_PID}" 2>/dev/null || { cat "${WORK}/extra.log" >&2; return 1; }
+        sleep 0.05
+    done
+    [[ -s ${WORK}/extra.ready ]] || { log "445 listeners did not start"; return 1; }
+}
+prepare_nmap_ping_sweep() {
+    add_sweep_hosts
+}
+prepare_distributed_port_sweep() {
+    add_sweep_hosts
+    add_external_scanners $(seq 1 8)
+}
+prepare_exposed_host_probe() {
+    add_external_scanners 20 21
+}
 prepare_nmap_syn_filtered() {
     # No nft/iptables binaries are installed (and nothing may be installed), so
     # the "firewall" is policy routing: inbound TCP (iif ssv-tgt) to any port
@@ -265,9 +386,10 @@ for name in "${REQUESTED[@]}"; do
     teardown_ns
 done
 
-mkdir -p "${HERE}/logs"
+mkdir -p "${OUT}/logs"
+OUT=$(cd "${OUT}" && pwd)
 for name in "${REQUESTED[@]}"; do
-    install -m 0644 "${WORK}/out/${name}.pcap" "${HERE}/${name}.pcap"
+    install -m 0644 "${WORK}/out/${name}.pcap" "${OUT}/${name}.pcap"
     {
         echo "# ${name}.pcap -- generated by make_captures.sh"
         echo "# date_utc: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -276,10 +398,11 @@ for name in "${REQUESTED[@]}"; do
         echo "# tcpdump: $(tcpdump --version 2>&1 | head -1); $(tcpdump --version 2>&1 | sed -n 2p)"
         echo "# curl: $(curl --version | head -1)"
         echo "# python3: $(python3 --version 2>&1)"
-        echo "# sha256: $(sha256sum "${HERE}/${name}.pcap" | cut -d' ' -f1)"
+        echo "# sha256: $(sha256sum "${OUT}/${name}.pcap" | cut -d' ' -f1)"
+        echo "# packets: $(tcpdump -r "${OUT}/${name}.pcap" 2>/dev/null | wc -l)"
         echo "# --- generator output ---"
         cat "${WORK}/logs/${name}.log"
-    } >"${HERE}/logs/${name}.log"
-    log "wrote ${HERE}/${name}.pcap ($(stat -c %s "${HERE}/${name}.pcap") bytes)"
+    } >"${OUT}/logs/${name}.log"
+    log "wrote ${OUT}/${name}.pcap ($(stat -c %s "${OUT}/${name}.pcap") bytes)"
 done
 log "done"

@@ -16,7 +16,14 @@ the same listeners answer on 10.77.0.2 and fd77::2.
              third byte (when there is one).
 
 Usage: target_services.py READY_FILE
+       target_services.py READY_FILE --listen ADDR:PORT [--listen ADDR:PORT ...]
 READY_FILE is created once every socket is bound and listening.
+
+With ``--listen`` only the given TCP listeners are run (IPv4 ADDR, bound to
+that one address, accept then close immediately, like 22/443 above) and none
+of the default services.  make_captures.sh uses it to open TCP 445 on a few of
+the extra sweep addresses (10.77.0.10-49) while the default services keep
+running in their own process.
 """
 import os
 import signal
@@ -107,10 +114,34 @@ def serve_udp(sock: socket.socket) -> None:
             continue
 
 
+def parse_listen(args: list) -> list:
+    out = []
+    if len(args) % 2 or any(a != "--listen" for a in args[::2]):
+        sys.exit("usage: target_services.py READY_FILE [--listen ADDR:PORT ...]")
+    for spec in args[1::2]:
+        addr, _, port = spec.rpartition(":")
+        out.append((addr, int(port)))
+    return out
+
+
 def main() -> None:
     ready = sys.argv[1]
+    listen = parse_listen(sys.argv[2:])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     threads = []
+    if listen:
+        for addr, port in listen:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+            s.listen(512)
+            threads.append(threading.Thread(target=serve_tcp, args=(s, handle_close), daemon=True))
+        for t in threads:
+            t.start()
+        with open(ready, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        signal.pause()
+        return
     for port, handler in ((22, handle_close), (80, handle_http), (443, handle_close)):
         s = dual_stack(socket.SOCK_STREAM)
         s.bind(("::", port))

@@ -137,18 +137,29 @@ class Cap:
         return probed, synack, rst, per_port
 
 
-def verify_real() -> None:
-    S4, T4, S6, T6 = "10.77.0.1", "10.77.0.2", "fd77::1", "fd77::2"
-    allowed = {S4, T4, "10.77.0.3", S6, T6}
+S4, T4, S6, T6 = "10.77.0.1", "10.77.0.2", "fd77::1", "fd77::2"
+LAB = {S4, T4, "10.77.0.3", S6, T6}
+SWEEP_HOSTS = {f"10.77.0.{i}" for i in range(10, 50)}          # 40 sweep targets
+EXT = "198.51.100."                                           # RFC 5737 scanners
+MAX_REAL_BYTES = 200_000  # size limit for the captures added with the sweeps
 
-    def only_our_hosts(c: Cap):
-        hosts = {t[1] for t in c.tcp} | {t[2] for t in c.tcp} | {t[1] for t in c.udp} \
-            | {t[2] for t in c.udp} | {t[1] for t in c.icmp} | {t[2] for t in c.icmp}
-        check(hosts <= allowed, f"only lab addresses appear: {sorted(hosts)}")
-        check(c.linktype == 1, "linktype 1 (Ethernet)")
 
-    # --- SYN scan --------------------------------------------------------
-    c = Cap(os.path.join(HERE, "nmap_syn_scan.pcap"))
+def only_our_hosts(c: "Cap", extra=()) -> None:
+    allowed = LAB | set(extra)
+    hosts = {t[1] for t in c.tcp} | {t[2] for t in c.tcp} | {t[1] for t in c.udp} \
+        | {t[2] for t in c.udp} | {t[1] for t in c.icmp} | {t[2] for t in c.icmp}
+    v4 = {h for h in hosts if ":" not in h}
+    shown = " ".join(([fmt_hosts(v4)] if v4 else []) + sorted(hosts - v4, key=_addr_key))
+    check(hosts <= allowed, f"only lab addresses appear: {shown}")
+    check(c.linktype == 1, "linktype 1 (Ethernet)")
+
+
+def _addr_key(a: str):
+    fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+    return (fam, socket.inet_pton(fam, a))
+
+
+def check_nmap_syn_scan(c: "Cap") -> None:
     only_our_hosts(c)
     probed, synack, rst, _ = c.syn_scan_outcome(S4, T4)
     check(probed == rng(1, 1000), "1000 distinct dports 1-1000 probed by 10.77.0.1")
@@ -158,8 +169,8 @@ def verify_real() -> None:
     check(scan_rst == {22, 80, 443}, "scanner RSTs the 3 half-open connections")
     check(not c.udp and not c.icmp, "no UDP / ICMPv4")
 
-    # --- connect scan ----------------------------------------------------
-    c = Cap(os.path.join(HERE, "nmap_connect_scan.pcap"))
+
+def check_nmap_connect_scan(c: "Cap") -> None:
     only_our_hosts(c)
     probed, synack, rst, _ = c.syn_scan_outcome(S4, T4)
     check(probed == rng(1, 1000), "1000 distinct dports 1-1000 probed by 10.77.0.1")
@@ -171,8 +182,8 @@ def verify_real() -> None:
     srcports = {t[3] for t in syn_opts}
     print(f"  connect() SYNs use {len(srcports)} distinct source ports")
 
-    # --- UDP scan --------------------------------------------------------
-    c = Cap(os.path.join(HERE, "nmap_udp_scan.pcap"))
+
+def check_nmap_udp_scan(c: "Cap") -> None:
     only_our_hosts(c)
     uprobes = [u for u in c.udp if u[1] == S4 and u[2] == T4]
     udports = {u[4] for u in uprobes}
@@ -185,8 +196,8 @@ def verify_real() -> None:
     check({u[3] for u in answers} == {53} and len(answers) >= 1, "UDP 53 answers (open)")
     check(not c.tcp, "no TCP")
 
-    # --- filtered SYN scan ------------------------------------------------
-    c = Cap(os.path.join(HERE, "nmap_syn_filtered.pcap"))
+
+def check_nmap_syn_filtered(c: "Cap") -> None:
     only_our_hosts(c)
     probed, synack, rst, per_port = c.syn_scan_outcome(S4, T4)
     check(probed == rng(1, 100), "100 distinct dports 1-100 probed")
@@ -199,8 +210,8 @@ def verify_real() -> None:
     check(all(per_port[p] == 2 for p in silent),
           "each of the 99 filtered ports got exactly 2 SYNs (probe + 1 retry)")
 
-    # --- IPv6 SYN scan ----------------------------------------------------
-    c = Cap(os.path.join(HERE, "nmap_syn_scan_ipv6.pcap"))
+
+def check_nmap_syn_scan_ipv6(c: "Cap") -> None:
     only_our_hosts(c)
     probed, synack, rst, _ = c.syn_scan_outcome(S6, T6)
     check(probed == rng(1, 200), "200 distinct dports 1-200 probed by fd77::1")
@@ -208,8 +219,8 @@ def verify_real() -> None:
     check(rst == rng(1, 200) - {22, 80}, "closed = the other 198")
     check(not any(t[1] == S4 for t in c.tcp), "no IPv4 TCP")
 
-    # --- stealth scans ------------------------------------------------------
-    c = Cap(os.path.join(HERE, "nmap_stealth_scans.pcap"))
+
+def check_nmap_stealth_scans(c: "Cap") -> None:
     only_our_hosts(c)
     kinds = {"FIN": FIN, "NULL": 0, "XMAS": FIN | PSH | URG}
     sport_kind = {}
@@ -226,8 +237,8 @@ def verify_real() -> None:
         check(rst_ports == rng(1, 50) - {22}, f"{name}: RST for 49 closed ports, 22 silent (open|filtered)")
     check(not c.probes(S4, T4, lambda f: f & SYN), "no SYN from the scanner")
 
-    # --- benign -------------------------------------------------------------
-    c = Cap(os.path.join(HERE, "benign_clients.pcap"))
+
+def check_benign_clients(c: "Cap") -> None:
     only_our_hosts(c)
     clients = {"10.77.0.1", "10.77.0.3", "fd77::1"}
     init = collections.defaultdict(set)
@@ -263,6 +274,141 @@ def verify_real() -> None:
     check(len(q) == 5 and len(a) == 5, "5 DNS queries, 5 replies")
     check(not any(t[5] & RST for t in c.tcp), "no RST at all")
     check(not c.icmp, "no ICMPv4")
+
+def syns(c: "Cap", src=None) -> list:
+    """Connection attempts: TCP SYN without ACK (optionally from one source)."""
+    return [t for t in c.tcp if t[5] & (SYN | ACK) == SYN and (src is None or t[1] == src)]
+
+
+def host_key(h: str) -> int:
+    return int(h.rsplit(".", 1)[1])
+
+
+def fmt_hosts(hosts) -> str:
+    """10.77.0.{10-49} style summary of a set of 10.77.0.x / 198.51.100.x."""
+    by_net = collections.defaultdict(list)
+    for h in hosts:
+        net, last = h.rsplit(".", 1)
+        by_net[net].append(int(last))
+    return " ".join(f"{net}.{fmt_ports(v)}" for net, v in sorted(by_net.items())) or "{}"
+
+
+def check_size(c: "Cap") -> None:
+    size = os.path.getsize(c.path)
+    check(size < MAX_REAL_BYTES, f"file is small ({size} < {MAX_REAL_BYTES} bytes)")
+
+
+def check_nmap_host_sweep(c: "Cap") -> None:
+    only_our_hosts(c, SWEEP_HOSTS)
+    check_size(c)
+    pr = syns(c)
+    dsts = {t[2] for t in pr}
+    per_host = collections.Counter(t[2] for t in pr)
+    print(f"  SYNs: {len(pr)} from {sorted({t[1] for t in pr})} (source ports "
+          f"{sorted({t[3] for t in pr})}) to {len(dsts)} hosts {fmt_hosts(dsts)}, "
+          f"dports {fmt_ports({t[4] for t in pr})}; hosts SYN'd more than once: "
+          f"{fmt_hosts([h for h, n in per_host.items() if n > 1])}")
+    check({t[1] for t in pr} == {S4}, "every SYN comes from 10.77.0.1 (one source)")
+    check({t[4] for t in pr} == {445}, "every SYN goes to dport 445")
+    check(dsts == SWEEP_HOSTS, "40 distinct destination hosts 10.77.0.10-49 on 445")
+    synack = {t[1] for t in c.tcp if t[5] & (SYN | ACK) == SYN | ACK and t[3] == 445 and t[2] == S4}
+    rst = {t[1] for t in c.tcp if t[5] & RST and t[5] & ACK and t[3] == 445 and t[2] == S4}
+    print(f"  SYN-ACK from {fmt_hosts(synack)}; RST-ACK from {len(rst)} hosts")
+    check(synack == {"10.77.0.10", "10.77.0.25", "10.77.0.40"},
+          "445 open (SYN-ACK) on exactly 10.77.0.10, .25, .40")
+    check(rst == SWEEP_HOSTS - synack, "RST-ACK (closed) from the other 37 hosts")
+    scan_rst = {t[2] for t in c.tcp if t[1] == S4 and t[5] == RST}
+    check(scan_rst == synack, "scanner RSTs the 3 half-open connections")
+    check(not c.udp and not c.icmp, "no UDP / ICMPv4")
+    check(T4 not in {t[1] for t in c.tcp} | {t[2] for t in c.tcp}, "10.77.0.2 is not involved")
+
+
+def check_nmap_ping_sweep(c: "Cap") -> None:
+    only_our_hosts(c, SWEEP_HOSTS)
+    check_size(c)
+    req = [i for i in c.icmp if i[3] == 8]
+    rep = [i for i in c.icmp if i[3] == 0]
+    print(f"  echo requests: {len(req)} from {sorted({i[1] for i in req})} to "
+          f"{len({i[2] for i in req})} hosts {fmt_hosts({i[2] for i in req})}; echo replies: "
+          f"{len(rep)} from {len({i[1] for i in rep})} hosts; other ICMP types "
+          f"{sorted({i[3] for i in c.icmp} - {0, 8})}")
+    check({i[1] for i in req} == {S4}, "every echo request comes from 10.77.0.1")
+    check({i[2] for i in req} == SWEEP_HOSTS, "40 distinct hosts 10.77.0.10-49 echo-requested")
+    check({i[1] for i in rep} == SWEEP_HOSTS and {i[2] for i in rep} == {S4},
+          "all 40 hosts send an echo reply to 10.77.0.1")
+    check({i[3] for i in c.icmp} == {0, 8}, "only ICMP echo request/reply (no other ICMP)")
+    check(not c.tcp and not c.udp, "no TCP / UDP (no -sn TCP probes)")
+
+
+def check_distributed_port_sweep(c: "Cap") -> None:
+    scanners = {f"{EXT}{k}" for k in range(1, 9)}
+    only_our_hosts(c, SWEEP_HOSTS | scanners)
+    check_size(c)
+    pr = syns(c)
+    per_src = collections.defaultdict(set)
+    per_src_n = collections.Counter()
+    for t in pr:
+        per_src[t[1]].add(t[2])
+        per_src_n[t[1]] += 1
+    for src in sorted(per_src, key=host_key):
+        print(f"  {src}: {per_src_n[src]} SYNs to {len(per_src[src])} hosts {fmt_hosts(per_src[src])}")
+    dsts = {t[2] for t in pr}
+    check(set(per_src) == scanners, "SYN sources are exactly 198.51.100.1-8")
+    check({t[4] for t in pr} == {3389}, "every SYN goes to dport 3389")
+    check(dsts == SWEEP_HOSTS, "40 distinct targets 10.77.0.10-49 on 3389")
+    slices = {f"{EXT}{k}": {f"10.77.0.{i}" for i in range(5 * k + 5, 5 * k + 10)} for k in range(1, 9)}
+    check(all(per_src[s] == slices[s] for s in scanners),
+          "198.51.100.K hits exactly 5 hosts, 10.77.0.(5K+5)-(5K+9); slices are disjoint")
+    check(all(per_src_n[s] == 5 for s in scanners),
+          "exactly 5 SYNs per source (one per host, --max-retries 0); 40 in all")
+    rst = {(t[1], t[2]) for t in c.tcp if t[5] & (RST | ACK) == RST | ACK and t[3] == 3389}
+    check(rst == {(t[2], t[1]) for t in pr}, "every target answers RST-ACK (3389 closed) to its scanner")
+    check(not any(t[5] & (SYN | ACK) == SYN | ACK for t in c.tcp), "no SYN-ACK (nothing open)")
+    check(not any(S4 in (t[1], t[2]) for t in c.tcp), "10.77.0.1 sends no TCP")
+    check(not c.udp and not c.icmp, "no UDP / ICMPv4")
+
+
+def check_exposed_host_probe(c: "Cap") -> None:
+    a, b = f"{EXT}20", f"{EXT}21"
+    only_our_hosts(c, {a, b})
+    check_size(c)
+    pr = syns(c)
+    for src in sorted({t[1] for t in pr}, key=host_key):
+        mine = [t for t in pr if t[1] == src]
+        print(f"  {src}: {len(mine)} SYNs to {sorted({t[2] for t in mine})} dports "
+              f"{sorted(t[4] for t in mine)}")
+    check({t[1] for t in pr} == {a, b}, "connection attempts come only from 198.51.100.20 and .21")
+    check({t[2] for t in pr} == {T4}, "every attempt goes to 10.77.0.2")
+    check(sorted(t[4] for t in pr if t[1] == a) == [22, 80, 443, 3306, 8080],
+          "198.51.100.20: exactly 5 attempts, dports 22,80,443,3306,8080 (one each)")
+    check(sorted(t[4] for t in pr if t[1] == b) == [80, 443],
+          "198.51.100.21: exactly 2 attempts, dports 80,443 (one each)")
+    synack = {(t[2], t[3]) for t in c.tcp if t[1] == T4 and t[5] & (SYN | ACK) == SYN | ACK}
+    rst = {(t[2], t[3]) for t in c.tcp if t[1] == T4 and t[5] & (RST | ACK) == RST | ACK}
+    check(synack == {(a, 22), (a, 80), (a, 443), (b, 80), (b, 443)},
+          "SYN-ACK: .20 from 22,80,443; .21 from 80,443")
+    check(rst == {(a, 3306), (a, 8080)}, "RST-ACK (closed): .20 from 3306, 8080")
+    check(not c.udp and not c.icmp, "no UDP / ICMPv4")
+
+
+REAL_CHECKS = {
+    "nmap_syn_scan": check_nmap_syn_scan,
+    "nmap_connect_scan": check_nmap_connect_scan,
+    "nmap_udp_scan": check_nmap_udp_scan,
+    "nmap_syn_filtered": check_nmap_syn_filtered,
+    "nmap_syn_scan_ipv6": check_nmap_syn_scan_ipv6,
+    "nmap_stealth_scans": check_nmap_stealth_scans,
+    "benign_clients": check_benign_clients,
+    "nmap_host_sweep": check_nmap_host_sweep,
+    "nmap_ping_sweep": check_nmap_ping_sweep,
+    "distributed_port_sweep": check_distributed_port_sweep,
+    "exposed_host_probe": check_exposed_host_probe,
+}
+
+
+def verify_real(directory: str = HERE, names=None) -> None:
+    for name in names or REAL_CHECKS:
+        REAL_CHECKS[name](Cap(os.path.join(directory, f"{name}.pcap")))
 
 
 # ---------------------------------------------------------------------------
@@ -593,9 +739,20 @@ def verify_pcapng() -> None:
     print(f"  dpkt 1.9.8 reads {len(dk)} packets: {[repr(t) for t, _ in dk]} (error={derr})")
 
 
-def main() -> int:
-    verify_real()
-    verify_edge()
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", help="check real captures NAME.pcap in DIR (e.g. made by "
+                    "make_captures.sh --out DIR) instead of pcaps/; the edge cases are skipped")
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help="only these real captures (and no edge cases)")
+    args = ap.parse_args(argv)
+    bad = [n for n in args.names if n not in REAL_CHECKS]
+    if bad:
+        ap.error(f"unknown capture(s) {bad}; known: {', '.join(REAL_CHECKS)}")
+    verify_real(args.dir or HERE, args.names or None)
+    if not args.dir and not args.names:
+        verify_edge()
     print()
     if FAILURES:
         print(f"{len(FAILURES)} FAILED checks:")

@@ -96,6 +96,9 @@ SECTIONS = {
            "CIDR networks; IPv4-mapped IPv6 (::ffff:10.1.2.3) is the same host as its IPv4 "
            "address everywhere. Ports are numbers or \"low-high\" ranges.",
     "alerts": "Limits that apply to all alerts together.",
+    "probes": "The probe table: what happened to each connection attempt (open, closed, "
+              "filtered, unknown). Feeds failed_connections and trw_scanner and the "
+              "`outcomes`/`open_ports` of every alert.",
 }
 for _rule in RULES:
     SECTIONS[_rule.name] = _rule.about
@@ -179,9 +182,20 @@ for _rule in RULES:
                 "alert (new id). An episode also ends when the key is idle for two windows.",
                 min=1, max=30 * 86400),
     ]
-    for _name, _default, _help in _rule.extra:
-        _choices = {"scope": ("source", "pair"), "count": ("distinct", "attempts")}[_name]
-        SETTINGS.append(Setting(_p + _name, _default, _help, choices=_choices))
+    for _name, _default, _help, _bounds in _rule.extra:
+        SETTINGS.append(Setting(_p + _name, _default, _help, **_bounds))
+SETTINGS += [
+    Setting("probes.max_probes", 262144,
+            "Connection attempts tracked at once (initiator, responder, port, protocol), about "
+            "82 bytes each, fixed at start. When full the least recently seen attempt is "
+            "evicted (counted in stats as probes_evictions).", min=64, max=1 << 26),
+    Setting("probes.table_ways", 8, "Slots searched per lookup (set associativity).",
+            min=1, max=64),
+    Setting("probes.timeout_s", 5.0,
+            "Seconds (packet time) without an answer after which an attempt is `filtered` "
+            "(or `unknown` when the sensor has seen no reply at all: a one-directional "
+            "capture). Zeek uses 5 s.", min=0.001, max=3600),
+]
 SETTINGS = tuple(SETTINGS)
 SETTING_BY_KEY = {s.key: s for s in SETTINGS}
 

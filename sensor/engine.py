@@ -1,9 +1,12 @@
 """Engine: batches in, alert records out. No I/O and no clock.
 
-The engine owns the batch, the decode counters, the address classes and the
-rules. A capture adapter hands it filled batches; ``finish()`` (end of
-input) reports alerts still waiting. Live capture calls ``process`` the
-same way, so replay and live give the same alerts for the same packets.
+Per batch: classify addresses once; run the probe table, which decides
+connection attempts and writes outcome rows (drained into the outcome rules
+whenever its batch fills); run the packet rules; then report every alert
+that fell due by the batch's packet time. ``finish()`` (end of input)
+decides the attempts still waiting for an answer and reports what is left.
+Live capture calls ``process`` the same way, so replay and live give the
+same alerts for the same packets.
 """
 import secrets
 
@@ -11,48 +14,105 @@ import numpy as np
 
 from kernels.batch import PacketBatch, new_stats, stats_dict
 from kernels.classify import classify_rows
+from kernels import probes as kp
 from sensor.alert_gate import AlertGate
 from sensor.detectors.counter import CounterDetector, port_bitmap
 from sensor.netlists import compile_lists
 from sensor.rules import RULES
 
+END_OF_TIME_NS = np.iinfo(np.int64).max // 2
+
 
 class Engine:
     def __init__(self, cfg):
         self.cfg = cfg
-        seed = cfg["sensor.hash_seed"] or (secrets.randbits(63) | 1)
+        self.seed = np.uint64(cfg["sensor.hash_seed"] or (secrets.randbits(63) | 1))
         self.sensor_name = cfg.sensor_name
         self.batch = PacketBatch(cfg["capture.batch_packets"])
         self.classes = np.zeros(self.batch.capacity, np.uint16)
+        self.no_outcome = np.zeros(self.batch.capacity, np.uint8)
         self.decode_stats = new_stats()
         self.nets = compile_lists(cfg)
         self.ignored_ports = port_bitmap(cfg["net.ignore_ports"])
-        self.detectors = [CounterDetector(rule, cfg, seed, self.sensor_name)
+        ways = cfg["probes.table_ways"]
+        self.probes = kp.ProbeState(-(-cfg["probes.max_probes"] // ways) * ways, ways,
+                                    int(round(cfg["probes.timeout_s"] * 1e9)))
+        self.outcomes = kp.OutcomeBatch(min(self.batch.capacity, 16384))
+        self.outcome_classes = np.zeros(self.outcomes.capacity, np.uint16)
+        self.detectors = [CounterDetector(rule, cfg, self.seed, self.sensor_name)
                           for rule in RULES if cfg[rule.name + ".enabled"]]
+        for det in self.detectors:
+            det.probes = self.probes
+        self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
+        self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
 
     def process(self, batch):
-        """Run every rule over one batch; return the alerts to deliver."""
+        """Run the probe table and every rule over one batch; return alerts to deliver."""
         if batch.n == 0:
             return []
-        classes = self.classes if batch.capacity == self.batch.capacity else \
-            np.zeros(batch.capacity, np.uint16)
+        classes = self.classes
+        if batch.capacity != self.batch.capacity:
+            classes = np.zeros(batch.capacity, np.uint16)
+        no_outcome = self.no_outcome[:batch.capacity] if batch.capacity <= self.batch.capacity \
+            else np.zeros(batch.capacity, np.uint8)
         classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
         alerts = []
+        i = 0
+        while i < batch.n:
+            i, rows = kp.probe_update(batch.columns, i, batch.n, self.probes.arrays, self.seed,
+                                      self.outcomes.columns, self.outcomes.outcome, 0)
+            alerts += self._outcome_rows(rows)
+        for det in self.packet_rules:
+            alerts += det.process(batch, classes, no_outcome)
+        now = int(batch.ts_ns[batch.n - 1])
         for det in self.detectors:
-            alerts.extend(det.process(batch, classes))
+            alerts += det.advance(now)
+        return self._deliver(alerts)
+
+    def finish(self):
+        """End of input: attempts still unanswered are decided, waiting alerts reported."""
+        alerts = []
+        while True:
+            rows = kp.expire_probes(self.probes.arrays, END_OF_TIME_NS, self.outcomes.columns,
+                                    self.outcomes.outcome, 0)
+            if rows == 0:
+                break
+            alerts += self._outcome_rows(rows)
+        for det in self.detectors:
+            alerts += det.flush()
+        return self._deliver(alerts) + self.gate.finish()
+
+    def _outcome_rows(self, rows):
+        if rows == 0 or not self.outcome_rules:
+            return []
+        ob = self.outcomes
+        ob.n = rows
+        classify_rows(ob.columns, rows, self.nets, self.ignored_ports, self.outcome_classes)
+        alerts = []
+        for det in self.outcome_rules:
+            alerts += det.process(ob, self.outcome_classes, ob.outcome)
+        return alerts
+
+    def _deliver(self, alerts):
         alerts.sort(key=lambda a: a.emitted_ns)
         return self.gate.admit(alerts)
 
-    def finish(self):
-        alerts = []
-        for det in self.detectors:
-            alerts.extend(det.flush())
-        alerts.sort(key=lambda a: a.emitted_ns)
-        return self.gate.admit(alerts) + self.gate.finish()
-
     def stats(self):
         out = stats_dict(self.decode_stats)
+        m = self.probes.meta
+        out.update({
+            "probes_tracked": int(m[kp.PM_PROBES]),
+            "probes_open": int(m[kp.PM_OPEN]),
+            "probes_closed": int(m[kp.PM_CLOSED]),
+            "probes_filtered": int(m[kp.PM_FILTERED]),
+            "probes_unknown": int(m[kp.PM_UNKNOWN]),
+            "probe_replies_seen": int(m[kp.PM_REPLIES]),
+            "probes_evictions": int(m[kp.PM_EVICTIONS]),
+            "backscatter_synack": int(m[kp.PM_BACKSCATTER_SYNACK]),
+            "backscatter_rst": int(m[kp.PM_BACKSCATTER_RST]),
+            "probe_table_bytes": int(self.probes.nbytes()),
+        })
         for det in self.detectors:
             out.update(det.stats())
         out["alerts_rate_limited"] = self.gate.total_held

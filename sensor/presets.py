@@ -51,14 +51,15 @@ PRESETS = {p.name: p for p in (
            "(you list the internet-facing hosts), in real time. Set `net.exposed_hosts`."),
     Preset("panos-internal-scan", "Palo Alto \"possible internal to external port scanning\"",
            only("failed_connections", threshold=10, window_s=3600.0, count="attempts",
-                directions=["outbound"],
+                count_filtered=False, directions=["outbound"],
                 exclude_ports=[0, 53, 80, 389, 443, 880, 8080, 8888, "49512-65535"]),
            "Original: >= 10 sessions ending in a server reset with application \"incomplete\" "
            "from an internal source to a public destination per destination and port, hourly, "
            "excluding ports 443, 53, 389, 80, 0, 880, 8888, 8080 and 49512-65535 (sic, not "
-           "49152). Here: >= 10 TCP resets sent back to one internal prober by public hosts "
-           "within an hour, same port exclusions, counted across destinations; graceful "
-           "closes (FIN) never count because only RST does."),
+           "49152). Here: >= 10 connection attempts from one internal prober refused by public "
+           "hosts (a TCP RST answering its SYN, or ICMP port unreachable) within an hour, same "
+           "port exclusions, counted across destinations; graceful closes (FIN) and resets "
+           "that answer no attempt the sensor saw (backscatter) never count."),
     Preset("elastic-network-scan", "Elastic \"Potential Network Scan Detected\"",
            only("port_scan", threshold=50, window_s=60.0, scope="pair",
                 directions=["internal", "outbound"]),

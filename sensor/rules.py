@@ -26,7 +26,7 @@ class Rule:
     exclude_ports: tuple = ()
     max_keys: int = 4096
     max_listed: int = 64
-    extra: tuple = ()     # (name, default, help) of rule-specific settings
+    extra: tuple = ()     # (name, default, help, bounds dict) of rule-specific settings
 
 
 RULES = (
@@ -36,7 +36,7 @@ RULES = (
          "Sentinel style) or per source and destination pair (`\"pair\"`, Elastic/Zeek style).",
          "distinct_ports", threshold=50, window_s=300.0,
          extra=(("scope", "source", "What a key is: \"source\" (one prober, all its targets) "
-                 "or \"pair\" (one prober and one target)."),)),
+                 "or \"pair\" (one prober and one target).", {"choices": ("source", "pair")}),)),
     Rule("host_sweep", "host_set", kr.HS_HOST_SWEEP,
          "One prober sending TCP connection attempts to many distinct hosts on the same "
          "destination port (horizontal scan; Zeek address scan, Elastic network sweep).",
@@ -48,12 +48,17 @@ RULES = (
          "distinct_hosts", threshold=50, window_s=300.0, directions=("inbound",),
          max_keys=1024),
     Rule("failed_connections", "host_set", kr.HS_FAILED,
-         "A prober whose connection attempts are refused: TCP RST sent back to it by the "
-         "targets (Palo Alto \"possible internal to external port scanning\"). Counts "
-         "distinct refusing host+port pairs, or refusals (`count = \"attempts\"`).",
-         "refused_pairs", threshold=10, window_s=300.0, max_keys=1024, max_listed=1024,
-         extra=(("count", "distinct", "\"distinct\": distinct refusing host+port pairs; "
-                 "\"attempts\": every refusal."),)),
+         "A prober whose connection attempts fail: refused (TCP RST or ICMP port "
+         "unreachable from the target) or never answered (filtered), as decided by the "
+         "probe table (`[probes]`). Graceful closes and unsolicited RSTs (backscatter) never "
+         "count (Palo Alto \"possible internal to external port scanning\"). Counts distinct "
+         "failed host+port pairs, or failures (`count = \"attempts\"`).",
+         "failed_pairs", threshold=10, window_s=300.0, max_keys=1024, max_listed=1024,
+         extra=(("count", "distinct", "\"distinct\": distinct failed host+port pairs; "
+                 "\"attempts\": every failed attempt.", {"choices": ("distinct", "attempts")}),
+                ("count_filtered", True, "Count attempts that were never answered or were "
+                 "filtered (ICMP admin-prohibited, host unreachable); false counts refusals only "
+                 "(TCP RST, ICMP port unreachable).", {}))),
     Rule("exposed_host_probe", "port_set", kr.PS_EXPOSED_PROBE,
          "Connection attempts from outside home_net to the hosts listed in "
          "`net.exposed_hosts` (Defender \"port scanning on internet-facing devices\"): "
@@ -69,6 +74,19 @@ RULES = (
          "A prober whose UDP datagrams hit many distinct closed ports: counted from the ICMP "
          "port-unreachable replies quoting them.",
          "closed_ports", threshold=10, window_s=300.0, max_keys=1024),
+    Rule("trw_scanner", "host_set", kr.HS_TRW,
+         "Threshold Random Walk (Jung, Paxson, Berger, Balakrishnan, IEEE S&P 2004) over each "
+         "prober's first contacts with hosts: a failed first contact (closed or filtered) "
+         "multiplies the likelihood ratio by (1-theta1)/(1-theta0), a successful one by "
+         "theta1/theta0; the prober is flagged when the ratio reaches P_D/P_F and left alone "
+         "once it falls to (1-P_D)/(1-P_F). With the paper's defaults a prober is flagged on "
+         "its 4th net failure. `threshold` is the minimum number of failed first contacts.",
+         "failed_first_contacts", threshold=1, window_s=3600.0, directions=("inbound",),
+         max_listed=256,
+         extra=(("theta0", 0.8, "P(first contact succeeds | benign).", {"min": 0.001, "max": 0.999}),
+                ("theta1", 0.2, "P(first contact succeeds | scanner).", {"min": 0.001, "max": 0.999}),
+                ("p_detect", 0.99, "Desired detection probability P_D.", {"min": 0.5, "max": 0.999999}),
+                ("p_false", 0.01, "Desired false-positive probability P_F.", {"min": 1e-6, "max": 0.5}))),
     Rule("icmp_sweep", "host_set", kr.HS_ICMP_SWEEP,
          "One prober sending ICMP/ICMPv6 echo requests to many distinct hosts (ping sweep).",
          "distinct_hosts", threshold=25, window_s=300.0,

@@ -42,3 +42,12 @@ def icmp_row(ts_ns, src, dst, icmp_type, icmp_code=0, inner=None, v6=False):
         row.update(inner_proto=iproto, inner_sport=isport, inner_dport=idport)
         row["pkt_flags"] |= PF_HAS_INNER | PF_INNER_HAS_PORTS
     return row
+
+
+def udp_row(ts_ns, src, dst, dport, sport=40000):
+    src_hi, src_lo = from_text(src)
+    dst_hi, dst_lo = from_text(dst)
+    row = {name: 0 for name, _ in COLUMNS}
+    row.update(ts_ns=ts_ns, src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo,
+               sport=sport, dport=dport, proto=17, pkt_flags=PF_HAS_PORTS)
+    return row

@@ -72,6 +72,17 @@ def rule_item(rule, r, net):
         return dict(key=key, item=int(r["inner_dport"]), port=int(r["inner_dport"]),
                     target=target, prober=prober, direction=_direction(home(dst), home(src)),
                     evidence=None)
+    if rule in ("failed_connections", "trw_scanner"):
+        wanted = (OUT_CLOSED, OUT_FILTERED) if rule == "failed_connections" else \
+            (OUT_OPEN, OUT_CLOSED, OUT_FILTERED)
+        if rule == "failed_connections" and not net.get("count_filtered", True):
+            wanted = (OUT_CLOSED,)
+        if r.get("outcome", 0) not in wanted or not forward_ok():
+            return None
+        port = int(r["dport"]) if rule == "failed_connections" else 0
+        return dict(key=src_w, item=(dst_w, port), port=port if rule == "failed_connections" else None,
+                    target=dst_w, prober=src_w, direction=_direction(home(src), home(dst)),
+                    evidence=None, outcome=r["outcome"])
     if rule == "icmp_sweep":
         if not (flags & _PF_HAS_ICMP):
             return None
@@ -83,14 +94,6 @@ def rule_item(rule, r, net):
                     direction=_direction(home(src), home(dst)), evidence=None)
     if not (flags & _PF_HAS_TCP_FLAGS):
         return None
-    if rule == "failed_connections":
-        if not (tcp & _TH_RST) or (tcp & _TH_SYN):
-            return None
-        if (_in_any(dst, net["allow"]) or _special(dst) or _in_any(src, net["ignore"])
-                or int(r["sport"]) in net["ignore_ports"]):
-            return None
-        return dict(key=dst_w, item=(src_w, int(r["sport"])), port=int(r["sport"]), target=src_w,
-                    prober=dst_w, direction=_direction(home(dst), home(src)), evidence=None)
     if rule == "stealth_scan":
         if tcp & (_TH_SYN | _TH_ACK | _TH_RST):
             return None
@@ -127,7 +130,7 @@ def rule_item(rule, r, net):
 
 def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, directions,
                       exclude_ports=(), growth=0, update_ns=0, suppress_ns=1 << 62,
-                      new_target_updates=False, count_attempts=False):
+                      new_target_updates=False, count_attempts=False, trw=None):
     """Reference for every counter rule. Returns report dicts in emission order:
     key, seq, count, items (set in window), targets (first-seen order), first_seen_ns,
     last_seen_ns, probes, directions (set), evidence (set), contributors (dict prober->n)."""
@@ -139,6 +142,8 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
     order = 0
 
     def count_of(s):
+        if rule == "trw_scanner":
+            return s["fails"] if s["llr"] >= trw["upper"] else 0
         if count_attempts:
             return s["attempts"]
         return len(s["cur"] | s["prev"]) if port_set else len(s["items"])
@@ -160,7 +165,8 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
     def fresh(ts):
         return dict(first=ts, last=ts, pane=ts // window_ns, cur=set(), prev=set(), items={},
                     probes=0, attempts=0, targets=[], seq=0, reported=0, last_report=0,
-                    pinned=False, new_target=False, dirs=set(), evidence=set(), contrib={})
+                    pinned=False, new_target=False, dirs=set(), evidence=set(), contrib={},
+                    llr=0, fails=0, benign=False)
 
     for r in rows:
         ts = int(r["ts_ns"])
@@ -192,6 +198,14 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
         else:
             is_new_item = it["item"] not in s["items"]
             s["items"][it["item"]] = max(s["items"].get(it["item"], pane), s["pane"])
+        if rule == "trw_scanner" and is_new_item and not s["benign"]:
+            if it["outcome"] == OUT_OPEN:
+                s["llr"] += trw["success"]
+            else:
+                s["llr"] += trw["fail"]
+                s["fails"] += 1
+            if s["llr"] <= trw["lower"]:
+                s["benign"] = True
         s["probes"] += 1
         s["attempts"] += 1
         s["last"] = max(s["last"], ts)
@@ -227,3 +241,106 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
     for p in sorted(pending):
         report(p[2], p[0])
     return out
+
+
+
+# --- probe table reference (kernels/probes.py) ---
+
+OUT_OPEN, OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN = 1, 2, 3, 4
+
+
+def probe_reference(rows, timeout_ns):
+    """Plain-Python probe table. Returns (outcome_rows, probes) where outcome rows are
+    dicts with the batch columns plus ``outcome``, in emission order (including the
+    end-of-input decisions), and probes maps (init, resp, port, proto) -> state name."""
+    state = {}         # key -> [state, sent_ns]
+    queue = []         # FIFO of (key, sent_ns)
+    out = []
+    replies = [0]
+    names = {1: "pending", 2: "open", 3: "open", 4: "closed", 5: "filtered", 6: "unknown"}
+    code = {2: OUT_OPEN, 4: OUT_CLOSED, 5: OUT_FILTERED, 6: OUT_UNKNOWN}
+
+    def emit(ts, key, st):
+        (ih, il), (rh, rl), port, proto = key
+        row = {n: 0 for n in _ROW_NAMES}
+        row.update(ts_ns=ts, src_hi=ih, src_lo=il, dst_hi=rh, dst_lo=rl, dport=port,
+                   proto=proto, pkt_flags=1, outcome=code[st])
+        out.append(row)
+
+    def expire(now):
+        while queue and queue[0][1] + timeout_ns <= now:
+            key, sent = queue.pop(0)
+            if state[key][0] == 1 and state[key][1] == sent:
+                state[key][0] = 5 if replies[0] > 0 else 6
+                emit(sent + timeout_ns, key, state[key][0])
+
+    def open_probe(key, ts):
+        if key not in state:
+            state[key] = [1, ts]
+            queue.append((key, ts))
+
+    def answer(key, ts, verdict, late_ok):
+        st = state[key][0]
+        if st == 1 or (late_ok and st in (5, 6)):
+            replies[0] += 1
+            state[key][0] = verdict
+            emit(ts, key, verdict)
+
+    for r in rows:
+        ts = int(r["ts_ns"])
+        expire(ts)
+        src = (int(r["src_hi"]), int(r["src_lo"]))
+        dst = (int(r["dst_hi"]), int(r["dst_lo"]))
+        flags = r["pkt_flags"]
+        if flags & _PF_HAS_TCP_FLAGS:
+            f = r["tcp_flags"]
+            syn, ack, rst = bool(f & _TH_SYN), bool(f & _TH_ACK), bool(f & _TH_RST)
+            fwd = (src, dst, int(r["dport"]), 6)
+            rev = (dst, src, int(r["sport"]), 6)
+            if syn and not ack and not rst:
+                open_probe(fwd, ts)
+            elif (syn and ack) or rst:
+                if rev in state:
+                    answer(rev, ts, 4 if rst else 2, True)
+            elif ack and fwd in state and state[fwd][0] == 2:
+                state[fwd][0] = 3
+            continue
+        if r["proto"] == 17 and flags & 1:
+            rev = (dst, src, int(r["sport"]), 17)
+            if rev in state:
+                answer(rev, ts, 2, False)
+                continue
+            open_probe((src, dst, int(r["dport"]), 17), ts)
+            continue
+        need = _PF_HAS_ICMP | _PF_HAS_INNER | _PF_INNER_HAS_PORTS
+        if (flags & need) != need:
+            continue
+        t, c, iproto = r["icmp_type"], r["icmp_code"], int(r["inner_proto"])
+        if r["proto"] == 1 and t == 3:
+            if c == 3:
+                verdict = 4 if iproto == 17 else 5
+            elif c in (0, 1, 9, 10, 13):
+                verdict = 5
+            else:
+                continue
+        elif r["proto"] == 58 and t == 1:
+            if c == 4:
+                verdict = 4 if iproto == 17 else 5
+            elif c in (0, 1, 3):
+                verdict = 5
+            else:
+                continue
+        else:
+            continue
+        key = ((int(r["inner_src_hi"]), int(r["inner_src_lo"])),
+               (int(r["inner_dst_hi"]), int(r["inner_dst_lo"])), int(r["inner_dport"]), iproto)
+        if key in state:
+            answer(key, ts, verdict, False)
+    expire(1 << 62)
+    return out, {k: names[v[0]] for k, v in state.items()}
+
+
+_ROW_NAMES = ("ts_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
+              "tcp_flags", "icmp_type", "icmp_code", "pkt_flags", "inner_proto", "inner_src_hi",
+              "inner_src_lo", "inner_dst_hi", "inner_dst_lo", "inner_sport", "inner_dport",
+              "vlan", "wire_len")

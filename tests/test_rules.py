@@ -1,11 +1,12 @@
 """Every rule's kernel against the plain-Python reference (tests/naive.py), on generated rows."""
 import ipaddress
+import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import naive_rules_tmp as naive
-from batch_builder import batches_from_rows, icmp_row, syn_row
+from batch_builder import batches_from_rows, icmp_row, syn_row, udp_row
 from kernels.batch import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG
 from sensor.addresses import from_text, to_text
 from sensor.alerts import expand_ports
@@ -35,12 +36,14 @@ def mixed_rows(draw):
         dst = draw(st.sampled_from(HOSTS))
         port = draw(st.one_of(st.sampled_from([22, 80, 443]), st.integers(1, 30)))
         port = port * draw(st.sampled_from([1, 1, 1, 997])) % 65536
-        kind = draw(st.sampled_from(["tcp"] * 6 + ["echo", "unreach"]))
+        kind = draw(st.sampled_from(["tcp"] * 6 + ["echo", "unreach", "udp"]))
         if kind == "tcp":
             row = syn_row(ts, src, dst, port, sport=draw(st.sampled_from([80, 443, 22, 40000])),
                           flags=draw(st.sampled_from(FLAGS)))
         elif kind == "echo":
             row = icmp_row(ts, src, dst, 8)
+        elif kind == "udp":
+            row = udp_row(ts, src, dst, port, sport=draw(st.sampled_from([53, 5353, 40000])))
         else:
             row = icmp_row(ts, src, dst, 3, 3, inner=(dst, src, 17, 5353, port))
         rows.append(row)
@@ -55,8 +58,12 @@ def network(scope):
                 ignore_ports=set(IGNORE_PORTS), scope=scope)
 
 
-def engine_for(rule, **settings_):
-    over = [f"{r.name}.enabled={'true' if r.name == rule else 'false'}" for r in RULES]
+def engine_with_timeout(rule, timeout_s, **settings_):
+    return engine_for(rule, _extra=[f"probes.timeout_s={timeout_s}"], **settings_)
+
+
+def engine_for(rule, _extra=(), **settings_):
+    over = list(_extra) + [f"{r.name}.enabled={'true' if r.name == rule else 'false'}" for r in RULES]
     over += ["sensor.hash_seed=99", "alerts.max_per_minute=0",
              f"net.allow_sources={ALLOW!r}".replace("'", '"'),
              f"net.ignore_destinations={IGNORE!r}".replace("'", '"'),
@@ -86,10 +93,11 @@ def key_text(rule, ref):
        scope=st.sampled_from(["source", "pair"]),
        directions=st.sampled_from([["inbound", "outbound", "internal", "external"],
                                    ["inbound"], ["internal", "outbound"]]),
-       exclude=st.sampled_from([[], [3, "20-25"]]), attempts=st.booleans())
+       exclude=st.sampled_from([[], [3, "20-25"]]), attempts=st.booleans(),
+       timeout_s=st.sampled_from([1, 5]), thetas=st.sampled_from([(0.8, 0.2), (0.6, 0.3)]))
 def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth, new_target,
                                 update_s, suppress_s, capacity, scope, directions, exclude,
-                                attempts):
+                                attempts, timeout_s, thetas):
     delay_s = min(delay_s, window_s)
     settings_ = {"threshold": threshold, "window_s": window_s, "report_delay_s": delay_s,
                  "growth_factor": growth, "new_target_updates": str(new_target).lower(),
@@ -99,16 +107,29 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
                  "max_keys": 256}
     if rule == "port_scan":
         settings_["scope"] = scope
+    net = network(scope if rule == "port_scan" else "source")
     if rule == "failed_connections":
         settings_["count"] = "attempts" if attempts else "distinct"
-    alerts = run(engine_for(rule, **settings_), rows, capacity)
+        settings_["count_filtered"] = str(thetas[0] == 0.8).lower()
+        net["count_filtered"] = thetas[0] == 0.8
+    trw = None
+    if rule == "trw_scanner":
+        settings_["theta0"], settings_["theta1"] = thetas
+        micro = lambda x: int(round(x * 1e6))
+        trw = dict(fail=micro(math.log((1 - thetas[1]) / (1 - thetas[0]))),
+                   success=micro(math.log(thetas[1] / thetas[0])),
+                   upper=micro(math.log(0.99 / 0.01)), lower=micro(math.log(0.01 / 0.99)))
+    alerts = run(engine_with_timeout(rule, timeout_s, **settings_), rows, capacity)
+    fed = rows
+    if rule in ("failed_connections", "trw_scanner"):
+        fed = naive.probe_reference(rows, timeout_s * SEC)[0]
     ref = naive.counter_reference(
-        rule, rows, network(scope if rule == "port_scan" else "source"), threshold,
+        rule, fed, net, threshold,
         window_s * SEC, delay_s * SEC, set(directions),
         exclude_ports=set([3] + list(range(20, 26))) if exclude else set(),
         growth=growth, update_ns=update_s * SEC, suppress_ns=suppress_s * SEC,
         new_target_updates=new_target,
-        count_attempts=(rule == "failed_connections" and attempts))
+        count_attempts=(rule == "failed_connections" and attempts), trw=trw)
     got = sorted(summarise_alert(a) for a in alerts)
     want = sorted(summarise_ref(rule, r) for r in ref)
     assert got == want

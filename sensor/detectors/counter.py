@@ -6,9 +6,10 @@ import numpy as np
 from kernels import alert_slots as ks
 from kernels.host_set import CONTRIBUTORS, HostSetState, host_set_update
 from kernels.port_set import PortSetState, port_set_update
+from kernels.probes import outcomes_of
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, STEALTH_NAMES,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, STEALTH_NAMES,
 )
 from sensor.addresses import to_text
 from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
@@ -68,24 +69,47 @@ class CounterDetector:
         p[ks.P_PAIR_SCOPE] = int(self.scope == "pair")
         p[ks.P_COUNT_ATTEMPTS] = int(rule.count_kind == "attempts" or s.get("count") == "attempts")
         p[ks.P_NEW_TARGET] = int(s["new_target_updates"])
+        p[ks.P_COUNT_FILTERED] = int(s.get("count_filtered", True))
+        if rule.mode == HS_TRW and rule.table == "host_set":
+            theta0, theta1 = s["theta0"], s["theta1"]
+            p_d, p_f = s["p_detect"], s["p_false"]
+            micro = lambda x: int(round(x * 1e6))
+            p[ks.P_TRW_FAIL] = micro(math.log((1 - theta1) / (1 - theta0)))
+            p[ks.P_TRW_SUCCESS] = micro(math.log(theta1 / theta0))
+            p[ks.P_TRW_UPPER] = micro(math.log(p_d / p_f))
+            p[ks.P_TRW_LOWER] = micro(math.log((1 - p_d) / (1 - p_f)))
         self.params = p
         self.count_kind = "attempts" if p[ks.P_COUNT_ATTEMPTS] else rule.count_kind
         self.excluded_ports = port_bitmap(s["exclude_ports"])
+        self.reads_outcomes = rule.mode in (HS_FAILED, HS_TRW) and rule.table == "host_set"
+        self.probes = None          # the engine's ProbeState, for outcomes in alerts
+        self.open_ports_buf = np.zeros(65536, np.int64)
 
     # --- running -------------------------------------------------------------
-    def process(self, batch, cls):
+    def process(self, batch, cls, outcome):
+        """Feed a batch (packets, or outcome rows for outcome rules); return due alerts."""
         alerts = []
         cols = batch.columns
         lc = self.lc.arrays
         tab = self.table.arrays
+        extra = (outcome,) if self.rule.table == "host_set" else ()
         i = 0
         while True:
             i, event, slot = self._update(cols, cls, i, batch.n, lc, tab, self.params,
-                                          self.excluded_ports, self.seed)
+                                          self.excluded_ports, self.seed, *extra)
             if event == ks.EV_NONE:
                 return alerts
             now = int(batch.ts_ns[min(i, batch.n - 1)])
             alerts.append(self._report(slot, now))
+
+    def advance(self, now_ns):
+        """Packet time reached ``now_ns``: report alerts due by then."""
+        alerts = []
+        while True:
+            slot = int(ks.next_due(self.lc.arrays, now_ns))
+            if slot < 0:
+                return alerts
+            alerts.append(self._report(slot, now_ns))
 
     def flush(self):
         """End of input: report every alert still waiting, earliest due first."""
@@ -128,6 +152,7 @@ class CounterDetector:
         seq = int(lc.seq[slot]) + 1
         key_text = "|".join(str(int(w)) for w in key)
         evidence = int(lc.evidence[slot])
+        outcome_fields = self._outcomes(slot)
         return Alert(
             rule=self.name, first_seen=rfc3339(first), last_seen=rfc3339(lc.last_seen_ns[slot]),
             packets=int(lc.probes[slot]),
@@ -138,7 +163,29 @@ class CounterDetector:
             count_kind=self.count_kind, direction=direction, seq=seq, update=seq > 1,
             scope=self.scope,
             probe_types=[n for b, n in STEALTH_NAMES.items() if evidence & b] or None,
-            **fields)
+            **outcome_fields, **fields)
+
+    # rules whose probers' attempts are in the probe table: (protocol, by key port)
+    OUTCOME_SCOPE = {"port_scan": (6, False), "exposed_host_probe": (6, False),
+                     "udp_scan": (17, False), "host_sweep": (6, True),
+                     "failed_connections": (0, False), "trw_scanner": (0, False)}
+
+    def _outcomes(self, slot):
+        scope = self.OUTCOME_SCOPE.get(self.name)
+        if scope is None or self.probes is None:
+            return {}
+        proto, by_port = scope
+        key = self.lc.keys[slot]
+        by_target = self.scope == "pair"
+        port = int(key[2]) if by_port else -1
+        n_open, n_closed, n_filtered, n_unknown, n_pending, n_ports = outcomes_of(
+            self.probes.arrays, key[0], key[1], key[2], key[3], by_target, port, proto,
+            self.open_ports_buf)
+        ports = sorted(set(self.open_ports_buf[:min(n_ports, len(self.open_ports_buf))].tolist()))
+        return dict(outcomes={"open": int(n_open), "closed": int(n_closed),
+                              "filtered": int(n_filtered),
+                              "unknown": int(n_unknown + n_pending)},
+                    open_ports=compress_ports(ports))
 
     def _port_set_evidence(self, slot):
         t = self.table

@@ -1,0 +1,380 @@
+"""Probe table: what happened to each connection attempt.
+
+Keyed by (initiator, responder, responder port, protocol), fed by every row
+of a batch:
+
+* TCP SYN (no ACK) from I to R:port, or a UDP datagram that answers nothing,
+  opens a probe, ``SENT``, and queues it for its timeout.
+* SYN-ACK from R:port to I, or a UDP reply from R:port -> ``OPEN``; the
+  initiator's ACK that completes the handshake -> ``ESTABLISHED`` (still open).
+* RST from R:port to I, or an ICMP port unreachable quoting a UDP probe ->
+  ``CLOSED``.
+* ICMP admin-prohibited, host/net unreachable (and the ICMPv6 equivalents)
+  quoting a probe -> ``FILTERED``.
+* No answer within ``timeout_ns`` of packet time -> ``FILTERED`` if the
+  sensor has matched at least one reply so far (it sees both directions),
+  else ``UNKNOWN`` (one-directional capture, common on SPAN ports).
+* A SYN-ACK or RST that answers no probe the sensor saw is *backscatter*
+  (a victim's reply to a spoofed flood): counted, never attributed to its
+  receiver or sender as scanning.
+
+Every decision is written as one row of an *outcome batch* (same columns as
+a packet batch: src = initiator, dst = responder, dport = port, ``outcome``
+and an ``outcome`` code beside it), which the outcome rules (failed_connections, trw_scanner) consume. The
+kernel returns early when the outcome batch is full; the caller drains it
+and resumes.
+
+Timeouts use a FIFO of (slot, sent time): packet time is (nearly) monotonic,
+so the queue is ordered and only its head is checked per row. A probe whose
+slot was reused before its timeout is dropped from the queue silently (its
+eviction is counted).
+
+Memory (fixed): capacity * (48 B key + 8 B last seen + 8 B sent time + 2 B
+state/flags + 16 B queue entry) = about 82 B per probe slot.
+"""
+import numpy as np
+
+from kernels.addr_table import EMPTY, LOOKUP_EVICTED, find_slot, lookup_slot
+from kernels.batch import (
+    PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
+    TH_ACK, TH_RST, TH_SYN, PacketBatch,
+)
+from kernels.jit import inline, kernel
+
+U0 = np.uint64(0)
+
+# outcome codes written beside each outcome row
+OUT_NONE = 0
+OUT_OPEN = 1
+OUT_CLOSED = 2
+OUT_FILTERED = 3
+OUT_UNKNOWN = 4
+OUTCOME_NAMES = {OUT_OPEN: "open", OUT_CLOSED: "closed", OUT_FILTERED: "filtered",
+                 OUT_UNKNOWN: "unknown"}
+
+
+class OutcomeBatch(PacketBatch):
+    """A packet batch whose rows are decided probes, plus their outcome codes."""
+
+    def __init__(self, capacity):
+        super().__init__(capacity)
+        self.outcome = np.zeros(self.capacity, np.uint8)
+
+# probe states
+ST_SENT = 1
+ST_OPEN = 2
+ST_ESTABLISHED = 3
+ST_CLOSED = 4
+ST_FILTERED = 5
+ST_UNKNOWN = 6
+STATE_NAMES = {ST_SENT: "pending", ST_OPEN: "open", ST_ESTABLISHED: "open",
+               ST_CLOSED: "closed", ST_FILTERED: "filtered", ST_UNKNOWN: "unknown"}
+
+# meta counters
+PM_HEAD = 0
+PM_TAIL = 1
+PM_REPLIES = 2          # replies matched to a probe (proves both directions are seen)
+PM_BACKSCATTER_SYNACK = 3
+PM_BACKSCATTER_RST = 4
+PM_EVICTIONS = 5
+PM_OPEN = 6
+PM_CLOSED = 7
+PM_FILTERED = 8
+PM_UNKNOWN = 9
+PM_PROBES = 10
+N_PMETA = 11
+
+# params
+PP_TIMEOUT_NS = 0
+PP_WAYS = 1
+PP_STALE_NS = 2
+N_PPARAMS = 3
+
+
+class ProbeState:
+    def __init__(self, capacity, ways, timeout_ns):
+        self.keys = np.zeros((capacity, 5), np.uint64)
+        self.last_seen_ns = np.full(capacity, EMPTY, np.int64)
+        self.pinned = np.zeros(capacity, np.uint8)        # probes are never pinned
+        self.sent_ns = np.zeros(capacity, np.int64)
+        self.state = np.zeros(capacity, np.uint8)
+        self.fifo_slot = np.zeros(capacity, np.int64)
+        self.fifo_ts = np.zeros(capacity, np.int64)
+        self.meta = np.zeros(N_PMETA, np.int64)
+        self.params = np.zeros(N_PPARAMS, np.int64)
+        self.params[PP_TIMEOUT_NS] = timeout_ns
+        self.params[PP_WAYS] = ways
+        # a decided probe may be reused after this long without packets
+        self.params[PP_STALE_NS] = max(timeout_ns, 1) * 12
+
+    @property
+    def arrays(self):
+        return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
+                self.fifo_slot, self.fifo_ts, self.meta, self.params)
+
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays)
+
+
+@inline
+def port_word(port, proto):
+    return np.uint64(port) | (np.uint64(proto) << np.uint64(16))
+
+
+@inline
+def emit(out, out_code, orow, ts, keys, slot, outcome):
+    """Write one outcome row; returns the next free row."""
+    o_ts = out[0]
+    o_src_hi = out[1]
+    o_src_lo = out[2]
+    o_dst_hi = out[3]
+    o_dst_lo = out[4]
+    o_sport = out[5]
+    o_dport = out[6]
+    o_proto = out[7]
+    o_pkt_flags = out[11]
+    word = keys[slot, 4]
+    o_ts[orow] = ts
+    o_src_hi[orow] = keys[slot, 0]
+    o_src_lo[orow] = keys[slot, 1]
+    o_dst_hi[orow] = keys[slot, 2]
+    o_dst_lo[orow] = keys[slot, 3]
+    o_sport[orow] = 0
+    o_dport[orow] = np.int64(word & np.uint64(0xFFFF))
+    o_proto[orow] = np.int64(word >> np.uint64(16))
+    o_pkt_flags[orow] = PF_HAS_PORTS
+    out_code[orow] = outcome
+    return orow + 1
+
+
+@inline
+def decide(state, meta, slot, new_state):
+    state[slot] = new_state
+    if new_state == ST_OPEN:
+        meta[PM_OPEN] += 1
+        return OUT_OPEN
+    if new_state == ST_CLOSED:
+        meta[PM_CLOSED] += 1
+        return OUT_CLOSED
+    if new_state == ST_FILTERED:
+        meta[PM_FILTERED] += 1
+        return OUT_FILTERED
+    meta[PM_UNKNOWN] += 1
+    return OUT_UNKNOWN
+
+
+@kernel
+def expire_probes(st, now_ns, out, out_code, orow):
+    """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params) = st
+    return expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, params[PP_TIMEOUT_NS],
+                  now_ns, out, out_code, orow)
+
+
+@inline
+def expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, now_ns, out, out_code,
+           orow):
+    cap = fifo_slot.shape[0]
+    out_cap = out[0].shape[0]
+    while meta[PM_HEAD] < meta[PM_TAIL] and orow < out_cap:
+        h = meta[PM_HEAD] % cap
+        if fifo_ts[h] + timeout_ns > now_ns:
+            break
+        slot = fifo_slot[h]
+        meta[PM_HEAD] += 1
+        if state[slot] == ST_SENT and sent_ns[slot] == fifo_ts[h]:
+            verdict = ST_FILTERED if meta[PM_REPLIES] > 0 else ST_UNKNOWN
+            outcome = decide(state, meta, slot, verdict)
+            orow = emit(out, out_code, orow, fifo_ts[h] + timeout_ns, keys, slot, outcome)
+    return orow
+
+
+@kernel
+def probe_update(cols, start, n, st, seed, out, out_code, orow):
+    """Feed rows [start, n); write outcome rows from ``orow``.
+
+    Returns (next_row, next_outcome_row). Stops early when the outcome batch
+    has fewer than 2 free rows.
+    """
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params) = st
+    timeout_ns = params[PP_TIMEOUT_NS]
+    ways = params[PP_WAYS]
+    stale_ns = params[PP_STALE_NS]
+    cap = fifo_slot.shape[0]
+    out_cap = out[0].shape[0]
+    ts_col = cols[0]
+    src_hi = cols[1]
+    src_lo = cols[2]
+    dst_hi = cols[3]
+    dst_lo = cols[4]
+    sport_c = cols[5]
+    dport_c = cols[6]
+    proto_c = cols[7]
+    tcp_flags = cols[8]
+    icmp_type = cols[9]
+    icmp_code = cols[10]
+    pkt_flags = cols[11]
+    inner_proto = cols[12]
+    for i in range(start, n):
+        if out_cap - orow < 2:
+            return i, orow
+        ts = ts_col[i]
+        orow = expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, ts, out, out_code,
+                      orow)
+        if out_cap - orow < 2:
+            return i, orow
+        pf = pkt_flags[i]
+        proto = np.int64(proto_c[i])
+        if (pf & PF_HAS_TCP_FLAGS) != 0:
+            f = tcp_flags[i]
+            syn = (f & TH_SYN) != 0
+            ack = (f & TH_ACK) != 0
+            rst = (f & TH_RST) != 0
+            if syn and not ack and not rst:
+                found, slot = find_slot(keys, last_seen_ns, pinned, src_hi[i], src_lo[i],
+                                          dst_hi[i], dst_lo[i], port_word(dport_c[i], 6),
+                                          ts, stale_ns, ways, seed)
+                if found == LOOKUP_EVICTED:
+                    meta[PM_EVICTIONS] += 1
+                if found != 0 or state[slot] == 0:
+                    state[slot] = ST_SENT
+                    sent_ns[slot] = ts
+                    meta[PM_PROBES] += 1
+                    if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
+                        meta[PM_HEAD] += 1       # queue full: oldest entry loses its timer
+                    fifo_slot[meta[PM_TAIL] % cap] = slot
+                    fifo_ts[meta[PM_TAIL] % cap] = ts
+                    meta[PM_TAIL] += 1
+                else:
+                    last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                continue
+            if (syn and ack) or rst:
+                # a reply from the responder: look up the probe it answers
+                slot = lookup_slot(keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
+                                   src_lo[i], port_word(sport_c[i], 6), ways, seed)
+                if slot < 0:
+                    if rst:
+                        # the initiator's own RST (e.g. nmap -sS after a SYN-ACK) is no reply
+                        if lookup_slot(keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
+                                       dst_lo[i], port_word(dport_c[i], 6), ways, seed) < 0:
+                            meta[PM_BACKSCATTER_RST] += 1
+                    else:
+                        meta[PM_BACKSCATTER_SYNACK] += 1
+                    continue
+                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                if state[slot] == ST_SENT or state[slot] == ST_FILTERED or state[slot] == ST_UNKNOWN:
+                    meta[PM_REPLIES] += 1
+                    verdict = ST_CLOSED if rst else ST_OPEN
+                    if state[slot] != ST_SENT:
+                        # a late answer corrects a timeout verdict
+                        if state[slot] == ST_FILTERED:
+                            meta[PM_FILTERED] -= 1
+                        else:
+                            meta[PM_UNKNOWN] -= 1
+                    orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, verdict))
+                continue
+            if ack and not syn:
+                slot = lookup_slot(keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
+                                   dst_lo[i], port_word(dport_c[i], 6), ways, seed)
+                if slot >= 0:
+                    last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                    if state[slot] == ST_OPEN:
+                        state[slot] = ST_ESTABLISHED
+            continue
+        if proto == 17 and (pf & PF_HAS_PORTS) != 0:
+            # a reply to an earlier datagram?
+            slot = lookup_slot(keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i], src_lo[i],
+                               port_word(sport_c[i], 17), ways, seed)
+            if slot >= 0:
+                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                if state[slot] == ST_SENT:
+                    meta[PM_REPLIES] += 1
+                    orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, ST_OPEN))
+                continue
+            found, slot = find_slot(keys, last_seen_ns, pinned, src_hi[i], src_lo[i],
+                                      dst_hi[i], dst_lo[i], port_word(dport_c[i], 17),
+                                      ts, stale_ns, ways, seed)
+            if found == LOOKUP_EVICTED:
+                meta[PM_EVICTIONS] += 1
+            if found != 0 or state[slot] == 0:
+                state[slot] = ST_SENT
+                sent_ns[slot] = ts
+                meta[PM_PROBES] += 1
+                if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
+                    meta[PM_HEAD] += 1
+                fifo_slot[meta[PM_TAIL] % cap] = slot
+                fifo_ts[meta[PM_TAIL] % cap] = ts
+                meta[PM_TAIL] += 1
+            else:
+                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+            continue
+        need = PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS
+        if (pf & need) == need:
+            t = icmp_type[i]
+            c = icmp_code[i]
+            iproto = np.int64(inner_proto[i])
+            if proto == 1 and t == 3:
+                if c == 3:
+                    verdict = ST_CLOSED if iproto == 17 else ST_FILTERED
+                elif c == 1 or c == 0 or c == 9 or c == 10 or c == 13:
+                    verdict = ST_FILTERED
+                else:
+                    continue
+            elif proto == 58 and t == 1:
+                if c == 4:
+                    verdict = ST_CLOSED if iproto == 17 else ST_FILTERED
+                elif c == 1 or c == 3 or c == 0:
+                    verdict = ST_FILTERED
+                else:
+                    continue
+            else:
+                continue
+            slot = lookup_slot(keys, last_seen_ns, cols[13][i], cols[14][i], cols[15][i],
+                               cols[16][i], port_word(cols[18][i], iproto), ways, seed)
+            if slot < 0:
+                continue
+            last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+            if state[slot] == ST_SENT:
+                meta[PM_REPLIES] += 1
+                orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, verdict))
+    return n, orow
+
+
+@kernel
+def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, open_ports):
+    """Outcome counts of the probes by initiator (k0, k1) -- only to target (t0, t1)
+    if ``by_target``, only to ``port`` if >= 0, only of ``proto`` if > 0 -- as
+    (open, closed, filtered, unknown, pending, n_open). Open ports are written to
+    ``open_ports`` (up to its length). Scans the whole table: called per alert."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params) = st
+    n_open = 0
+    n_closed = 0
+    n_filtered = 0
+    n_unknown = 0
+    n_pending = 0
+    n_ports = 0
+    for s in range(keys.shape[0]):
+        if last_seen_ns[s] == EMPTY or keys[s, 0] != k0 or keys[s, 1] != k1:
+            continue
+        if by_target and (keys[s, 2] != t0 or keys[s, 3] != t1):
+            continue
+        word = keys[s, 4]
+        if port >= 0 and np.int64(word & np.uint64(0xFFFF)) != port:
+            continue
+        if proto > 0 and np.int64(word >> np.uint64(16)) != proto:
+            continue
+        st_ = state[s]
+        if st_ == ST_OPEN or st_ == ST_ESTABLISHED:
+            n_open += 1
+            if n_ports < open_ports.shape[0]:
+                open_ports[n_ports] = np.int64(keys[s, 4] & np.uint64(0xFFFF))
+            n_ports += 1
+        elif st_ == ST_CLOSED:
+            n_closed += 1
+        elif st_ == ST_FILTERED:
+            n_filtered += 1
+        elif st_ == ST_UNKNOWN:
+            n_unknown += 1
+        elif st_ == ST_SENT:
+            n_pending += 1
+    return n_open, n_closed, n_filtered, n_unknown, n_pending, n_ports
