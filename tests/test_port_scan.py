@@ -140,7 +140,7 @@ def test_table_is_bounded_and_scanner_survives_random_source_flood():
     engine, alerts = run_engine(rows, **{"port_scan.threshold": 100,
                                          "port_scan.max_keys": 1024})
     det = engine.detectors[0]
-    assert det.lc.keys.shape == (1024, 4)
+    assert det.lc.keys.shape == (1024, 5)
     assert engine.stats()["port_scan_evictions"] > 10000
     assert [a.src_ip for a in alerts] == ["10.66.0.1"]
     assert alerts[0].dst_port_count == 200
