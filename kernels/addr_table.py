@@ -7,10 +7,12 @@ unused words are 0) hashes to one bucket, so
 a lookup or insert touches at most ``ways`` slots. A key's slot is reused when
 
 * the key is found (hit),
-* an empty slot or a stale one (its owner idle for ``stale_ns`` of packet
-  time) is in the bucket, or
-* as a last resort the least recently seen slot that the caller allows to be
-  evicted (the caller passes a per-slot "pinned" test via ``evictable``).
+* an empty slot is in the bucket, else a stale one (its owner idle for
+  ``stale_ns`` of packet time), or
+* as a last resort an unpinned slot with the lowest ``weight`` (the caller's
+  measure of what the slot holds, e.g. its count), the least recently seen
+  among equals. Under a flood of spoofed one-packet sources, a real scanner
+  (weight > 1) is never the one evicted while one-packet entries remain.
 
 The hash is keyed with a per-run seed, so an attacker cannot aim spoofed
 addresses at one bucket without knowing it. Time is packet time only.
@@ -53,7 +55,8 @@ LOOKUP_FULL = 3       # every slot in the bucket is pinned; slot = the oldest pi
 
 
 @inline
-def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, k4, now_ns, stale_ns, ways, seed):
+def find_slot(keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_ns, stale_ns, ways,
+              seed):
     """Find or claim a slot for key (k0, k1, k2, k3, k4).
 
     Returns (outcome, slot). For LOOKUP_NEW / LOOKUP_EVICTED the key is
@@ -65,8 +68,10 @@ def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, k4, now_ns, stale_ns, 
     h = hash_key(k0, k1, k2, k3, k4, seed)
     base = np.int64(h % np.uint64(nbuckets)) * ways
     free = -1
+    stale = -1
     oldest = -1
     oldest_ts = np.int64(0x7FFFFFFFFFFFFFFF)
+    oldest_w = np.int64(0x7FFFFFFFFFFFFFFF)
     oldest_pinned = -1
     oldest_pinned_ts = np.int64(0x7FFFFFFFFFFFFFFF)
     for w in range(ways):
@@ -85,12 +90,16 @@ def find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, k4, now_ns, stale_ns, 
                 oldest_pinned = s
             continue
         if now_ns - seen >= stale_ns:
-            if free < 0:
-                free = s
+            if stale < 0:
+                stale = s
             continue
-        if seen < oldest_ts:
+        w_ = weight[s]
+        if w_ < oldest_w or (w_ == oldest_w and seen < oldest_ts):
+            oldest_w = w_
             oldest_ts = seen
             oldest = s
+    if free < 0:
+        free = stale
     if free >= 0:
         outcome = LOOKUP_NEW
         slot = free

@@ -48,7 +48,8 @@ P_TRW_SUCCESS = 14    # ... of a successful one (negative)
 P_TRW_UPPER = 15      # log(eta1): flag as scanner at or above
 P_TRW_LOWER = 16      # log(eta0): declare benign at or below
 P_COUNT_FILTERED = 17  # failed_connections: unanswered/filtered attempts count as failures
-N_PARAMS = 18
+P_FROM_OUTCOMES = 18  # host_sweep/port_sweep: count decided attempts that did not succeed
+N_PARAMS = 19
 
 # meta (int64): pending-list bookkeeping and counters
 M_NPENDING = 0

@@ -94,7 +94,7 @@ STATS = (
     "malformed_ip",          # bad version, IHL < 5, total length < header, bad ext-header chain
     "fragment_noninitial",   # IP fragments after the first: no transport header to read
     "truncated_l4",          # transport header cut before the fields the sensor needs
-    "malformed_l4",          # TCP data offset < 5
+    "malformed_l4",          # TCP data offset < 5, or a transport header longer than its IP packet
     "unsupported_linktype",  # frames from an interface whose link type is not decoded
     "bad_record",            # corrupt record/block header: decoding of that file stopped there
     "truncated_record",      # the file ended in the middle of a record

@@ -32,7 +32,7 @@ import numpy as np
 from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
 from kernels.alert_slots import (
     EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
-    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_COUNT_FILTERED, P_DIR_MASK, P_LIST, P_TRW_FAIL, P_TRW_LOWER,
+    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_COUNT_FILTERED, P_DIR_MASK, P_FROM_OUTCOMES, P_LIST, P_TRW_FAIL, P_TRW_LOWER,
     P_TRW_SUCCESS, P_TRW_UPPER, P_MODE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS,
     due_slot, episode_over, maybe_schedule, start_episode,
 )
@@ -64,12 +64,13 @@ class HostSetState:
         self.llr = np.zeros(capacity, np.int64)        # trw_scanner log-likelihood ratio
         self.failures = np.zeros(capacity, np.int64)   # trw_scanner failed first contacts
         self.trw_state = np.zeros(capacity, np.uint8)  # 0 scoring, 1 benign
+        self.attempts = np.zeros((capacity, 2), np.int64)  # per pane, for count = attempts
 
     @property
     def arrays(self):
         return (self.pane, self.item_hi, self.item_lo, self.item_port, self.item_pane,
                 self.item_n, self.sketch, self.contrib_hi, self.contrib_lo, self.contrib_n,
-                self.llr, self.failures, self.trw_state)
+                self.llr, self.failures, self.trw_state, self.attempts)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -78,7 +79,7 @@ class HostSetState:
 @inline
 def clear_slot(hs, slot, pane):
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state) = hs
+     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
     pane_a[slot] = pane
     item_n[slot] = 0
     for w in range(SKETCH_WORDS):
@@ -89,6 +90,8 @@ def clear_slot(hs, slot, pane):
     llr[slot] = 0
     failures[slot] = 0
     trw_state[slot] = 0
+    attempts[slot, 0] = 0
+    attempts[slot, 1] = 0
 
 
 @inline
@@ -113,11 +116,12 @@ def live_count(hs, slot, list_len):
 @inline
 def advance_pane(hs, slot, pane):
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state) = hs
+     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
     old = pane_a[slot]
     if pane <= old:
         return
     if pane == old + 1:
+        attempts[slot, pane & 1] = 0
         for w in range(SKETCH_WORDS):
             sketch[slot, pane & 1, w] = 0
         keep = 0
@@ -130,6 +134,8 @@ def advance_pane(hs, slot, pane):
                 keep += 1
         item_n[slot] = keep
     else:
+        attempts[slot, 0] = 0
+        attempts[slot, 1] = 0
         for w in range(SKETCH_WORDS):
             sketch[slot, 0, w] = 0
             sketch[slot, 1, w] = 0
@@ -141,7 +147,7 @@ def advance_pane(hs, slot, pane):
 def add_item(hs, slot, hi, lo, port, pane, list_len, seed):
     """Record an item in the current pane; returns True if it is new to the window."""
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state) = hs
+     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
     h = mix64(mix64(hi ^ seed) ^ lo ^ np.uint64(port))
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
@@ -203,6 +209,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     dir_allowed = params[P_DIR_MASK]
     count_attempts = params[P_COUNT_ATTEMPTS] != 0
     count_filtered = params[P_COUNT_FILTERED] != 0
+    from_outcomes = params[P_FROM_OUTCOMES] != 0
     stale_ns = 2 * window_ns
     for i in range(start, n):
         ts = ts_col[i]
@@ -210,7 +217,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         if due >= 0:
             return i, EV_DUE, due
         take, k0, k1, k2, it_hi, it_lo, it_port, p_hi, p_lo, d = select_host_row(
-            mode, i, cols, cls, outcome, count_filtered)
+            mode, i, cols, cls, outcome, count_filtered, from_outcomes)
         if not take:
             continue
         if (d & dir_allowed) == 0:
@@ -225,7 +232,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         if port >= 0 and (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        found, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, U0, U0, ts,
+        found, slot = find_slot(keys, last_seen_ns, pinned, count, k0, k1, k2, U0, U0, ts,
                                   stale_ns, ways, seed)
         if found == LOOKUP_FULL:
             meta[M_FORCED] += 1
@@ -251,7 +258,9 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
             # count = failed first contacts, but only once the walk crossed eta1
             count[slot] = hs[11][slot] if hs[10][slot] >= params[P_TRW_UPPER] else 0
         elif count_attempts:
-            count[slot] = probes[slot]
+            att = hs[13]
+            att[slot, hs[0][slot] & 1] += 1
+            count[slot] = att[slot, 0] + att[slot, 1]
         else:
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:

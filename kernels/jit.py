@@ -1,12 +1,59 @@
 """The one place where Numba options are set for every kernel.
 
-``cache=True`` keeps compiled machine code on disk (``__pycache__`` beside the
-module, or ``NUMBA_CACHE_DIR``), so a warm start loads instead of compiling.
-``nogil=True`` lets a second worker thread run kernels in parallel later.
+``cache=True`` keeps compiled machine code on disk, so a warm start loads
+instead of compiling. Numba decides whether a cached kernel is current from
+its own source file only, so a change in a helper inlined from another
+module (``decode_frame`` inside the walkers, say) would leave stale machine
+code in use. The cache therefore lives in a directory named after a hash of
+every module in ``kernels/``: any change to any kernel source starts a fresh
+cache. The directory is ``$NUMBA_CACHE_DIR/scan-sensor-<hash>`` when that
+variable is set (the systemd unit sets it), else under the user's cache
+directory.
+
+``nogil=True`` lets a second worker thread run kernels in parallel.
 """
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+
 import numba
 
 OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+
+
+def _sources_hash():
+    digest = hashlib.sha256(numba.__version__.encode())
+    for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_dir():
+    base = os.environ.get("NUMBA_CACHE_DIR")
+    if base:
+        root = pathlib.Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = pathlib.Path(xdg) / "scan-sensor"
+    current = root / f"scan-sensor-{_sources_hash()}"
+    try:
+        current.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        current = pathlib.Path(tempfile.gettempdir()) / f"scan-sensor-{_sources_hash()}"
+        current.mkdir(parents=True, exist_ok=True)
+        return current
+    # caches of other kernel versions are dead weight
+    for old in root.glob("scan-sensor-*"):
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
+    return current
+
+
+CACHE_DIR = _cache_dir()
+numba.config.CACHE_DIR = str(CACHE_DIR)
 
 
 def kernel(fn):

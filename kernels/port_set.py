@@ -1,7 +1,8 @@
 """Port-set counter: distinct destination ports per key, exact, over a sliding window.
 
 Serves port_scan (key = prober, or prober + target), stealth_scan, udp_scan
-and exposed_host_probe (which counts attempts instead of distinct ports);
+and exposed_host_probe (which counts attempts, per pane like the ports,
+instead of distinct ports);
 ``kernels/rules.py`` says which rows each counts.
 
 Window: time is cut into panes of ``window_ns`` (pane = ts // window_ns). A
@@ -50,11 +51,12 @@ class PortSetState:
         self.target_lo = np.zeros((capacity, list_len), np.uint64)
         self.target_n = np.zeros(capacity, np.int64)
         self.target_sketch = np.zeros((capacity, SKETCH_WORDS), np.uint64)
+        self.attempts = np.zeros((capacity, 2), np.int64)   # per pane, for count = attempts
 
     @property
     def arrays(self):
         return (self.pane, self.ports, self.target_hi, self.target_lo, self.target_n,
-                self.target_sketch)
+                self.target_sketch, self.attempts)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -70,7 +72,7 @@ def popcount64(x):
 
 @inline
 def clear_slot(ps, slot, pane):
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
     pane_a[slot] = pane
     target_n[slot] = 0
     for w in range(PORT_WORDS):
@@ -78,11 +80,13 @@ def clear_slot(ps, slot, pane):
         ports[slot, 1, w] = 0
     for w in range(SKETCH_WORDS):
         target_sketch[slot, w] = 0
+    attempts[slot, 0] = 0
+    attempts[slot, 1] = 0
 
 
 @inline
 def advance_pane(ps, count, slot, pane, count_attempts):
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
     old = pane_a[slot]
     if pane <= old:
         return
@@ -92,21 +96,22 @@ def advance_pane(ps, count, slot, pane, count_attempts):
         for w in range(PORT_WORDS):
             ports[slot, cur_new, w] = 0
             total += popcount64(ports[slot, 1 - cur_new, w])
-        if not count_attempts:
-            count[slot] = total
+        attempts[slot, cur_new] = 0
+        count[slot] = attempts[slot, 1 - cur_new] if count_attempts else total
     else:
         for w in range(PORT_WORDS):
             ports[slot, 0, w] = 0
             ports[slot, 1, w] = 0
-        if not count_attempts:
-            count[slot] = 0
+        attempts[slot, 0] = 0
+        attempts[slot, 1] = 0
+        count[slot] = 0
     pane_a[slot] = pane
 
 
 @inline
 def add_target(ps, slot, hi, lo, list_len, seed):
     """Record a target; returns True if it was not seen before (exactly, or per the sketch)."""
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
     h = mix64(mix64(hi ^ seed) ^ lo)
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
@@ -127,11 +132,11 @@ def add_target(ps, slot, hi, lo, list_len, seed):
 
 
 @kernel
-def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed):
+def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, outcome):
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
     ts_col = cols[0]
     mode = params[P_MODE]
     pair_scope = params[P_PAIR_SCOPE] != 0
@@ -148,7 +153,7 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed):
         if due >= 0:
             return i, EV_DUE, due
         take, k0, k1, k2, k3, port, t_hi, t_lo, d, ev_bits = select_port_row(
-            mode, pair_scope, i, cols, cls)
+            mode, pair_scope, i, cols, cls, outcome)
         if not take:
             continue
         if (d & dir_allowed) == 0:
@@ -157,7 +162,7 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed):
         if (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        found, slot = find_slot(keys, last_seen_ns, pinned, k0, k1, k2, k3, U0, ts,
+        found, slot = find_slot(keys, last_seen_ns, pinned, count, k0, k1, k2, k3, U0, ts,
                                   stale_ns, ways, seed)
         if found == LOOKUP_FULL:
             meta[M_FORCED] += 1
@@ -177,7 +182,8 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed):
                 count[slot] += 1
             ports[slot, cur, word] |= mask
         if count_attempts:
-            count[slot] += 1
+            attempts[slot, cur] += 1
+            count[slot] = attempts[slot, 0] + attempts[slot, 1]
         probes[slot] += 1
         meta[M_COUNTED] += 1
         dir_mask[slot] |= d

@@ -4,7 +4,9 @@ Keyed by (initiator, responder, responder port, protocol), fed by every row
 of a batch:
 
 * TCP SYN (no ACK) from I to R:port, or a UDP datagram that answers nothing,
-  opens a probe, ``SENT``, and queues it for its timeout.
+  opens a probe, ``SENT``, and queues it for its timeout. A later SYN or
+  datagram from a different initiator port, once the probe is decided, is a
+  new attempt (reopened); the same port again is a retransmission (ignored).
 * SYN-ACK from R:port to I, or a UDP reply from R:port -> ``OPEN``; the
   initiator's ACK that completes the handshake -> ``ESTABLISHED`` (still open).
 * RST from R:port to I, or an ICMP port unreachable quoting a UDP probe ->
@@ -30,11 +32,11 @@ slot was reused before its timeout is dropped from the queue silently (its
 eviction is counted).
 
 Memory (fixed): capacity * (48 B key + 8 B last seen + 8 B sent time + 2 B
-state/flags + 16 B queue entry) = about 82 B per probe slot.
+state + 2 B port + 16 B queue entry) = about 84 B per probe slot.
 """
 import numpy as np
 
-from kernels.addr_table import EMPTY, LOOKUP_EVICTED, find_slot, lookup_slot
+from kernels.addr_table import EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, find_slot, lookup_slot
 from kernels.batch import (
     PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
     TH_ACK, TH_RST, TH_SYN, PacketBatch,
@@ -98,6 +100,7 @@ class ProbeState:
         self.pinned = np.zeros(capacity, np.uint8)        # probes are never pinned
         self.sent_ns = np.zeros(capacity, np.int64)
         self.state = np.zeros(capacity, np.uint8)
+        self.sport = np.zeros(capacity, np.uint16)       # initiator port of the last attempt
         self.fifo_slot = np.zeros(capacity, np.int64)
         self.fifo_ts = np.zeros(capacity, np.int64)
         self.meta = np.zeros(N_PMETA, np.int64)
@@ -110,7 +113,7 @@ class ProbeState:
     @property
     def arrays(self):
         return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
-                self.fifo_slot, self.fifo_ts, self.meta, self.params)
+                self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -163,10 +166,34 @@ def decide(state, meta, slot, new_state):
     return OUT_UNKNOWN
 
 
+@inline
+def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, ts, seed):
+    """A connection attempt (TCP SYN or UDP datagram) from the initiator."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
+    found, slot = find_slot(keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
+                            params[PP_STALE_NS], params[PP_WAYS], seed)
+    if found == LOOKUP_EVICTED:
+        meta[PM_EVICTIONS] += 1
+    if found == LOOKUP_HIT and state[slot] != 0:
+        last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+        if state[slot] == ST_SENT or sport_a[slot] == sport:
+            return      # still waiting, or a retransmission of a decided attempt
+    state[slot] = ST_SENT
+    sent_ns[slot] = ts
+    sport_a[slot] = sport
+    meta[PM_PROBES] += 1
+    cap = fifo_slot.shape[0]
+    if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
+        meta[PM_HEAD] += 1       # queue full: the oldest entry loses its timer
+    fifo_slot[meta[PM_TAIL] % cap] = slot
+    fifo_ts[meta[PM_TAIL] % cap] = ts
+    meta[PM_TAIL] += 1
+
+
 @kernel
 def expire_probes(st, now_ns, out, out_code, orow):
     """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params) = st
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
     return expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, params[PP_TIMEOUT_NS],
                   now_ns, out, out_code, orow)
 
@@ -196,11 +223,9 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     Returns (next_row, next_outcome_row). Stops early when the outcome batch
     has fewer than 2 free rows.
     """
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params) = st
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
-    stale_ns = params[PP_STALE_NS]
-    cap = fifo_slot.shape[0]
     out_cap = out[0].shape[0]
     ts_col = cols[0]
     src_hi = cols[1]
@@ -231,22 +256,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             ack = (f & TH_ACK) != 0
             rst = (f & TH_RST) != 0
             if syn and not ack and not rst:
-                found, slot = find_slot(keys, last_seen_ns, pinned, src_hi[i], src_lo[i],
-                                          dst_hi[i], dst_lo[i], port_word(dport_c[i], 6),
-                                          ts, stale_ns, ways, seed)
-                if found == LOOKUP_EVICTED:
-                    meta[PM_EVICTIONS] += 1
-                if found != 0 or state[slot] == 0:
-                    state[slot] = ST_SENT
-                    sent_ns[slot] = ts
-                    meta[PM_PROBES] += 1
-                    if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
-                        meta[PM_HEAD] += 1       # queue full: oldest entry loses its timer
-                    fifo_slot[meta[PM_TAIL] % cap] = slot
-                    fifo_ts[meta[PM_TAIL] % cap] = ts
-                    meta[PM_TAIL] += 1
-                else:
-                    last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                           port_word(dport_c[i], 6), sport_c[i], ts, seed)
                 continue
             if (syn and ack) or rst:
                 # a reply from the responder: look up the probe it answers
@@ -291,22 +302,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                     meta[PM_REPLIES] += 1
                     orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, ST_OPEN))
                 continue
-            found, slot = find_slot(keys, last_seen_ns, pinned, src_hi[i], src_lo[i],
-                                      dst_hi[i], dst_lo[i], port_word(dport_c[i], 17),
-                                      ts, stale_ns, ways, seed)
-            if found == LOOKUP_EVICTED:
-                meta[PM_EVICTIONS] += 1
-            if found != 0 or state[slot] == 0:
-                state[slot] = ST_SENT
-                sent_ns[slot] = ts
-                meta[PM_PROBES] += 1
-                if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
-                    meta[PM_HEAD] += 1
-                fifo_slot[meta[PM_TAIL] % cap] = slot
-                fifo_ts[meta[PM_TAIL] % cap] = ts
-                meta[PM_TAIL] += 1
-            else:
-                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+            open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                       port_word(dport_c[i], 17), sport_c[i], ts, seed)
             continue
         need = PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS
         if (pf & need) == need:
@@ -346,7 +343,7 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, open_ports):
     if ``by_target``, only to ``port`` if >= 0, only of ``proto`` if > 0 -- as
     (open, closed, filtered, unknown, pending, n_open). Open ports are written to
     ``open_ports`` (up to its length). Scans the whole table: called per alert."""
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params) = st
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
     n_open = 0
     n_closed = 0
     n_filtered = 0

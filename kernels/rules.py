@@ -39,7 +39,7 @@ from kernels.jit import inline
 
 # port-set modes
 PS_PORT_SCAN = 0        # TCP SYN probes; key = prober (scope source) or prober+target (scope pair)
-PS_EXPOSED_PROBE = 1    # TCP SYN probes to exposed hosts from outside; counts attempts
+PS_EXPOSED_PROBE = 1    # decided TCP attempts (outcome rows) to exposed hosts from outside
 PS_STEALTH = 2          # TCP segments without SYN, ACK or RST (FIN, NULL, Xmas, ...)
 PS_UDP_CLOSED = 3       # ICMP port unreachable quoting UDP: the prober hit a closed UDP port
 
@@ -92,11 +92,20 @@ def forward_ok(c):
 
 
 @inline
-def select_port_row(mode, pair_scope, i, cols, cls):
+def select_port_row(mode, pair_scope, i, cols, cls, outcome):
     """For port-set rules. Returns (take, k0, k1, k2, k3, port, target_hi,
     target_lo, direction, evidence_bits)."""
     pkt_flags = cols[11][i]
     c = cls[i]
+    if mode == PS_EXPOSED_PROBE:
+        # one decided TCP connection attempt (retransmissions are one attempt)
+        if outcome[i] == 0 or cols[7][i] != 6 or not forward_ok(c):
+            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+        if (c & C_DST_EXPOSED) == 0 or (c & C_SRC_HOME) != 0:
+            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+        d = direction(False, (c & C_DST_HOME) != 0)
+        return (True, cols[1][i], cols[2][i], U0, U0, np.int64(cols[6][i]), cols[3][i],
+                cols[4][i], d, 0)
     if mode == PS_UDP_CLOSED:
         if (pkt_flags & (PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS)) != (
                 PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS):
@@ -138,8 +147,6 @@ def select_port_row(mode, pair_scope, i, cols, cls):
         return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
     if not forward_ok(c):
         return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-    if mode == PS_EXPOSED_PROBE and ((c & C_DST_EXPOSED) == 0 or (c & C_SRC_HOME) != 0):
-        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
     d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
     t_hi = cols[3][i]
     t_lo = cols[4][i]
@@ -150,7 +157,7 @@ def select_port_row(mode, pair_scope, i, cols, cls):
 
 
 @inline
-def select_host_row(mode, i, cols, cls, outcome, count_filtered):
+def select_host_row(mode, i, cols, cls, outcome, count_filtered, from_outcomes):
     """For host-set rules. Returns (take, k0, k1, k2, item_hi, item_lo,
     item_port, prober_hi, prober_lo, direction)."""
     pkt_flags = cols[11][i]
@@ -179,10 +186,14 @@ def select_host_row(mode, i, cols, cls, outcome, count_filtered):
         d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
         return (True, cols[1][i], cols[2][i], U0, cols[3][i], cols[4][i], 0,
                 cols[1][i], cols[2][i], d)
-    if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
+    if (pkt_flags & PF_HAS_TCP_FLAGS) == 0 and not from_outcomes:
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
-    flags = cols[8][i]
-    if (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
+    if from_outcomes:
+        # host_sweep / port_sweep on decided attempts: count those that did not succeed
+        o = outcome[i]
+        if o == 0 or o == OUT_OPEN or cols[7][i] != 6 or not forward_ok(c):
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+    elif (cols[8][i] & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
     port = np.int64(cols[6][i])

@@ -36,9 +36,11 @@ PRESETS = {p.name: p for p in (
            "IPv4-mapped source (::ffff:10.x) is internal like its IPv4 twin."),
     Preset("sentinel-port-sweep",
            "Sentinel \"Network Port Sweep from External Network (ASIM Network Session schema)\"",
-           only("port_sweep", threshold=21, window_s=3600.0, directions=["inbound"]),
+           only("port_sweep", threshold=21, window_s=3600.0, directions=["inbound"],
+                count_open=True),
            "Original: > 20 distinct destination IPs on one port, inbound, per hour, with no "
-           "source in the alert and 100 destinations kept. Here: >= 21 over a sliding hour, "
+           "source in the alert and 100 destinations kept. Here: >= 21 over a sliding hour "
+           "(successful connections count too, as in the original), "
            "the alert names the sources responsible with their counts, lists destinations up "
            "to `max_listed` and says how many were left out."),
     Preset("defender-internet-facing",
@@ -47,8 +49,9 @@ PRESETS = {p.name: p for p in (
                 directions=["inbound", "external"]),
            "Original: >= 3 InboundConnectionAttempt events per public remote IP against "
            "devices flagged internet-facing, over the last hour. Here: >= 3 TCP connection "
-           "attempts per remote address outside home_net to a host in `net.exposed_hosts` "
-           "(you list the internet-facing hosts), in real time. Set `net.exposed_hosts`."),
+           "attempts (a retransmitted SYN is one attempt) per remote address outside home_net "
+           "to a host in `net.exposed_hosts` (you list the internet-facing hosts) within a "
+           "sliding hour, each counted once answered or timed out. Set `net.exposed_hosts`."),
     Preset("panos-internal-scan", "Palo Alto \"possible internal to external port scanning\"",
            only("failed_connections", threshold=10, window_s=3600.0, count="attempts",
                 count_filtered=False, directions=["outbound"],

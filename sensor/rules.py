@@ -29,6 +29,11 @@ class Rule:
     extra: tuple = ()     # (name, default, help, bounds dict) of rule-specific settings
 
 
+COUNT_OPEN = ("count_open", False,
+              "Also count attempts that succeeded (the SIEM rules' behaviour). false: count "
+              "only attempts that were refused, filtered or never seen answered, decided by "
+              "the probe table (up to `probes.timeout_s` later).", {})
+
 RULES = (
     Rule("port_scan", "port_set", kr.PS_PORT_SCAN,
          "One prober sending TCP connection attempts (SYN without ACK/RST) to many distinct "
@@ -39,14 +44,20 @@ RULES = (
                  "or \"pair\" (one prober and one target).", {"choices": ("source", "pair")}),)),
     Rule("host_sweep", "host_set", kr.HS_HOST_SWEEP,
          "One prober sending TCP connection attempts to many distinct hosts on the same "
-         "destination port (horizontal scan; Zeek address scan, Elastic network sweep).",
-         "distinct_hosts", threshold=25, window_s=300.0, mitre_from_outside=("T1046", "T1595.001")),
+         "destination port (horizontal scan; Zeek address scan, Elastic network sweep). By "
+         "default only attempts that did not succeed count (closed, filtered, or unknown when "
+         "the sensor sees one direction), so a busy NAT gateway, proxy or crawler whose "
+         "connections succeed is not a sweep.",
+         "distinct_hosts", threshold=25, window_s=300.0,
+         extra=(COUNT_OPEN,)),
     Rule("port_sweep", "host_set", kr.HS_PORT_SWEEP,
          "Many hosts in home_net hit on one destination port, by any number of probers "
          "(Sentinel \"Network Port Sweep from External Network\"). The alert names the "
-         "probers responsible (`sources`, top contributors with counts).",
+         "probers responsible (`sources`, top contributors with counts) and `src_ip` is the "
+         "top one. By default only attempts that did not succeed count, so clients of a "
+         "server farm are not a sweep.",
          "distinct_hosts", threshold=50, window_s=300.0, directions=("inbound",),
-         max_keys=1024),
+         max_keys=1024, extra=(COUNT_OPEN,)),
     Rule("failed_connections", "host_set", kr.HS_FAILED,
          "A prober whose connection attempts fail: refused (TCP RST or ICMP port "
          "unreachable from the target) or never answered (filtered), as decided by the "
@@ -60,9 +71,11 @@ RULES = (
                  "filtered (ICMP admin-prohibited, host unreachable); false counts refusals only "
                  "(TCP RST, ICMP port unreachable).", {}))),
     Rule("exposed_host_probe", "port_set", kr.PS_EXPOSED_PROBE,
-         "Connection attempts from outside home_net to the hosts listed in "
+         "TCP connection attempts from outside home_net to the hosts listed in "
          "`net.exposed_hosts` (Defender \"port scanning on internet-facing devices\"): "
-         "counts attempts per remote address. Does nothing while that list is empty.",
+         "counts attempts per remote address within the window (a retransmitted SYN is the "
+         "same attempt; each is counted once decided by the probe table). Does nothing while "
+         "that list is empty.",
          "attempts", threshold=3, window_s=3600.0, directions=("inbound", "external"),
          max_keys=1024),
     Rule("stealth_scan", "port_set", kr.PS_STEALTH,

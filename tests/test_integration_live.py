@@ -13,8 +13,10 @@ against those facts:
   -> one port_scan alert, src 10.77.0.1, dst_port_count 1000, dst_ports "1-1000".
 * benign_clients: every client reaches at most 3 distinct ports, no refused
   connection, no ICMP -> no output at all.
-* nmap_host_sweep: 10.77.0.1 SYNs 40 distinct hosts on TCP 445
-  -> one host_sweep alert, src 10.77.0.1, dst_port 445, count 40.
+* nmap_host_sweep: 10.77.0.1 SYNs 40 distinct hosts on TCP 445, open on 3 of
+  them -> one host_sweep alert, src 10.77.0.1, dst_port 445, count 37 (the
+  default host_sweep counts attempts that did not succeed), outcomes 3 open,
+  37 closed.
 
 Skipped (with the reason) unless running as root with ip, nmap, tcpdump and
 curl available and network namespaces usable.  The namespaces get a prefix
@@ -49,6 +51,7 @@ SYN_SCAN_PORTS = 1000          # dports 1-1000, each probed
 SYN_SCAN_PORT_RANGE = "1-1000"
 SWEEP_PORT = 445
 SWEEP_HOSTS = 40               # 10.77.0.10 - 10.77.0.49
+SWEEP_OPEN_HOSTS = 3           # 445 listens on .10, .25 and .40
 
 
 def _why_not_runnable():
@@ -176,4 +179,6 @@ def test_host_sweep_gives_one_host_sweep_alert(fresh_captures):
     a = sweeps[0]
     assert a["src_ip"] == SCANNER
     assert a["dst_port"] == SWEEP_PORT
-    assert a["count"] == SWEEP_HOSTS
+    assert a["count"] == SWEEP_HOSTS - SWEEP_OPEN_HOSTS
+    assert a["outcomes"] == {"open": SWEEP_OPEN_HOSTS, "closed": SWEEP_HOSTS - SWEEP_OPEN_HOSTS,
+                             "filtered": 0, "unknown": 0}

@@ -1,13 +1,15 @@
 """port_scan kernel against the plain-Python reference, plus its bounds."""
+import ipaddress
+
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-import naive_port_scan_tmp as naive
+import naive
 from batch_builder import batches_from_rows, syn_row
 from kernels.batch import TH_ACK, TH_RST, TH_SYN
 from sensor.addresses import from_text
 from sensor.alerts import expand_ports
-from sensor.config import load_config
+from sensor.config import DEFAULT_HOME_NET, load_config
 from sensor.engine import Engine
 
 SEC = 1_000_000_000
@@ -35,9 +37,13 @@ def as_comparable(alert):
 def reference_comparable(ref):
     from sensor.addresses import to_text
     from sensor.alerts import rfc3339
-    return (to_text(*ref["src"]), tuple(ref["ports"]), ref["port_count"], ref["probes"],
+    return (to_text(*ref["key"][:2]), tuple(ref["ports"]), ref["count"], ref["probes"],
             rfc3339(ref["first_seen_ns"]), rfc3339(ref["last_seen_ns"]),
-            tuple(to_text(*d) for d in ref["dsts"]))
+            tuple(to_text(*d) for d in ref["targets"]))
+
+
+NET = dict(home=[ipaddress.ip_network(n) for n in DEFAULT_HOME_NET], allow=[], ignore=[],
+           exposed=[], ignore_ports=set(), scope="source")
 
 
 SOURCES = ["10.0.0.1", "10.0.0.2", "192.0.2.7", "2001:db8::5", "::ffff:10.0.0.1"]
@@ -65,7 +71,9 @@ def test_kernel_matches_reference(rows, threshold, window_s, delay_s, capacity):
     _, alerts = run_engine(rows, batch_capacity=capacity, **{
         "port_scan.threshold": threshold, "port_scan.window_s": window_s,
         "port_scan.report_delay_s": min(delay_s, window_s)})
-    ref = naive.port_scan_reference(rows, threshold, window_s * SEC, min(delay_s, window_s) * SEC)
+    ref = naive.counter_reference(
+        "port_scan", rows, NET, threshold, window_s * SEC, min(delay_s, window_s) * SEC,
+        {"inbound", "outbound", "internal", "external"}, suppress_ns=3600 * SEC)
     assert sorted(map(as_comparable, alerts)) == sorted(map(reference_comparable, ref))
 
 

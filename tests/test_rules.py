@@ -5,7 +5,7 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import naive_rules_tmp as naive
+import naive
 from batch_builder import batches_from_rows, icmp_row, syn_row, udp_row
 from kernels.batch import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG
 from sensor.addresses import from_text, to_text
@@ -108,6 +108,9 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
     if rule == "port_scan":
         settings_["scope"] = scope
     net = network(scope if rule == "port_scan" else "source")
+    if rule in ("host_sweep", "port_sweep"):
+        settings_["count_open"] = str(attempts).lower()
+        net["from_outcomes"] = not attempts
     if rule == "failed_connections":
         settings_["count"] = "attempts" if attempts else "distinct"
         settings_["count_filtered"] = str(thetas[0] == 0.8).lower()
@@ -121,7 +124,7 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
                    upper=micro(math.log(0.99 / 0.01)), lower=micro(math.log(0.01 / 0.99)))
     alerts = run(engine_with_timeout(rule, timeout_s, **settings_), rows, capacity)
     fed = rows
-    if rule in ("failed_connections", "trw_scanner"):
+    if rule in ("failed_connections", "trw_scanner", "exposed_host_probe") or net.get("from_outcomes"):
         fed = naive.probe_reference(rows, timeout_s * SEC)[0]
     ref = naive.counter_reference(
         rule, fed, net, threshold,

@@ -9,7 +9,7 @@ from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import outcomes_of
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, STEALTH_NAMES,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, STEALTH_NAMES,
 )
 from sensor.addresses import to_text
 from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
@@ -70,6 +70,8 @@ class CounterDetector:
         p[ks.P_COUNT_ATTEMPTS] = int(rule.count_kind == "attempts" or s.get("count") == "attempts")
         p[ks.P_NEW_TARGET] = int(s["new_target_updates"])
         p[ks.P_COUNT_FILTERED] = int(s.get("count_filtered", True))
+        from_outcomes = rule.mode in (HS_HOST_SWEEP, HS_PORT_SWEEP) and not s.get("count_open", True)
+        p[ks.P_FROM_OUTCOMES] = int(rule.table == "host_set" and from_outcomes)
         if rule.mode == HS_TRW and rule.table == "host_set":
             theta0, theta1 = s["theta0"], s["theta1"]
             p_d, p_f = s["p_detect"], s["p_false"]
@@ -81,7 +83,10 @@ class CounterDetector:
         self.params = p
         self.count_kind = "attempts" if p[ks.P_COUNT_ATTEMPTS] else rule.count_kind
         self.excluded_ports = port_bitmap(s["exclude_ports"])
-        self.reads_outcomes = rule.mode in (HS_FAILED, HS_TRW) and rule.table == "host_set"
+        if rule.table == "host_set":
+            self.reads_outcomes = rule.mode in (HS_FAILED, HS_TRW) or bool(p[ks.P_FROM_OUTCOMES])
+        else:
+            self.reads_outcomes = rule.mode == PS_EXPOSED_PROBE
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
         self.open_ports_buf = np.zeros(65536, np.int64)
 
@@ -92,11 +97,10 @@ class CounterDetector:
         cols = batch.columns
         lc = self.lc.arrays
         tab = self.table.arrays
-        extra = (outcome,) if self.rule.table == "host_set" else ()
         i = 0
         while True:
             i, event, slot = self._update(cols, cls, i, batch.n, lc, tab, self.params,
-                                          self.excluded_ports, self.seed, *extra)
+                                          self.excluded_ports, self.seed, outcome)
             if event == ks.EV_NONE:
                 return alerts
             now = int(batch.ts_ns[min(i, batch.n - 1)])

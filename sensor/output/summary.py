@@ -28,6 +28,13 @@ def render_summary(alerts, stats, files, seconds):
     skipped = {k: v for k, v in stats.items() if v and k in DECODE_SKIPS}
     if skipped:
         out.append("skipped: " + ", ".join(f"{k} {v:,}" for k, v in skipped.items()))
+    if stats.get("probes_tracked") and not stats.get("probe_replies_seen"):
+        out.append("no reply to any connection attempt was seen: outcomes are `unknown` "
+                   "(a one-directional capture or SPAN port?)")
+    if stats.get("backscatter_synack") or stats.get("backscatter_rst"):
+        out.append(f"backscatter (replies to attempts never seen, e.g. a spoofed flood's "
+                   f"victims): {stats.get('backscatter_synack', 0):,} SYN-ACK, "
+                   f"{stats.get('backscatter_rst', 0):,} RST")
     for key, value in stats.items():
         if key.endswith("_evictions") and value:
             rule = key[: -len("_evictions")]

@@ -1,0 +1,901 @@
+"""Plain-Python references for every kernel (tests only).
+
+Each reference re-implements, slowly and independently, the spec written in a
+kernel's docstring, so a test can run both on the same input and demand equal
+results. References favour obvious code over speed: Python ints (no overflow
+until a value is stored into a fixed-width column), one dict per row, no numpy.
+
+Decode (``kernels/decode_frame.py``, ``kernels/walk_pcap.py``,
+``kernels/walk_pcapng.py``, ``sensor/capture/files.py``)::
+
+    rows, stats = decode_reference(path)
+
+``rows`` is a list of dicts keyed by ``kernels.batch.COLUMN_NAMES``; ``stats``
+a dict keyed by ``kernels.batch.STATS``. Container headers come from dpkt's
+header classes where dpkt's layout is all that is needed (``dpkt.pcap``,
+``dpkt.ethernet``, ``dpkt.sll``, ``dpkt.sll2``, ``dpkt.ip``, ``dpkt.ip6``);
+dpkt's readers are not used because they turn timestamps into floats and do
+not report truncation, and ``dpkt.pcapng.Reader`` reads one section with one
+interface only, so pcapng is walked here with ``struct``. Everything the spec
+decides (what counts as cut or malformed, which counter) is written out here.
+"""
+import ipaddress
+import struct
+import zlib
+
+import dpkt
+
+STATS = (
+    "records", "decoded", "non_ip", "truncated_link", "truncated_ip",
+    "malformed_ip", "fragment_noninitial", "truncated_l4", "malformed_l4",
+    "unsupported_linktype", "bad_record", "truncated_record", "other_blocks",
+)
+COLUMN_NAMES = (
+    "ts_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
+    "tcp_flags", "icmp_type", "icmp_code", "pkt_flags", "inner_proto",
+    "inner_src_hi", "inner_src_lo", "inner_dst_hi", "inner_dst_lo",
+    "inner_sport", "inner_dport", "vlan", "wire_len",
+)
+# skip reasons: every record is either decoded or counted under exactly one of these
+SKIP_REASONS = ("non_ip", "truncated_link", "truncated_ip", "malformed_ip",
+                "fragment_noninitial", "truncated_l4", "malformed_l4",
+                "unsupported_linktype")
+
+PF_HAS_PORTS = 1
+PF_HAS_TCP_FLAGS = 2
+PF_HAS_ICMP = 4
+PF_HAS_INNER = 8
+PF_INNER_HAS_PORTS = 16
+PF_IPV6 = 32
+PF_FIRST_FRAGMENT = 64
+PF_HAS_VLAN = 128
+
+
+class NotACapture(ValueError):
+    """The reference's counterpart of sensor.capture.files.CaptureError."""
+
+
+def header(cls, buf):
+    """The fixed header fields of dpkt class ``cls`` at the start of ``buf``.
+
+    Only the header is unpacked (``dpkt.Packet.unpack``): dpkt's own decoding
+    of what follows has rules of its own, and the spec's rules are below.
+    """
+    h = cls.__new__(cls)
+    dpkt.Packet.unpack(h, bytes(buf[:cls.__hdr_len__]))
+    return h
+
+
+def to_int64(v):
+    """Store a Python int into an int64 column (two's complement wrap)."""
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+# ---------------------------------------------------------------- addresses
+
+def addr_key(raw):
+    """4 or 16 address bytes -> (hi, lo) of the one 128-bit key for the host."""
+    if len(raw) == 4:
+        addr = ipaddress.IPv6Address("::ffff:" + str(ipaddress.IPv4Address(raw)))
+    else:
+        addr = ipaddress.IPv6Address(raw)
+        value = int(addr)
+        # IPv4-compatible ::a.b.c.d (deprecated, RFC 4291) names the same host as
+        # ::ffff:a.b.c.d; :: (unspecified) and ::1 (loopback) are not IPv4 hosts
+        if value >> 32 == 0 and value not in (0, 1):
+            addr = ipaddress.IPv6Address("::ffff:" + str(ipaddress.IPv4Address(value)))
+    value = int(addr)
+    return value >> 64, value & ((1 << 64) - 1)
+
+
+# ---------------------------------------------------------------- IP layer
+
+IPV6_EXT_HEADERS = {
+    0: "hop-by-hop", 43: "routing", 44: "fragment", 51: "AH", 60: "destination options",
+    135: "mobility", 139: "HIP", 140: "shim6",
+}
+MAX_EXT_HEADERS = 8
+PORT_PROTOS = {6: "TCP", 17: "UDP", 33: "DCCP", 132: "SCTP", 136: "UDP-Lite"}
+ICMP4_ERRORS = {dpkt.icmp.ICMP_UNREACH, dpkt.icmp.ICMP_SRCQUENCH, dpkt.icmp.ICMP_REDIRECT,
+                dpkt.icmp.ICMP_TIMEXCEED, dpkt.icmp.ICMP_PARAMPROB}
+ICMP6_ERRORS = {dpkt.icmp6.ICMP6_DST_UNREACH, dpkt.icmp6.ICMP6_PACKET_TOO_BIG,
+                dpkt.icmp6.ICMP6_TIME_EXCEEDED, dpkt.icmp6.ICMP6_PARAM_PROB}
+
+
+class IPResult:
+    """What parse_ip found: ``status`` is "ok" or the counter that explains why not."""
+
+    def __init__(self, status, version=0, src=(0, 0), dst=(0, 0), proto=0,
+                 l4=b"", cut=False, first_fragment=False):
+        self.status = status
+        self.version = version
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.l4 = l4                 # transport bytes up to the IP packet's end (or the capture's)
+        self.cut = cut               # the capture ends before the IP packet's declared end
+        self.first_fragment = first_fragment
+
+
+def parse_ip(data, want_version):
+    """``data``: the captured bytes from the IP header on. want_version 4, 6 or 0 (any)."""
+    if len(data) < 1:
+        return IPResult("truncated_ip")
+    version = data[0] >> 4
+    if want_version and version != want_version:
+        return IPResult("malformed_ip")
+    if version == 4:
+        return parse_ipv4(data)
+    if version == 6:
+        return parse_ipv6(data)
+    return IPResult("malformed_ip")
+
+
+def parse_ipv4(data):
+    if len(data) < 20:
+        return IPResult("truncated_ip")
+    ip = header(dpkt.ip.IP, data)
+    hlen = ip.hl * 4
+    if hlen < 20 or (ip.len != 0 and ip.len < hlen):
+        return IPResult("malformed_ip")
+    if len(data) < hlen:
+        return IPResult("truncated_ip")
+    packet_len = ip.len if ip.len != 0 else len(data)   # 0: TSO capture, to the end
+    cut = packet_len > len(data)
+    packet = data[:packet_len]                           # drops Ethernet padding
+    if ip.offset != 0:
+        return IPResult("fragment_noninitial", cut=cut)
+    return IPResult("ok", 4, addr_key(ip.src), addr_key(ip.dst), ip.p, packet[hlen:],
+                    cut, first_fragment=bool(ip.mf))
+
+
+def parse_ipv6(data):
+    if len(data) < 40:
+        return IPResult("truncated_ip")
+    ip6 = header(dpkt.ip6.IP6, data)
+    packet_len = 40 + ip6.plen if ip6.plen != 0 else len(data)  # 0: jumbogram
+    cut = packet_len > len(data)
+    packet = data[:packet_len]
+    src, dst = addr_key(ip6.src), addr_key(ip6.dst)
+    # a header that does not fit: the snap length cut it, or the packet lies
+    short = "truncated_ip" if cut else "malformed_ip"
+    nxt, at, walked, first_fragment = ip6.nxt, 40, 0, False
+    while nxt in IPV6_EXT_HEADERS:
+        if walked == MAX_EXT_HEADERS:
+            return IPResult("malformed_ip", cut=cut)
+        rest = packet[at:]
+        if nxt == dpkt.ip.IP_PROTO_FRAGMENT:
+            if len(rest) < 8:
+                return IPResult(short, cut=cut)
+            frag = header(dpkt.ip6.IP6FragmentHeader, rest)
+            if frag.frag_off != 0:
+                return IPResult("fragment_noninitial", cut=cut)
+            first_fragment = first_fragment or bool(frag.m_flag)
+            length = 8
+        else:
+            if len(rest) < 2:
+                return IPResult(short, cut=cut)
+            if nxt == dpkt.ip.IP_PROTO_AH:
+                length = (rest[1] + 2) * 4     # AH counts 4-byte words, minus 2
+            else:
+                length = (rest[1] + 1) * 8     # the others: 8-byte words, minus 1
+            if len(rest) < length:
+                return IPResult(short, cut=cut)
+        nxt = rest[0]
+        at += length
+        walked += 1
+    return IPResult("ok", 6, src, dst, nxt, packet[at:], cut, first_fragment)
+
+
+# ---------------------------------------------------------------- link layer
+
+VLAN_TPIDS = {dpkt.ethernet.ETH_TYPE_8021Q, dpkt.ethernet.ETH_TYPE_8021AD,
+              dpkt.ethernet.ETH_TYPE_QINQ1, dpkt.ethernet.ETH_TYPE_QINQ2}
+MAX_VLAN_TAGS = 4
+AF_INET = 2
+AF_INET6_VALUES = {24, 28, 30}   # NetBSD/OpenBSD, FreeBSD, Darwin
+IP_BY_ETHERTYPE = {dpkt.ethernet.ETH_TYPE_IP: 4, dpkt.ethernet.ETH_TYPE_IP6: 6}
+
+LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP = 0, 1, 108
+LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 113, 276
+RAW_IP_LINKTYPES = {101: 0, 12: 0, 14: 0, 228: 4, 229: 6}   # -> required IP version (0: any)
+SUPPORTED_LINKTYPES = {LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL,
+                       LINKTYPE_LINUX_SLL2, *RAW_IP_LINKTYPES}
+
+
+def link_layer(frame, linktype):
+    """-> ("ok", ip_bytes, want_version, vlan or None) or (counter, ...)."""
+    if linktype == LINKTYPE_ETHERNET:
+        if len(frame) < 14:
+            return "truncated_link", b"", 0, None
+        ethertype = header(dpkt.ethernet.Ethernet, frame).type
+        at, vlan = 14, None
+        for _ in range(MAX_VLAN_TAGS):
+            if ethertype not in VLAN_TPIDS:
+                break
+            if len(frame) - at < 4:
+                return "truncated_link", b"", 0, None
+            tag = header(dpkt.ethernet.VLANtag8021Q, frame[at:])
+            if vlan is None:
+                vlan = tag.id                 # the outermost tag names the VLAN
+            ethertype = tag.type
+            at += 4
+        if ethertype not in IP_BY_ETHERTYPE:
+            return "non_ip", b"", 0, None      # ARP, LLC, a 5th VLAN tag, ...
+        return "ok", frame[at:], IP_BY_ETHERTYPE[ethertype], vlan
+    if linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
+        cls = dpkt.sll.SLL if linktype == LINKTYPE_LINUX_SLL else dpkt.sll2.SLL2
+        if len(frame) < cls.__hdr_len__:
+            return "truncated_link", b"", 0, None
+        ethertype = header(cls, frame).ethtype
+        if ethertype not in IP_BY_ETHERTYPE:
+            return "non_ip", b"", 0, None
+        return "ok", frame[cls.__hdr_len__:], IP_BY_ETHERTYPE[ethertype], None
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        if len(frame) < 4:
+            return "truncated_link", b"", 0, None
+        if linktype == LINKTYPE_LOOP:
+            family = struct.unpack(">I", frame[:4])[0]      # network byte order
+        else:
+            # the writer's host byte order: address families are small numbers,
+            # so a value with bits in the upper half was written big-endian
+            family = struct.unpack("<I", frame[:4])[0]
+            if family >> 16:
+                family = struct.unpack(">I", frame[:4])[0]
+        if family == AF_INET:
+            return "ok", frame[4:], 4, None
+        if family in AF_INET6_VALUES:
+            return "ok", frame[4:], 6, None
+        return "non_ip", b"", 0, None
+    if linktype in RAW_IP_LINKTYPES:
+        return "ok", frame, RAW_IP_LINKTYPES[linktype], None
+    return "unsupported_linktype", b"", 0, None
+
+
+# ---------------------------------------------------------------- one frame
+
+def empty_row():
+    return {name: 0 for name in COLUMN_NAMES}
+
+
+def decode_frame(frame, linktype, ts_ns, wire_len):
+    """One captured frame -> (row dict, None) or (None, counter name)."""
+    status, ip_bytes, want, vlan = link_layer(bytes(frame), linktype)
+    if status != "ok":
+        return None, status
+    ip = parse_ip(ip_bytes, want)
+    if ip.status != "ok":
+        return None, ip.status
+    row = empty_row()
+    flags = 0
+    if ip.version == 6:
+        flags |= PF_IPV6
+    if ip.first_fragment:
+        flags |= PF_FIRST_FRAGMENT
+    if vlan is not None:
+        flags |= PF_HAS_VLAN
+        row["vlan"] = vlan
+    l4, proto = ip.l4, ip.proto
+    short = "truncated_l4" if ip.cut else "malformed_l4"
+    if proto == dpkt.ip.IP_PROTO_TCP:
+        if len(l4) >= 14:
+            sport, dport, _seq, _ack, offset_byte, tcp_flags = struct.unpack(">HHIIBB", l4[:14])
+            if offset_byte >> 4 < 5:
+                return None, "malformed_l4"
+            row.update(sport=sport, dport=dport, tcp_flags=tcp_flags)
+            flags |= PF_HAS_PORTS | PF_HAS_TCP_FLAGS
+        elif ip.first_fragment and not ip.cut and len(l4) >= 4:
+            # TCP header split over fragments: ports here, flags in the next one
+            sport, dport = struct.unpack(">HH", l4[:4])
+            row.update(sport=sport, dport=dport)
+            flags |= PF_HAS_PORTS
+        else:
+            return None, short
+    elif proto in PORT_PROTOS:
+        if len(l4) < 4:
+            return None, short
+        row["sport"], row["dport"] = struct.unpack(">HH", l4[:4])
+        flags |= PF_HAS_PORTS
+    elif proto in (dpkt.ip.IP_PROTO_ICMP, dpkt.ip.IP_PROTO_ICMP6):
+        if len(l4) < 2:
+            return None, short
+        icmp_type, icmp_code = l4[0], l4[1]
+        row.update(icmp_type=icmp_type, icmp_code=icmp_code)
+        flags |= PF_HAS_ICMP
+        errors = ICMP4_ERRORS if proto == dpkt.ip.IP_PROTO_ICMP else ICMP6_ERRORS
+        if icmp_type in errors and len(l4) > 8:
+            inner = parse_ip(l4[8:], 0)     # type, code, checksum, 4 bytes, then the quote
+            if inner.status == "ok":
+                flags |= PF_HAS_INNER
+                row["inner_proto"] = inner.proto
+                row["inner_src_hi"], row["inner_src_lo"] = inner.src
+                row["inner_dst_hi"], row["inner_dst_lo"] = inner.dst
+                if inner.proto in PORT_PROTOS and len(inner.l4) >= 4:
+                    row["inner_sport"], row["inner_dport"] = struct.unpack(">HH", inner.l4[:4])
+                    flags |= PF_INNER_HAS_PORTS
+    row["src_hi"], row["src_lo"] = ip.src
+    row["dst_hi"], row["dst_lo"] = ip.dst
+    row["proto"] = proto
+    row["pkt_flags"] = flags
+    row["ts_ns"] = to_int64(ts_ns)
+    row["wire_len"] = wire_len
+    return row, None
+
+
+# ---------------------------------------------------------------- containers
+#
+# A walker yields ("frame", linktype, ts_ns, wire_len, bytes) for every packet
+# record, ("unsupported_linktype",) for a packet on an unknown interface,
+# ("other_blocks",) and finally ("bad_record",) or ("truncated_record",) when
+# the file is damaged. Everything before the damage is kept.
+
+PCAP_MAX_RECORD = 262144          # libpcap's MAXIMUM_SNAPLEN
+PCAPNG_MAX_BLOCK = 16 * 1024 * 1024
+PCAP_MAGICS = {                   # magic read big-endian -> (little-endian file, ns)
+    dpkt.pcap.TCPDUMP_MAGIC: (False, False),
+    dpkt.pcap.TCPDUMP_MAGIC_NANO: (False, True),
+    dpkt.pcap.PMUDPCT_MAGIC: (True, False),
+    dpkt.pcap.PMUDPCT_MAGIC_NANO: (True, True),
+}
+PCAPNG_SHB = 0x0A0D0D0A
+
+
+def walk_pcap(data):
+    if len(data) < 24:
+        raise NotACapture("pcap file header cut short")
+    little, nano = PCAP_MAGICS[header(dpkt.pcap.FileHdr, data).magic]
+    file_hdr = header(dpkt.pcap.LEFileHdr if little else dpkt.pcap.FileHdr, data)
+    rec_cls = dpkt.pcap.LEPktHdr if little else dpkt.pcap.PktHdr
+    linktype = file_hdr.linktype & 0xFFFF        # upper bits: FCS length flags
+    pos = 24
+    while pos < len(data):
+        if len(data) - pos < 16:
+            yield ("truncated_record",)
+            return
+        rec = header(rec_cls, data[pos:])
+        if rec.caplen > PCAP_MAX_RECORD:
+            yield ("bad_record",)
+            return
+        if len(data) - pos - 16 < rec.caplen:
+            yield ("truncated_record",)
+            return
+        ts_ns = rec.tv_sec * 10**9 + rec.tv_usec * (1 if nano else 1000)
+        yield ("frame", linktype, ts_ns, rec.len, data[pos + 16:pos + 16 + rec.caplen])
+        pos += 16 + rec.caplen
+
+
+class Interface:
+    def __init__(self, linktype, snaplen):
+        self.linktype = linktype
+        self.snaplen = snaplen
+        self.units_per_s = 10**6      # if_tsresol default: microseconds
+        self.offset_s = 0             # if_tsoffset
+
+    def ts_ns(self, ticks):
+        return ticks * 10**9 // self.units_per_s + self.offset_s * 10**9
+
+
+def pcapng_options(body, order):
+    """(code, value) for each option in ``body``, until opt_endofopt or one that overruns."""
+    at = 0
+    while len(body) - at >= 4:
+        code, length = struct.unpack(order + "HH", body[at:at + 4])
+        if code == 0 or at + 4 + length > len(body):
+            return
+        yield code, body[at + 4:at + 4 + length]
+        at += 4 + (length + 3) // 4 * 4
+
+
+def read_idb(block, order):
+    linktype, _reserved, snaplen = struct.unpack(order + "HHI", block[8:16])
+    iface = Interface(linktype, snaplen)
+    for code, value in pcapng_options(block[16:-4], order):
+        if code == 9 and len(value) >= 1:              # if_tsresol
+            v = value[0]
+            if v & 0x80 and (v & 0x7F) <= 62:
+                iface.units_per_s = 2 ** (v & 0x7F)
+            elif not v & 0x80 and v <= 18:
+                iface.units_per_s = 10 ** v
+            # else: a resolution that cannot be held; keep microseconds
+        elif code == 14 and len(value) == 8:           # if_tsoffset, signed seconds
+            iface.offset_s = struct.unpack(order + "q", value)[0]
+    return iface
+
+
+def walk_pcapng(data, max_interfaces=1024):
+    order = None            # "<" or ">" once a section header was read
+    interfaces = []         # of the current section
+    last_ts = 0             # for Simple Packet Blocks, which carry no time
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 12:
+            yield ("truncated_record",)
+            return
+        if struct.unpack("<I", data[pos:pos + 4])[0] == PCAPNG_SHB:   # same in both orders
+            bom = data[pos + 8:pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                block_order = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                block_order = ">"
+            else:
+                yield ("bad_record",)
+                return
+            btype = PCAPNG_SHB
+        elif order is None:
+            yield ("bad_record",)
+            return
+        else:
+            block_order = order
+            btype = struct.unpack(order + "I", data[pos:pos + 4])[0]
+        blen = struct.unpack(block_order + "I", data[pos + 4:pos + 8])[0]
+        if blen < 12 or blen % 4 or blen > PCAPNG_MAX_BLOCK:
+            yield ("bad_record",)
+            return
+        if len(data) - pos < blen:
+            yield ("truncated_record",)
+            return
+        block = data[pos:pos + blen]
+        if struct.unpack(block_order + "I", block[-4:])[0] != blen:
+            yield ("bad_record",)
+            return
+        if btype == PCAPNG_SHB:
+            order, interfaces = block_order, []
+        elif btype == 1:                                   # Interface Description
+            if blen < 20:
+                yield ("bad_record",)
+                return
+            interfaces.append(read_idb(block, order))
+        elif btype in (2, 6):                              # obsolete Packet, Enhanced Packet
+            if blen < 32:
+                yield ("bad_record",)
+                return
+            if btype == 6:
+                if_id, ts_hi, ts_lo, caplen, wire_len = struct.unpack(order + "5I", block[8:28])
+            else:
+                if_id, _drops, ts_hi, ts_lo, caplen, wire_len = struct.unpack(order + "HH4I", block[8:28])
+            if caplen > blen - 32:
+                yield ("bad_record",)
+                return
+            known = if_id < min(len(interfaces), max_interfaces)
+            last_ts = interfaces[if_id].ts_ns((ts_hi << 32) | ts_lo) if known else 0
+            if known:
+                yield ("frame", interfaces[if_id].linktype, last_ts, wire_len, block[28:28 + caplen])
+            else:
+                yield ("unsupported_linktype",)
+        elif btype == 3:                                   # Simple Packet
+            if blen < 16:
+                yield ("bad_record",)
+                return
+            wire_len = struct.unpack(order + "I", block[8:12])[0]
+            if interfaces:
+                caplen = min(wire_len, blen - 16)
+                if interfaces[0].snaplen:
+                    caplen = min(caplen, interfaces[0].snaplen)
+                yield ("frame", interfaces[0].linktype, last_ts, wire_len, block[12:12 + caplen])
+            else:
+                yield ("unsupported_linktype",)
+        else:
+            yield ("other_blocks",)
+        pos += blen
+
+
+def gunzip(data):
+    """Decompress gzip members one after another -> (bytes, cut_short).
+
+    A stream that ends early (a capture killed while writing) gives what it
+    held, as files.py decodes it; corrupt data raises zlib.error.
+    """
+    out = []
+    while data:
+        member = zlib.decompressobj(wbits=31)
+        out.append(member.decompress(data))
+        if not member.eof:
+            return b"".join(out), True
+        data = member.unused_data.lstrip(b"\0")   # zero padding may follow a member
+    return b"".join(out), False
+
+
+def read_bytes(path):
+    """The (decompressed) bytes of a capture file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data, _cut_short = gunzip(data)
+    return data
+
+
+def decode_bytes(data):
+    """Decode a whole capture held in ``data`` -> (rows, stats)."""
+    if len(data) < 4:
+        raise NotACapture("too short to be a capture file")
+    magic_be = struct.unpack(">I", data[:4])[0]
+    if magic_be == PCAPNG_SHB:
+        events = walk_pcapng(data)
+    elif magic_be in PCAP_MAGICS:
+        events = walk_pcap(data)
+    else:
+        raise NotACapture("not a pcap or pcapng file")
+    rows, stats = [], {name: 0 for name in STATS}
+    for event in events:
+        if event[0] == "frame":
+            _, linktype, ts_ns, wire_len, frame = event
+            stats["records"] += 1
+            row, reason = decode_frame(frame, linktype, ts_ns, wire_len)
+            if row is None:
+                stats[reason] += 1
+            else:
+                stats["decoded"] += 1
+                rows.append(row)
+        else:
+            if event[0] == "unsupported_linktype":
+                stats["records"] += 1
+            stats[event[0]] += 1
+    return rows, stats
+
+
+def decode_reference(path):
+    """Reference decode of the capture at ``path`` (pcap, pcapng, or gzip of either)."""
+    return decode_bytes(read_bytes(path))
+
+
+# --- detector references (see tests/test_rules.py, tests/test_probes.py) ---
+
+#
+# Plain-Python versions of kernels/classify.py, kernels/rules.py and the two
+# counter kernels (port-set, host-set) with the alert lifecycle of
+# kernels/alert_slots.py. Unbounded dicts and sets stand in for the bounded
+# tables, so kernel and reference agree whenever the kernel's table and lists
+# have room (tests size them so).
+
+
+_TH_FIN, _TH_SYN, _TH_RST, _TH_PUSH, _TH_ACK, _TH_URG = 1, 2, 4, 8, 16, 32
+_PF_HAS_TCP_FLAGS, _PF_HAS_ICMP, _PF_HAS_INNER, _PF_INNER_HAS_PORTS = 2, 4, 8, 16
+
+
+def _addr(hi, lo):
+    v = (int(hi) << 64) | int(lo)
+    ip = ipaddress.IPv6Address(v)
+    return ip.ipv4_mapped or ip
+
+
+def _in_any(addr, nets):
+    return any(addr.version == n.version and addr in n for n in nets)
+
+
+def _special(addr):
+    return addr.is_loopback or addr.is_unspecified
+
+
+def _direction(prober_home, target_home):
+    if prober_home:
+        return "internal" if target_home else "outbound"
+    return "inbound" if target_home else "external"
+
+
+def rule_item(rule, r, net):
+    """What one decoded row means to a rule, or None.
+
+    Returns dict(key=tuple, item=hashable, port=int|None, target=(hi, lo)|None,
+    prober=(hi, lo), direction=str, evidence=str|None).
+    ``net`` = dict(home, allow, ignore, exposed: lists of ip_network; ignore_ports: set;
+    scope: "source"|"pair").
+    """
+    src = _addr(r["src_hi"], r["src_lo"])
+    dst = _addr(r["dst_hi"], r["dst_lo"])
+    src_w = (int(r["src_hi"]), int(r["src_lo"]))
+    dst_w = (int(r["dst_hi"]), int(r["dst_lo"]))
+    home = lambda a: _in_any(a, net["home"])
+    flags = r["pkt_flags"]
+    tcp = r["tcp_flags"]
+
+    def forward_ok():
+        return not (_in_any(src, net["allow"]) or _special(src) or _in_any(dst, net["ignore"])
+                    or int(r["dport"]) in net["ignore_ports"])
+
+    is_syn = bool(flags & _PF_HAS_TCP_FLAGS) and (tcp & (_TH_SYN | _TH_ACK | _TH_RST)) == _TH_SYN
+    if rule == "udp_scan":
+        need = _PF_HAS_ICMP | _PF_HAS_INNER | _PF_INNER_HAS_PORTS
+        if (flags & need) != need:
+            return None
+        unreachable = (r["proto"] == 1 and r["icmp_type"] == 3 and r["icmp_code"] == 3) or \
+                      (r["proto"] == 58 and r["icmp_type"] == 1 and r["icmp_code"] == 4)
+        if not unreachable or r["inner_proto"] != 17:
+            return None
+        if _in_any(dst, net["allow"]) or _special(dst) or _in_any(src, net["ignore"]):
+            return None
+        prober = (int(r["inner_src_hi"]), int(r["inner_src_lo"]))
+        target = (int(r["inner_dst_hi"]), int(r["inner_dst_lo"]))
+        key = prober + (target if net["scope"] == "pair" else ())
+        return dict(key=key, item=int(r["inner_dport"]), port=int(r["inner_dport"]),
+                    target=target, prober=prober, direction=_direction(home(dst), home(src)),
+                    evidence=None)
+    if rule == "exposed_host_probe":
+        if r.get("outcome", 0) == 0 or r["proto"] != 6 or not forward_ok():
+            return None
+        if not _in_any(dst, net["exposed"]) or home(src):
+            return None
+        port = int(r["dport"])
+        return dict(key=src_w, item=port, port=port, target=dst_w, prober=src_w,
+                    direction=_direction(False, home(dst)), evidence=None)
+    if rule in ("host_sweep", "port_sweep") and net.get("from_outcomes"):
+        if r.get("outcome", 0) in (0, OUT_OPEN) or r["proto"] != 6 or not forward_ok():
+            return None
+        d = _direction(home(src), home(dst))
+        port = int(r["dport"])
+        key = src_w + (port,) if rule == "host_sweep" else (port,)
+        return dict(key=key, item=(dst_w, 0), port=port, target=dst_w, prober=src_w,
+                    direction=d, evidence=None)
+    if rule in ("failed_connections", "trw_scanner"):
+        wanted = (OUT_CLOSED, OUT_FILTERED) if rule == "failed_connections" else \
+            (OUT_OPEN, OUT_CLOSED, OUT_FILTERED)
+        if rule == "failed_connections" and not net.get("count_filtered", True):
+            wanted = (OUT_CLOSED,)
+        if r.get("outcome", 0) not in wanted or not forward_ok():
+            return None
+        port = int(r["dport"]) if rule == "failed_connections" else 0
+        return dict(key=src_w, item=(dst_w, port), port=port if rule == "failed_connections" else None,
+                    target=dst_w, prober=src_w, direction=_direction(home(src), home(dst)),
+                    evidence=None, outcome=r["outcome"])
+    if rule == "icmp_sweep":
+        if not (flags & _PF_HAS_ICMP):
+            return None
+        if not ((r["proto"] == 1 and r["icmp_type"] == 8) or (r["proto"] == 58 and r["icmp_type"] == 128)):
+            return None
+        if _in_any(src, net["allow"]) or _special(src) or _in_any(dst, net["ignore"]):
+            return None
+        return dict(key=src_w, item=(dst_w, 0), port=None, target=dst_w, prober=src_w,
+                    direction=_direction(home(src), home(dst)), evidence=None)
+    if not (flags & _PF_HAS_TCP_FLAGS):
+        return None
+    if rule == "stealth_scan":
+        if tcp & (_TH_SYN | _TH_ACK | _TH_RST):
+            return None
+        if tcp == 0:
+            evidence = "null"
+        elif tcp == _TH_FIN:
+            evidence = "fin"
+        elif (tcp & (_TH_FIN | _TH_PUSH | _TH_URG)) == (_TH_FIN | _TH_PUSH | _TH_URG):
+            evidence = "xmas"
+        else:
+            evidence = "other"
+    elif not is_syn:
+        return None
+    else:
+        evidence = None
+    if not forward_ok():
+        return None
+    d = _direction(home(src), home(dst))
+    port = int(r["dport"])
+    if rule in ("port_scan", "stealth_scan"):
+        key = src_w + (dst_w if net["scope"] == "pair" else ())
+        return dict(key=key, item=port, port=port, target=dst_w, prober=src_w, direction=d,
+                    evidence=evidence)
+    if rule == "host_sweep":
+        return dict(key=src_w + (port,), item=(dst_w, 0), port=port, target=dst_w, prober=src_w,
+                    direction=d, evidence=None)
+    if rule == "port_sweep":
+        return dict(key=(port,), item=(dst_w, 0), port=port, target=dst_w, prober=src_w,
+                    direction=d, evidence=None)
+    raise ValueError(rule)
+
+
+def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, directions,
+                      exclude_ports=(), growth=0, update_ns=0, suppress_ns=1 << 62,
+                      new_target_updates=False, count_attempts=False, trw=None):
+    """Reference for every counter rule. Returns report dicts in emission order:
+    key, seq, count, items (set in window), targets (first-seen order), first_seen_ns,
+    last_seen_ns, probes, directions (set), evidence (set), contributors (dict prober->n)."""
+    port_set = rule in ("port_scan", "stealth_scan", "udp_scan", "exposed_host_probe")
+    count_attempts = count_attempts or rule == "exposed_host_probe"
+    keys = {}
+    pending = []      # [due, order, key]
+    out = []
+    order = 0
+
+    def count_of(s):
+        if rule == "trw_scanner":
+            return s["fails"] if s["llr"] >= trw["upper"] else 0
+        if count_attempts:
+            return s["att_cur"] + s["att_prev"]
+        return len(s["cur"] | s["prev"]) if port_set else len(s["items"])
+
+    def report(key, now):
+        s = keys[key]
+        ports = sorted(s["cur"] | s["prev"]) if port_set else None
+        out.append(dict(key=key, seq=s["seq"] + 1, count=count_of(s), ports=ports,
+                        items=set(s["items"]) if not port_set else None,
+                        targets=list(s["targets"]), first_seen_ns=s["first"],
+                        last_seen_ns=s["last"], probes=s["probes"], directions=set(s["dirs"]),
+                        evidence=set(s["evidence"]), contributors=dict(s["contrib"])))
+        s["seq"] += 1
+        s["reported"] = max(count_of(s), 1)
+        s["last_report"] = s["last"]
+        s["new_target"] = False
+        s["pinned"] = False
+
+    def fresh(ts):
+        return dict(first=ts, last=ts, pane=ts // window_ns, cur=set(), prev=set(), items={},
+                    probes=0, attempts=0, targets=[], seq=0, reported=0, last_report=0,
+                    pinned=False, new_target=False, dirs=set(), evidence=set(), contrib={},
+                    llr=0, fails=0, benign=False, att_cur=0, att_prev=0)
+
+    for r in rows:
+        ts = int(r["ts_ns"])
+        while pending and ts >= min(p[0] for p in pending):
+            p = min(pending)
+            pending.remove(p)
+            report(p[2], ts)
+        it = rule_item(rule, r, net)
+        if it is None or it["direction"] not in directions:
+            continue
+        if it["port"] is not None and it["port"] in exclude_ports:
+            continue
+        key = it["key"]
+        s = keys.get(key)
+        pane = ts // window_ns
+        if s is None or (not s["pinned"] and (ts - s["last"] >= 2 * window_ns or
+                                              (s["seq"] > 0 and ts - s["first"] >= suppress_ns))):
+            s = keys[key] = fresh(ts)
+        if pane == s["pane"] + 1:
+            s["prev"], s["cur"] = s["cur"], set()
+            s["att_prev"], s["att_cur"] = s["att_cur"], 0
+            s["items"] = {k: v for k, v in s["items"].items() if v >= pane - 1}
+        elif pane > s["pane"] + 1:
+            s["prev"], s["cur"] = set(), set()
+            s["att_prev"], s["att_cur"] = 0, 0
+            s["items"] = {}
+        s["pane"] = max(s["pane"], pane)
+        is_new_item = False
+        if port_set:
+            s["cur"].add(it["item"])
+        else:
+            is_new_item = it["item"] not in s["items"]
+            s["items"][it["item"]] = max(s["items"].get(it["item"], pane), s["pane"])
+        if rule == "trw_scanner" and is_new_item and not s["benign"]:
+            if it["outcome"] == OUT_OPEN:
+                s["llr"] += trw["success"]
+            else:
+                s["llr"] += trw["fail"]
+                s["fails"] += 1
+            if s["llr"] <= trw["lower"]:
+                s["benign"] = True
+        s["probes"] += 1
+        s["att_cur"] += 1
+        s["last"] = max(s["last"], ts)
+        s["dirs"].add(it["direction"])
+        if it["evidence"]:
+            s["evidence"].add(it["evidence"])
+        if rule == "port_sweep":
+            s["contrib"][it["prober"]] = s["contrib"].get(it["prober"], 0) + 1
+        if port_set:
+            if it["target"] not in s["targets"]:
+                s["targets"].append(it["target"])
+                if s["seq"] > 0:
+                    s["new_target"] = True
+        else:
+            if it["item"][0] not in s["targets"]:
+                s["targets"].append(it["item"][0])
+            if is_new_item and s["seq"] > 0:
+                s["new_target"] = True
+        if s["pinned"]:
+            continue
+        c = count_of(s)
+        if s["seq"] == 0:
+            if c < threshold:
+                continue
+        else:
+            grown = growth > 0 and c >= growth * s["reported"]
+            fresh_target = new_target_updates and s["new_target"]
+            if not (grown or fresh_target) or ts - s["last_report"] < update_ns:
+                continue
+        s["pinned"] = True
+        pending.append([ts + delay_ns, order, key])
+        order += 1
+    for p in sorted(pending):
+        report(p[2], p[0])
+    return out
+
+
+
+# --- probe table reference (kernels/probes.py) ---
+
+OUT_OPEN, OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN = 1, 2, 3, 4
+
+
+def probe_reference(rows, timeout_ns):
+    """Plain-Python probe table. Returns (outcome_rows, probes) where outcome rows are
+    dicts with the batch columns plus ``outcome``, in emission order (including the
+    end-of-input decisions), and probes maps (init, resp, port, proto) -> state name."""
+    state = {}         # key -> [state, sent_ns, initiator port]
+    queue = []         # FIFO of (key, sent_ns)
+    out = []
+    replies = [0]
+    names = {1: "pending", 2: "open", 3: "open", 4: "closed", 5: "filtered", 6: "unknown"}
+    code = {2: OUT_OPEN, 4: OUT_CLOSED, 5: OUT_FILTERED, 6: OUT_UNKNOWN}
+
+    def emit(ts, key, st):
+        (ih, il), (rh, rl), port, proto = key
+        row = {n: 0 for n in _ROW_NAMES}
+        row.update(ts_ns=ts, src_hi=ih, src_lo=il, dst_hi=rh, dst_lo=rl, dport=port,
+                   proto=proto, pkt_flags=1, outcome=code[st])
+        out.append(row)
+
+    def expire(now):
+        while queue and queue[0][1] + timeout_ns <= now:
+            key, sent = queue.pop(0)
+            if state[key][0] == 1 and state[key][1] == sent:
+                state[key][0] = 5 if replies[0] > 0 else 6
+                emit(sent + timeout_ns, key, state[key][0])
+
+    def open_probe(key, ts, sport):
+        if key in state and (state[key][0] == 1 or state[key][2] == sport):
+            return          # still waiting, or a retransmission of a decided attempt
+        state[key] = [1, ts, sport]
+        queue.append((key, ts))
+
+    def answer(key, ts, verdict, late_ok):
+        st = state[key][0]
+        if st == 1 or (late_ok and st in (5, 6)):
+            replies[0] += 1
+            state[key][0] = verdict
+            emit(ts, key, verdict)
+
+    for r in rows:
+        ts = int(r["ts_ns"])
+        expire(ts)
+        src = (int(r["src_hi"]), int(r["src_lo"]))
+        dst = (int(r["dst_hi"]), int(r["dst_lo"]))
+        flags = r["pkt_flags"]
+        if flags & _PF_HAS_TCP_FLAGS:
+            f = r["tcp_flags"]
+            syn, ack, rst = bool(f & _TH_SYN), bool(f & _TH_ACK), bool(f & _TH_RST)
+            fwd = (src, dst, int(r["dport"]), 6)
+            rev = (dst, src, int(r["sport"]), 6)
+            if syn and not ack and not rst:
+                open_probe(fwd, ts, int(r["sport"]))
+            elif (syn and ack) or rst:
+                if rev in state:
+                    answer(rev, ts, 4 if rst else 2, True)
+            elif ack and fwd in state and state[fwd][0] == 2:
+                state[fwd][0] = 3
+            continue
+        if r["proto"] == 17 and flags & 1:
+            rev = (dst, src, int(r["sport"]), 17)
+            if rev in state:
+                answer(rev, ts, 2, False)
+                continue
+            open_probe((src, dst, int(r["dport"]), 17), ts, int(r["sport"]))
+            continue
+        need = _PF_HAS_ICMP | _PF_HAS_INNER | _PF_INNER_HAS_PORTS
+        if (flags & need) != need:
+            continue
+        t, c, iproto = r["icmp_type"], r["icmp_code"], int(r["inner_proto"])
+        if r["proto"] == 1 and t == 3:
+            if c == 3:
+                verdict = 4 if iproto == 17 else 5
+            elif c in (0, 1, 9, 10, 13):
+                verdict = 5
+            else:
+                continue
+        elif r["proto"] == 58 and t == 1:
+            if c == 4:
+                verdict = 4 if iproto == 17 else 5
+            elif c in (0, 1, 3):
+                verdict = 5
+            else:
+                continue
+        else:
+            continue
+        key = ((int(r["inner_src_hi"]), int(r["inner_src_lo"])),
+               (int(r["inner_dst_hi"]), int(r["inner_dst_lo"])), int(r["inner_dport"]), iproto)
+        if key in state:
+            answer(key, ts, verdict, False)
+    expire(1 << 62)
+    return out, {k: names[v[0]] for k, v in state.items()}
+
+
+_ROW_NAMES = ("ts_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
+              "tcp_flags", "icmp_type", "icmp_code", "pkt_flags", "inner_proto", "inner_src_hi",
+              "inner_src_lo", "inner_dst_hi", "inner_dst_lo", "inner_sport", "inner_dport",
+              "vlan", "wire_len")
