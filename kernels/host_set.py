@@ -200,7 +200,9 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
-    ts_col = cols[0]
+    (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
+     c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
+     c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
     mode = params[P_MODE]
     window_ns = params[P_WINDOW_NS]
     suppress_ns = params[P_SUPPRESS_NS]
@@ -212,12 +214,14 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     from_outcomes = params[P_FROM_OUTCOMES] != 0
     stale_ns = 2 * window_ns
     for i in range(start, n):
-        ts = ts_col[i]
+        ts = c_ts[i]
         due = due_slot(lc, ts)
         if due >= 0:
             return i, EV_DUE, due
         take, k0, k1, k2, it_hi, it_lo, it_port, p_hi, p_lo, d = select_host_row(
-            mode, i, cols, cls, outcome, count_filtered, from_outcomes)
+            mode, cls[i], c_pkt_flags[i], c_proto[i], c_tcp_flags[i], c_icmp_type[i],
+            c_src_hi[i], c_src_lo[i], c_dst_hi[i], c_dst_lo[i], c_dport[i], outcome[i],
+            count_filtered, from_outcomes)
         if not take:
             continue
         if (d & dir_allowed) == 0:

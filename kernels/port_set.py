@@ -19,8 +19,14 @@ once the list is full.
 
 Alert timing, episodes and updates: ``kernels/alert_slots.py``.
 
+Resetting a slot must not cost 16 KiB of writes (a flood of one-packet
+spoofed sources would spend all its time clearing): each slot remembers up
+to ``TOUCHED`` bitmap words it made non-zero, and clears or counts only
+those; past that it falls back to whole bitmaps.
+
 Memory (fixed at allocation, per slot): 16 KiB of port bitmaps, 512 B of
-target sketch, 16 B per listed target, about 130 B of scalars.
+target sketch, 16 B per listed target, 17 B of touched-word list, about
+130 B of scalars.
 """
 import numpy as np
 
@@ -39,6 +45,7 @@ from kernels.rules import select_port_row
 PORT_WORDS = 1024          # 65,536 bits
 SKETCH_WORDS = 64          # 4,096 bits
 SKETCH_BITS = SKETCH_WORDS * 64
+TOUCHED = 8                # words remembered per slot; TOUCHED + 1 means "more"
 
 
 class PortSetState:
@@ -52,11 +59,13 @@ class PortSetState:
         self.target_n = np.zeros(capacity, np.int64)
         self.target_sketch = np.zeros((capacity, SKETCH_WORDS), np.uint64)
         self.attempts = np.zeros((capacity, 2), np.int64)   # per pane, for count = attempts
+        self.touched = np.zeros((capacity, TOUCHED), np.int16)   # pane << 10 | word
+        self.n_touched = np.zeros(capacity, np.int8)
 
     @property
     def arrays(self):
         return (self.pane, self.ports, self.target_hi, self.target_lo, self.target_n,
-                self.target_sketch, self.attempts)
+                self.target_sketch, self.attempts, self.touched, self.n_touched)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -72,12 +81,20 @@ def popcount64(x):
 
 @inline
 def clear_slot(ps, slot, pane):
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
+     n_touched) = ps
     pane_a[slot] = pane
     target_n[slot] = 0
-    for w in range(PORT_WORDS):
-        ports[slot, 0, w] = 0
-        ports[slot, 1, w] = 0
+    nt = n_touched[slot]
+    if nt <= TOUCHED:
+        for k in range(nt):
+            e = touched[slot, k]
+            ports[slot, e >> 10, e & 1023] = 0
+    else:
+        for w in range(PORT_WORDS):
+            ports[slot, 0, w] = 0
+            ports[slot, 1, w] = 0
+    n_touched[slot] = 0
     for w in range(SKETCH_WORDS):
         target_sketch[slot, w] = 0
     attempts[slot, 0] = 0
@@ -86,22 +103,42 @@ def clear_slot(ps, slot, pane):
 
 @inline
 def advance_pane(ps, count, slot, pane, count_attempts):
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
+     n_touched) = ps
     old = pane_a[slot]
     if pane <= old:
         return
     cur_new = pane & 1
+    nt = n_touched[slot]
     if pane == old + 1:
         total = 0
-        for w in range(PORT_WORDS):
-            ports[slot, cur_new, w] = 0
-            total += popcount64(ports[slot, 1 - cur_new, w])
+        if nt <= TOUCHED:
+            keep = 0
+            for k in range(nt):
+                e = touched[slot, k]
+                if (e >> 10) == cur_new:
+                    ports[slot, cur_new, e & 1023] = 0
+                else:
+                    total += popcount64(ports[slot, 1 - cur_new, e & 1023])
+                    touched[slot, keep] = e
+                    keep += 1
+            n_touched[slot] = keep
+        else:
+            for w in range(PORT_WORDS):
+                ports[slot, cur_new, w] = 0
+                total += popcount64(ports[slot, 1 - cur_new, w])
         attempts[slot, cur_new] = 0
         count[slot] = attempts[slot, 1 - cur_new] if count_attempts else total
     else:
-        for w in range(PORT_WORDS):
-            ports[slot, 0, w] = 0
-            ports[slot, 1, w] = 0
+        if nt <= TOUCHED:
+            for k in range(nt):
+                e = touched[slot, k]
+                ports[slot, e >> 10, e & 1023] = 0
+        else:
+            for w in range(PORT_WORDS):
+                ports[slot, 0, w] = 0
+                ports[slot, 1, w] = 0
+        n_touched[slot] = 0
         attempts[slot, 0] = 0
         attempts[slot, 1] = 0
         count[slot] = 0
@@ -111,7 +148,8 @@ def advance_pane(ps, count, slot, pane, count_attempts):
 @inline
 def add_target(ps, slot, hi, lo, list_len, seed):
     """Record a target; returns True if it was not seen before (exactly, or per the sketch)."""
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
+     n_touched) = ps
     h = mix64(mix64(hi ^ seed) ^ lo)
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
@@ -136,8 +174,11 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
-    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts) = ps
-    ts_col = cols[0]
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
+     n_touched) = ps
+    (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
+     c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
+     c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
     mode = params[P_MODE]
     pair_scope = params[P_PAIR_SCOPE] != 0
     count_attempts = params[P_COUNT_ATTEMPTS] != 0
@@ -148,12 +189,15 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     dir_allowed = params[P_DIR_MASK]
     stale_ns = 2 * window_ns
     for i in range(start, n):
-        ts = ts_col[i]
+        ts = c_ts[i]
         due = due_slot(lc, ts)
         if due >= 0:
             return i, EV_DUE, due
         take, k0, k1, k2, k3, port, t_hi, t_lo, d, ev_bits = select_port_row(
-            mode, pair_scope, i, cols, cls, outcome)
+            mode, pair_scope, cls[i], c_pkt_flags[i], c_proto[i], c_tcp_flags[i],
+            c_icmp_type[i], c_icmp_code[i], c_inner_proto[i], c_src_hi[i], c_src_lo[i],
+            c_dst_hi[i], c_dst_lo[i], c_dport[i], c_inner_src_hi[i], c_inner_src_lo[i],
+            c_inner_dst_hi[i], c_inner_dst_lo[i], c_inner_dport[i], outcome[i])
         if not take:
             continue
         if (d & dir_allowed) == 0:
@@ -180,6 +224,12 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         if (ports[slot, cur, word] & mask) == 0:
             if (ports[slot, 1 - cur, word] & mask) == 0 and not count_attempts:
                 count[slot] += 1
+            if ports[slot, cur, word] == 0:
+                nt = n_touched[slot]
+                if nt < TOUCHED:
+                    touched[slot, nt] = (cur << 10) | word
+                if nt <= TOUCHED:
+                    n_touched[slot] = nt + 1
             ports[slot, cur, word] |= mask
         if count_attempts:
             attempts[slot, cur] += 1

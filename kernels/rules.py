@@ -92,45 +92,40 @@ def forward_ok(c):
 
 
 @inline
-def select_port_row(mode, pair_scope, i, cols, cls, outcome):
-    """For port-set rules. Returns (take, k0, k1, k2, k3, port, target_hi,
-    target_lo, direction, evidence_bits)."""
-    pkt_flags = cols[11][i]
-    c = cls[i]
+def select_port_row(mode, pair_scope, c, pkt_flags, proto, flags, t, code, iproto,
+                    s_hi, s_lo, d_hi, d_lo, dport, is_hi, is_lo, id_hi, id_lo, idport, outc):
+    """For port-set rules, from one row's values (scalars only: passing arrays to a
+    per-row helper costs reference counting). Returns (take, k0, k1, k2, k3, port,
+    target_hi, target_lo, direction, evidence_bits)."""
     if mode == PS_EXPOSED_PROBE:
         # one decided TCP connection attempt (retransmissions are one attempt)
-        if outcome[i] == 0 or cols[7][i] != 6 or not forward_ok(c):
+        if outc == 0 or proto != 6 or not forward_ok(c):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         if (c & C_DST_EXPOSED) == 0 or (c & C_SRC_HOME) != 0:
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         d = direction(False, (c & C_DST_HOME) != 0)
-        return (True, cols[1][i], cols[2][i], U0, U0, np.int64(cols[6][i]), cols[3][i],
-                cols[4][i], d, 0)
+        return True, s_hi, s_lo, U0, U0, np.int64(dport), d_hi, d_lo, d, 0
     if mode == PS_UDP_CLOSED:
         if (pkt_flags & (PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS)) != (
                 PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-        proto = cols[7][i]
-        t = cols[9][i]
-        code = cols[10][i]
         unreachable = (proto == 1 and t == 3 and code == 3) or (proto == 58 and t == 1 and code == 4)
-        if not unreachable or cols[12][i] != 17:
+        if not unreachable or iproto != 17:
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         if (c & (C_DST_ALLOWED | C_DST_SPECIAL | C_SRC_IGNORED)) != 0:
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         # the quoted packet went from the prober (inner src) to the target (inner dst)
-        k0 = cols[13][i]
-        k1 = cols[14][i]
-        t_hi = cols[15][i]
-        t_lo = cols[16][i]
-        port = np.int64(cols[18][i])
+        k0 = is_hi
+        k1 = is_lo
+        t_hi = id_hi
+        t_lo = id_lo
+        port = np.int64(idport)
         d = direction((c & C_DST_HOME) != 0, (c & C_SRC_HOME) != 0)
         if pair_scope:
             return True, k0, k1, t_hi, t_lo, port, t_hi, t_lo, d, 0
         return True, k0, k1, U0, U0, port, t_hi, t_lo, d, 0
     if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
         return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-    flags = cols[8][i]
     evidence = 0
     if mode == PS_STEALTH:
         if (flags & (TH_SYN | TH_ACK | TH_RST)) != 0:
@@ -148,22 +143,19 @@ def select_port_row(mode, pair_scope, i, cols, cls, outcome):
     if not forward_ok(c):
         return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
     d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
-    t_hi = cols[3][i]
-    t_lo = cols[4][i]
-    port = np.int64(cols[6][i])
+    port = np.int64(dport)
     if pair_scope:
-        return True, cols[1][i], cols[2][i], t_hi, t_lo, port, t_hi, t_lo, d, evidence
-    return True, cols[1][i], cols[2][i], U0, U0, port, t_hi, t_lo, d, evidence
+        return True, s_hi, s_lo, d_hi, d_lo, port, d_hi, d_lo, d, evidence
+    return True, s_hi, s_lo, U0, U0, port, d_hi, d_lo, d, evidence
 
 
 @inline
-def select_host_row(mode, i, cols, cls, outcome, count_filtered, from_outcomes):
-    """For host-set rules. Returns (take, k0, k1, k2, item_hi, item_lo,
-    item_port, prober_hi, prober_lo, direction)."""
-    pkt_flags = cols[11][i]
-    c = cls[i]
+def select_host_row(mode, c, pkt_flags, proto, flags, t, s_hi, s_lo, d_hi, d_lo, dport, outc,
+                    count_filtered, from_outcomes):
+    """For host-set rules, from one row's values (scalars only). Returns (take, k0,
+    k1, k2, item_hi, item_lo, item_port, prober_hi, prober_lo, direction)."""
     if mode == HS_FAILED or mode == HS_TRW:
-        o = outcome[i]
+        o = outc
         if mode == HS_FAILED and o != OUT_CLOSED and not (o == OUT_FILTERED and count_filtered):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
         if mode == HS_TRW and o != OUT_OPEN and o != OUT_CLOSED and o != OUT_FILTERED:
@@ -171,35 +163,28 @@ def select_host_row(mode, i, cols, cls, outcome, count_filtered, from_outcomes):
         if not forward_ok(c):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
         d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
-        port = np.int64(cols[6][i]) if mode == HS_FAILED else np.int64(0)
-        return (True, cols[1][i], cols[2][i], U0, cols[3][i], cols[4][i], port,
-                cols[1][i], cols[2][i], d)
+        port = np.int64(dport) if mode == HS_FAILED else np.int64(0)
+        return True, s_hi, s_lo, U0, d_hi, d_lo, port, s_hi, s_lo, d
     if mode == HS_ICMP_SWEEP:
         if (pkt_flags & PF_HAS_ICMP) == 0:
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
-        proto = cols[7][i]
-        t = cols[9][i]
         if not ((proto == 1 and t == 8) or (proto == 58 and t == 128)):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
         if (c & (C_SRC_ALLOWED | C_SRC_SPECIAL | C_DST_IGNORED)) != 0:
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
         d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
-        return (True, cols[1][i], cols[2][i], U0, cols[3][i], cols[4][i], 0,
-                cols[1][i], cols[2][i], d)
+        return True, s_hi, s_lo, U0, d_hi, d_lo, 0, s_hi, s_lo, d
     if (pkt_flags & PF_HAS_TCP_FLAGS) == 0 and not from_outcomes:
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     if from_outcomes:
         # host_sweep / port_sweep on decided attempts: count those that did not succeed
-        o = outcome[i]
-        if o == 0 or o == OUT_OPEN or cols[7][i] != 6 or not forward_ok(c):
+        if outc == 0 or outc == OUT_OPEN or proto != 6 or not forward_ok(c):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
-    elif (cols[8][i] & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
+    elif (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
-    port = np.int64(cols[6][i])
+    port = np.int64(dport)
     if mode == HS_HOST_SWEEP:
-        return (True, cols[1][i], cols[2][i], np.uint64(port), cols[3][i], cols[4][i], 0,
-                cols[1][i], cols[2][i], d)
+        return True, s_hi, s_lo, np.uint64(port), d_hi, d_lo, 0, s_hi, s_lo, d
     # HS_PORT_SWEEP: key is the port alone; the probers are the contributors
-    return (True, U0, U0, np.uint64(port), cols[3][i], cols[4][i], 0,
-            cols[1][i], cols[2][i], d)
+    return True, U0, U0, np.uint64(port), d_hi, d_lo, 0, s_hi, s_lo, d
