@@ -95,18 +95,6 @@ class Lifecycle:
 
 
 @inline
-def episode_over(lc, slot, ts, window_ns, suppress_ns):
-    """True if the slot's episode has ended (idle two windows, or too long) and may restart."""
-    (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
-     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
-    if pinned[slot] != 0:
-        return False
-    if ts - last_seen_ns[slot] >= 2 * window_ns:
-        return True
-    return seq[slot] > 0 and ts - first_seen_ns[slot] >= suppress_ns
-
-
-@inline
 def start_episode(lc, slot, ts):
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc

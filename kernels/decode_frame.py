@@ -1,8 +1,9 @@
 """Frame decoder: one captured frame -> one batch row (or a counted reason to skip it).
 
 Shared by every capture path (pcap and pcapng walkers now, the AF_PACKET ring
-later): each walker finds a frame's bytes, time and link type, then calls
-``decode_frame`` which is inlined into the walker's loop.
+later): each walker finds a frame's bytes, time and link type, calls
+``parse_frame`` (inlined into its loop; scalars out) and then either counts
+the skip reason or writes the row with ``store_row``.
 
 What a row holds is documented in ``kernels/batch.py``. The rules:
 
@@ -266,28 +267,27 @@ def link_payload(buf, off, caplen, linktype):
 
 
 @inline
-def decode_frame(buf, off, caplen, wire_len, linktype, ts_ns, cols, row, stats):
-    """Decode one frame into row ``row`` of ``cols``. Returns 1 if a row was written."""
-    (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto,
-     c_tcp_flags, c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto,
-     c_inner_src_hi, c_inner_src_lo, c_inner_dst_hi, c_inner_dst_lo,
-     c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
+def parse_frame(buf, off, caplen, linktype):
+    """Parse one frame. Returns (skip, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
+    proto, tcp_flags, icmp_type, icmp_code, pkt_flags, inner_proto, inner_src_hi,
+    inner_src_lo, inner_dst_hi, inner_dst_lo, inner_sport, inner_dport, vlan):
+    ``skip`` is 0 for a row, else the stats index of the reason it is skipped.
 
+    Only scalars go in and out (besides the buffer): walkers store the row
+    themselves, because handing column arrays to a per-packet helper costs
+    reference counting on every call."""
     lstat, p, want, vlan, has_vlan = link_payload(buf, off, caplen, linktype)
     if lstat != 0:
-        stats[lstat] += 1
-        return 0
+        return skip_row(lstat)
     end = off + caplen
     (st, version, src_hi, src_lo, dst_hi, dst_lo, proto, l4, l4_end,
      first_frag, cut) = parse_ip(buf, p, end, want)
     if st != IP_OK:
         if st == IP_TRUNCATED:
-            stats[S_TRUNC_IP] += 1
-        elif st == IP_FRAGMENT:
-            stats[S_FRAGMENT] += 1
-        else:
-            stats[S_MALFORMED_IP] += 1
-        return 0
+            return skip_row(S_TRUNC_IP)
+        if st == IP_FRAGMENT:
+            return skip_row(S_FRAGMENT)
+        return skip_row(S_MALFORMED_IP)
 
     flags = 0
     if version == 6:
@@ -312,16 +312,14 @@ def decode_frame(buf, off, caplen, wire_len, linktype, ts_ns, cols, row, stats):
     if proto == 6:
         if avail < 14:
             if not (first_frag and not cut and avail >= 4):
-                stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
-                return 0
+                return skip_row(S_TRUNC_L4 if cut else S_MALFORMED_L4)
             # tiny first fragment (RFC 1858, nmap -f): the ports are here, the
             # flags are in the next fragment
             sport = be16(buf, l4)
             dport = be16(buf, l4 + 2)
             flags |= PF_HAS_PORTS
         elif (np.int64(buf[l4 + 12]) >> 4) < 5:
-            stats[S_MALFORMED_L4] += 1
-            return 0
+            return skip_row(S_MALFORMED_L4)
         else:
             sport = be16(buf, l4)
             dport = be16(buf, l4 + 2)
@@ -329,15 +327,13 @@ def decode_frame(buf, off, caplen, wire_len, linktype, ts_ns, cols, row, stats):
             flags |= PF_HAS_PORTS | PF_HAS_TCP_FLAGS
     elif is_port_proto(proto):
         if avail < 4:
-            stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
-            return 0
+            return skip_row(S_TRUNC_L4 if cut else S_MALFORMED_L4)
         sport = be16(buf, l4)
         dport = be16(buf, l4 + 2)
         flags |= PF_HAS_PORTS
     elif proto == 1 or proto == 58:
         if avail < 2:
-            stats[S_TRUNC_L4 if cut else S_MALFORMED_L4] += 1
-            return 0
+            return skip_row(S_TRUNC_L4 if cut else S_MALFORMED_L4)
         icmp_type = np.int64(buf[l4])
         icmp_code = np.int64(buf[l4 + 1])
         flags |= PF_HAS_ICMP
@@ -357,26 +353,40 @@ def decode_frame(buf, off, caplen, wire_len, linktype, ts_ns, cols, row, stats):
                 i_dst_hi = U64_ZERO
                 i_dst_lo = U64_ZERO
 
-    c_ts[row] = ts_ns
-    c_src_hi[row] = src_hi
-    c_src_lo[row] = src_lo
-    c_dst_hi[row] = dst_hi
-    c_dst_lo[row] = dst_lo
-    c_sport[row] = sport
-    c_dport[row] = dport
-    c_proto[row] = proto
-    c_tcp_flags[row] = tcp_flags
-    c_icmp_type[row] = icmp_type
-    c_icmp_code[row] = icmp_code
-    c_pkt_flags[row] = flags
-    c_inner_proto[row] = inner_proto
-    c_inner_src_hi[row] = i_src_hi
-    c_inner_src_lo[row] = i_src_lo
-    c_inner_dst_hi[row] = i_dst_hi
-    c_inner_dst_lo[row] = i_dst_lo
-    c_inner_sport[row] = i_sport
-    c_inner_dport[row] = i_dport
-    c_vlan[row] = vlan
-    c_wire_len[row] = wire_len
-    stats[S_DECODED] += 1
-    return 1
+    return (0, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, tcp_flags, icmp_type,
+            icmp_code, flags, inner_proto, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, i_sport,
+            i_dport, vlan)
+
+
+@inline
+def skip_row(stat):
+    z = U64_ZERO
+    return stat, z, z, z, z, 0, 0, 0, 0, 0, 0, 0, 0, z, z, z, z, 0, 0, 0
+
+
+@inline
+def store_row(cols, row, ts_ns, wire_len, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto,
+              tcp_flags, icmp_type, icmp_code, pkt_flags, inner_proto, i_src_hi, i_src_lo,
+              i_dst_hi, i_dst_lo, i_sport, i_dport, vlan):
+    """Write one row (the kernel body indexes the column tuple with constants)."""
+    cols[0][row] = ts_ns
+    cols[1][row] = src_hi
+    cols[2][row] = src_lo
+    cols[3][row] = dst_hi
+    cols[4][row] = dst_lo
+    cols[5][row] = sport
+    cols[6][row] = dport
+    cols[7][row] = proto
+    cols[8][row] = tcp_flags
+    cols[9][row] = icmp_type
+    cols[10][row] = icmp_code
+    cols[11][row] = pkt_flags
+    cols[12][row] = inner_proto
+    cols[13][row] = i_src_hi
+    cols[14][row] = i_src_lo
+    cols[15][row] = i_dst_hi
+    cols[16][row] = i_dst_lo
+    cols[17][row] = i_sport
+    cols[18][row] = i_dport
+    cols[19][row] = vlan
+    cols[20][row] = wire_len

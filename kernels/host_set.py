@@ -31,10 +31,10 @@ import numpy as np
 
 from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
 from kernels.alert_slots import (
-    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
+    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, P_THRESHOLD, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
     M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_COUNT_FILTERED, P_DIR_MASK, P_FROM_OUTCOMES, P_LIST, P_TRW_FAIL, P_TRW_LOWER,
     P_TRW_SUCCESS, P_TRW_UPPER, P_MODE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS,
-    due_slot, episode_over, maybe_schedule, start_episode,
+    due_slot, maybe_schedule, start_episode,
 )
 from kernels.jit import inline, kernel
 
@@ -209,6 +209,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     ways = params[P_WAYS]
     list_len = params[P_LIST]
     dir_allowed = params[P_DIR_MASK]
+    threshold = params[P_THRESHOLD]
     count_attempts = params[P_COUNT_ATTEMPTS] != 0
     count_filtered = params[P_COUNT_FILTERED] != 0
     from_outcomes = params[P_FROM_OUTCOMES] != 0
@@ -242,12 +243,16 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
             meta[M_FORCED] += 1
             return i, EV_FORCED, slot
         pane = ts // window_ns
-        if found != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
+        # (cheap tests here keep the helper calls, and their reference counting, rare)
+        if found != LOOKUP_HIT or (pinned[slot] == 0 and (
+                ts - last_seen_ns[slot] >= stale_ns
+                or (seq[slot] > 0 and ts - first_seen_ns[slot] >= suppress_ns))):
             if found == LOOKUP_EVICTED:
                 meta[M_EVICTIONS] += 1
             start_episode(lc, slot, ts)
             clear_slot(hs, slot, pane)
-        advance_pane(hs, slot, pane)
+        if pane > hs[0][slot]:
+            advance_pane(hs, slot, pane)
         is_new = add_item(hs, slot, it_hi, it_lo, it_port, hs[0][slot], list_len, seed)
         probes[slot] += 1
         if mode == HS_TRW:
@@ -275,7 +280,8 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
             last_seen_ns[slot] = ts
         if is_new and seq[slot] > 0:
             new_target[slot] = 1
-        forced = maybe_schedule(lc, slot, ts, params)
-        if forced >= 0:
-            return i + 1, EV_FORCED, forced
+        if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold):
+            forced = maybe_schedule(lc, slot, ts, params)
+            if forced >= 0:
+                return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

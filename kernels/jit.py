@@ -3,7 +3,7 @@
 ``cache=True`` keeps compiled machine code on disk, so a warm start loads
 instead of compiling. Numba decides whether a cached kernel is current from
 its own source file only, so a change in a helper inlined from another
-module (``decode_frame`` inside the walkers, say) would leave stale machine
+module (``parse_frame`` inside the walkers, say) would leave stale machine
 code in use. The cache therefore lives in a directory named after a hash of
 every module in ``kernels/``: any change to any kernel source starts a fresh
 cache. The directory is ``$NUMBA_CACHE_DIR/scan-sensor-<hash>`` when that

@@ -32,9 +32,9 @@ import numpy as np
 
 from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
 from kernels.alert_slots import (
-    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
+    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, P_THRESHOLD, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
     M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK, P_LIST, P_MODE, P_PAIR_SCOPE,
-    P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, due_slot, episode_over, maybe_schedule,
+    P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, due_slot, maybe_schedule,
     start_episode,
 )
 from kernels.jit import inline, kernel
@@ -187,6 +187,7 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     ways = params[P_WAYS]
     list_len = params[P_LIST]
     dir_allowed = params[P_DIR_MASK]
+    threshold = params[P_THRESHOLD]
     stale_ns = 2 * window_ns
     for i in range(start, n):
         ts = c_ts[i]
@@ -212,12 +213,16 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
             meta[M_FORCED] += 1
             return i, EV_FORCED, slot
         pane = ts // window_ns
-        if found != LOOKUP_HIT or episode_over(lc, slot, ts, window_ns, suppress_ns):
+        # (cheap tests here keep the helper calls, and their reference counting, rare)
+        if found != LOOKUP_HIT or (pinned[slot] == 0 and (
+                ts - last_seen_ns[slot] >= stale_ns
+                or (seq[slot] > 0 and ts - first_seen_ns[slot] >= suppress_ns))):
             if found == LOOKUP_EVICTED:
                 meta[M_EVICTIONS] += 1
             start_episode(lc, slot, ts)
             clear_slot(ps, slot, pane)
-        advance_pane(ps, count, slot, pane, count_attempts)
+        if pane > pane_a[slot]:
+            advance_pane(ps, count, slot, pane, count_attempts)
         word = port >> 6
         mask = np.uint64(1) << np.uint64(port & 63)
         cur = pane_a[slot] & 1
@@ -242,7 +247,8 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
             last_seen_ns[slot] = ts
         if add_target(ps, slot, t_hi, t_lo, list_len, seed) and seq[slot] > 0:
             new_target[slot] = 1
-        forced = maybe_schedule(lc, slot, ts, params)
-        if forced >= 0:
-            return i + 1, EV_FORCED, forced
+        if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold):
+            forced = maybe_schedule(lc, slot, ts, params)
+            if forced >= 0:
+                return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

@@ -227,6 +227,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
     out_cap = out[0].shape[0]
+    fifo_cap = fifo_slot.shape[0]
     ts_col = cols[0]
     src_hi = cols[1]
     src_lo = cols[2]
@@ -244,8 +245,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
         if out_cap - orow < 2:
             return i, orow
         ts = ts_col[i]
-        orow = expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, ts, out, out_code,
-                      orow)
+        head = meta[PM_HEAD]
+        if head < meta[PM_TAIL] and fifo_ts[head % fifo_cap] + timeout_ns <= ts:
+            orow = expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, ts, out,
+                          out_code, orow)
         if out_cap - orow < 2:
             return i, orow
         pf = pkt_flags[i]

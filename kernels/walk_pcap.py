@@ -15,8 +15,8 @@ Memory: none beyond the batch and stats it is given.
 """
 import numpy as np
 
-from kernels.batch import S_RECORDS
-from kernels.decode_frame import decode_frame
+from kernels.batch import S_DECODED, S_RECORDS
+from kernels.decode_frame import parse_frame, store_row
 from kernels.jit import inline, kernel
 
 WALK_OK = 0
@@ -67,7 +67,16 @@ def walk_pcap(buf, pos, end, swap, nanosecond, linktype, cols, row, stats):
             return pos, row, WALK_NEED_MORE
         stats[S_RECORDS] += 1
         ts_ns = sec * 1_000_000_000 + frac * frac_mult
-        row += decode_frame(buf, pos + 16, caplen, wire_len, linktype, ts_ns,
-                            cols, row, stats)
+        (skip, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, tcp_flags, icmp_type,
+         icmp_code, pkt_flags, inner_proto, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, i_sport,
+         i_dport, vlan) = parse_frame(buf, pos + 16, caplen, linktype)
+        if skip != 0:
+            stats[skip] += 1
+        else:
+            store_row(cols, row, ts_ns, wire_len, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
+                      proto, tcp_flags, icmp_type, icmp_code, pkt_flags, inner_proto, i_src_hi,
+                      i_src_lo, i_dst_hi, i_dst_lo, i_sport, i_dport, vlan)
+            stats[S_DECODED] += 1
+            row += 1
         pos += 16 + caplen
     return pos, row, WALK_OK

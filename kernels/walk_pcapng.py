@@ -28,8 +28,8 @@ Memory: ``MAX_INTERFACES`` entries per array (about 40 KiB), fixed.
 """
 import numpy as np
 
-from kernels.batch import S_LINKTYPE, S_OTHER_BLOCKS, S_RECORDS
-from kernels.decode_frame import decode_frame
+from kernels.batch import S_DECODED, S_LINKTYPE, S_OTHER_BLOCKS, S_RECORDS
+from kernels.decode_frame import parse_frame, store_row
 from kernels.jit import inline, kernel
 from kernels.walk_pcap import WALK_BAD, WALK_NEED_MORE, WALK_OK, u16_at, u32_at
 
@@ -197,8 +197,19 @@ def walk_pcapng(buf, pos, end, state, cols, row, stats):
             if iface >= section[SEC_NIF] or iface >= MAX_INTERFACES:
                 stats[S_LINKTYPE] += 1
             else:
-                row += decode_frame(buf, data, caplen, wire_len, if_linktype[iface],
-                                    ts_ns, cols, row, stats)
+                (skip, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, tcp_flags,
+                 icmp_type, icmp_code, pkt_flags, inner_proto, i_src_hi, i_src_lo, i_dst_hi,
+                 i_dst_lo, i_sport, i_dport, vlan) = parse_frame(buf, data, caplen,
+                                                                 if_linktype[iface])
+                if skip != 0:
+                    stats[skip] += 1
+                else:
+                    store_row(cols, row, ts_ns, wire_len, src_hi, src_lo, dst_hi, dst_lo, sport,
+                              dport, proto, tcp_flags, icmp_type, icmp_code, pkt_flags,
+                              inner_proto, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, i_sport,
+                              i_dport, vlan)
+                    stats[S_DECODED] += 1
+                    row += 1
         else:
             stats[S_OTHER_BLOCKS] += 1
         pos += blen
