@@ -80,11 +80,10 @@ def popcount64(x):
 
 
 @inline
-def clear_slot(ps, slot, pane):
+def clear_panes(ps, slot):
+    """Empty both panes' port bitmaps and attempt counts (only the touched words)."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
      n_touched) = ps
-    pane_a[slot] = pane
-    target_n[slot] = 0
     nt = n_touched[slot]
     if nt <= TOUCHED:
         for k in range(nt):
@@ -95,10 +94,19 @@ def clear_slot(ps, slot, pane):
             ports[slot, 0, w] = 0
             ports[slot, 1, w] = 0
     n_touched[slot] = 0
-    for w in range(SKETCH_WORDS):
-        target_sketch[slot, w] = 0
     attempts[slot, 0] = 0
     attempts[slot, 1] = 0
+
+
+@inline
+def clear_slot(ps, slot, pane):
+    (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
+     n_touched) = ps
+    pane_a[slot] = pane
+    target_n[slot] = 0
+    clear_panes(ps, slot)
+    for w in range(SKETCH_WORDS):
+        target_sketch[slot, w] = 0
 
 
 @inline
@@ -130,17 +138,7 @@ def advance_pane(ps, count, slot, pane, count_attempts):
         attempts[slot, cur_new] = 0
         count[slot] = attempts[slot, 1 - cur_new] if count_attempts else total
     else:
-        if nt <= TOUCHED:
-            for k in range(nt):
-                e = touched[slot, k]
-                ports[slot, e >> 10, e & 1023] = 0
-        else:
-            for w in range(PORT_WORDS):
-                ports[slot, 0, w] = 0
-                ports[slot, 1, w] = 0
-        n_touched[slot] = 0
-        attempts[slot, 0] = 0
-        attempts[slot, 1] = 0
+        clear_panes(ps, slot)
         count[slot] = 0
     pane_a[slot] = pane
 
