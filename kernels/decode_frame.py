@@ -36,7 +36,7 @@ Memory: none; writes one row of the batch given to it.
 import numpy as np
 
 from kernels.batch import (
-    S_DECODED, S_FRAGMENT, S_LINKTYPE, S_MALFORMED_IP, S_MALFORMED_L4,
+    S_FRAGMENT, S_LINKTYPE, S_MALFORMED_IP, S_MALFORMED_L4,
     S_NON_IP, S_TRUNC_IP, S_TRUNC_L4, S_TRUNC_LINK,
     PF_FIRST_FRAGMENT, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS,
     PF_HAS_TCP_FLAGS, PF_HAS_VLAN, PF_INNER_HAS_PORTS, PF_IPV6,

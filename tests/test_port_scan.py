@@ -7,7 +7,6 @@ from hypothesis import given, settings, strategies as st
 import naive
 from batch_builder import batches_from_rows, syn_row
 from kernels.batch import TH_ACK, TH_RST, TH_SYN
-from sensor.addresses import from_text
 from sensor.alerts import expand_ports
 from sensor.config import DEFAULT_HOME_NET, load_config
 from sensor.engine import Engine

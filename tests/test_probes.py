@@ -6,10 +6,10 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 import naive
-from batch_builder import batches_from_rows, icmp_row, syn_row, udp_row
+from batch_builder import batches_from_rows, syn_row
 from conftest import ROOT, shipped
 from kernels import probes as kp
-from kernels.batch import TH_ACK, TH_FIN, TH_RST, TH_SYN
+from kernels.batch import TH_ACK, TH_RST, TH_SYN
 from sensor.config import load_config
 from sensor.engine import Engine
 from sensor.rules import RULES

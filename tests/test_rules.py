@@ -8,8 +8,7 @@ from hypothesis import given, settings, strategies as st
 import naive
 from batch_builder import batches_from_rows, icmp_row, syn_row, udp_row
 from kernels.batch import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG
-from sensor.addresses import from_text, to_text
-from sensor.alerts import expand_ports
+from sensor.addresses import to_text
 from sensor.config import DEFAULT_HOME_NET, load_config
 from sensor.engine import Engine
 from sensor.rules import RULES
@@ -78,10 +77,6 @@ def run(engine, rows, capacity):
     for batch in batches_from_rows(rows, capacity):
         alerts.extend(engine.process(batch))
     return alerts + engine.finish()
-
-
-def key_text(rule, ref):
-    return ref
 
 
 @pytest.mark.parametrize("rule", [r.name for r in RULES])
