@@ -4,7 +4,13 @@ Keyed by (initiator, responder, responder port, protocol), fed by every row
 of a batch:
 
 * TCP SYN (no ACK) from I to R:port, or a UDP datagram that answers nothing,
-  opens a probe, ``SENT``, and queues it for its timeout. A later SYN or
+  opens a probe, ``SENT``, and queues it for its timeout. So do *stealth*
+  probes: TCP segments with none of SYN, ACK, RST (FIN, NULL, Xmas), and an
+  ACK or FIN+ACK that belongs to no flow the table knows (nmap -sA, -sM; a
+  segment of a flow that began before the sensor looks the same until the
+  peer answers it with anything but a RST, which marks it an ongoing flow).
+  The probe's TCP flags are kept and written into its outcome row, so rules
+  can tell connection attempts from stealth probes. A later SYN or
   datagram from a different initiator port, once the probe is decided, is a
   new attempt (reopened); the same port again is a retransmission (ignored).
 * SYN-ACK from R:port to I, or a UDP reply from R:port -> ``OPEN``; the
@@ -101,6 +107,7 @@ class ProbeState:
         self.sent_ns = np.zeros(capacity, np.int64)
         self.state = np.zeros(capacity, np.uint8)
         self.sport = np.zeros(capacity, np.uint16)       # initiator port of the last attempt
+        self.pflags = np.zeros(capacity, np.uint8)       # TCP flags of the probe (0 for UDP)
         self.fifo_slot = np.zeros(capacity, np.int64)
         self.fifo_ts = np.zeros(capacity, np.int64)
         self.meta = np.zeros(N_PMETA, np.int64)
@@ -113,7 +120,7 @@ class ProbeState:
     @property
     def arrays(self):
         return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
-                self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport)
+                self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport, self.pflags)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -125,7 +132,7 @@ def port_word(port, proto):
 
 
 @inline
-def emit(out, out_code, orow, ts, keys, slot, outcome):
+def emit(out, out_code, orow, ts, keys, pflags, slot, outcome):
     """Write one outcome row; returns the next free row."""
     o_ts = out[0]
     o_src_hi = out[1]
@@ -135,6 +142,7 @@ def emit(out, out_code, orow, ts, keys, slot, outcome):
     o_sport = out[5]
     o_dport = out[6]
     o_proto = out[7]
+    o_tcp_flags = out[8]
     o_pkt_flags = out[11]
     word = keys[slot, 4]
     o_ts[orow] = ts
@@ -145,6 +153,7 @@ def emit(out, out_code, orow, ts, keys, slot, outcome):
     o_sport[orow] = 0
     o_dport[orow] = np.int64(word & np.uint64(0xFFFF))
     o_proto[orow] = np.int64(word >> np.uint64(16))
+    o_tcp_flags[orow] = pflags[slot]
     o_pkt_flags[orow] = PF_HAS_PORTS
     out_code[orow] = outcome
     return orow + 1
@@ -167,9 +176,10 @@ def decide(state, meta, slot, new_state):
 
 
 @inline
-def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, ts, seed):
-    """A connection attempt (TCP SYN or UDP datagram) from the initiator."""
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
+def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
+    """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``)."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags) = st
     found, slot = find_slot(keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
                             params[PP_STALE_NS], params[PP_WAYS], seed)
     if found == LOOKUP_EVICTED:
@@ -181,6 +191,7 @@ def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, ts, seed):
     state[slot] = ST_SENT
     sent_ns[slot] = ts
     sport_a[slot] = sport
+    pflags[slot] = flags
     meta[PM_PROBES] += 1
     cap = fifo_slot.shape[0]
     if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
@@ -193,14 +204,15 @@ def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, ts, seed):
 @kernel
 def expire_probes(st, now_ns, out, out_code, orow):
     """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
-    return expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, params[PP_TIMEOUT_NS],
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags) = st
+    return expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, params[PP_TIMEOUT_NS],
                   now_ns, out, out_code, orow)
 
 
 @inline
-def expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, now_ns, out, out_code,
-           orow):
+def expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, timeout_ns, now_ns, out,
+           out_code, orow):
     cap = fifo_slot.shape[0]
     out_cap = out[0].shape[0]
     while meta[PM_HEAD] < meta[PM_TAIL] and orow < out_cap:
@@ -212,7 +224,7 @@ def expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, now_ns, o
         if state[slot] == ST_SENT and sent_ns[slot] == fifo_ts[h]:
             verdict = ST_FILTERED if meta[PM_REPLIES] > 0 else ST_UNKNOWN
             outcome = decide(state, meta, slot, verdict)
-            orow = emit(out, out_code, orow, fifo_ts[h] + timeout_ns, keys, slot, outcome)
+            orow = emit(out, out_code, orow, fifo_ts[h] + timeout_ns, keys, pflags, slot, outcome)
     return orow
 
 
@@ -223,7 +235,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     Returns (next_row, next_outcome_row). Stops early when the outcome batch
     has fewer than 2 free rows.
     """
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
     out_cap = out[0].shape[0]
@@ -247,8 +260,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
         ts = ts_col[i]
         head = meta[PM_HEAD]
         if head < meta[PM_TAIL] and fifo_ts[head % fifo_cap] + timeout_ns <= ts:
-            orow = expire(keys, sent_ns, state, fifo_slot, fifo_ts, meta, timeout_ns, ts, out,
-                          out_code, orow)
+            orow = expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, timeout_ns, ts,
+                          out, out_code, orow)
         if out_cap - orow < 2:
             return i, orow
         pf = pkt_flags[i]
@@ -260,7 +273,12 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             rst = (f & TH_RST) != 0
             if syn and not ack and not rst:
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], ts, seed)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
+                continue
+            if not syn and not ack and not rst:
+                # FIN, NULL, Xmas: no real connection sends these
+                open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
                 continue
             if (syn and ack) or rst:
                 # a reply from the responder: look up the probe it answers
@@ -285,15 +303,30 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                             meta[PM_FILTERED] -= 1
                         else:
                             meta[PM_UNKNOWN] -= 1
-                    orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, verdict))
+                    orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, verdict))
                 continue
-            if ack and not syn:
-                slot = lookup_slot(keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
-                                   dst_lo[i], port_word(dport_c[i], 6), ways, seed)
-                if slot >= 0:
-                    last_seen_ns[slot] = max(last_seen_ns[slot], ts)
-                    if state[slot] == ST_OPEN:
-                        state[slot] = ST_ESTABLISHED
+            # ACK without SYN/RST: part of a flow we know, or an ACK/Maimon probe
+            slot = lookup_slot(keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
+                               dst_lo[i], port_word(dport_c[i], 6), ways, seed)
+            if slot >= 0 and (sport_a[slot] == sport_c[i] or state[slot] == ST_SENT):
+                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                if state[slot] == ST_OPEN:
+                    state[slot] = ST_ESTABLISHED
+                continue
+            if slot >= 0:
+                # a decided probe to this port, from another initiator port: a new probe
+                open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
+                continue
+            slot = lookup_slot(keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
+                               src_lo[i], port_word(sport_c[i], 6), ways, seed)
+            if slot >= 0:
+                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                if state[slot] == ST_SENT and (pflags[slot] & TH_ACK) != 0:
+                    state[slot] = ST_ESTABLISHED     # answered, not reset: an ongoing flow
+                continue
+            open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                       port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
             continue
         if proto == 17 and (pf & PF_HAS_PORTS) != 0:
             # a reply to an earlier datagram?
@@ -303,10 +336,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
                 if state[slot] == ST_SENT:
                     meta[PM_REPLIES] += 1
-                    orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, ST_OPEN))
+                    orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, ST_OPEN))
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                       port_word(dport_c[i], 17), sport_c[i], ts, seed)
+                       port_word(dport_c[i], 17), sport_c[i], 0, ts, seed)
             continue
         need = PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS
         if (pf & need) == need:
@@ -336,17 +369,19 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             last_seen_ns[slot] = max(last_seen_ns[slot], ts)
             if state[slot] == ST_SENT:
                 meta[PM_REPLIES] += 1
-                orow = emit(out, out_code, orow, ts, keys, slot, decide(state, meta, slot, verdict))
+                orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, verdict))
     return n, orow
 
 
 @kernel
-def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, open_ports):
+def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports):
     """Outcome counts of the probes by initiator (k0, k1) -- only to target (t0, t1)
     if ``by_target``, only to ``port`` if >= 0, only of ``proto`` if > 0 -- as
-    (open, closed, filtered, unknown, pending, n_open). Open ports are written to
+    (open, closed, filtered, unknown, pending, n_open), counting connection attempts
+    (TCP SYN, UDP) or, if ``stealth``, stealth probes. Open ports are written to
     ``open_ports`` (up to its length). Scans the whole table: called per alert."""
-    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a) = st
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags) = st
     n_open = 0
     n_closed = 0
     n_filtered = 0
@@ -362,6 +397,9 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, open_ports):
         if port >= 0 and np.int64(word & np.uint64(0xFFFF)) != port:
             continue
         if proto > 0 and np.int64(word >> np.uint64(16)) != proto:
+            continue
+        is_stealth = np.int64(word >> np.uint64(16)) == 6 and pflags[s] != TH_SYN
+        if is_stealth != stealth:
             continue
         st_ = state[s]
         if st_ == ST_OPEN or st_ == ST_ESTABLISHED:

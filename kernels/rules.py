@@ -40,7 +40,7 @@ from kernels.jit import inline
 # port-set modes
 PS_PORT_SCAN = 0        # TCP SYN probes; key = prober (scope source) or prober+target (scope pair)
 PS_EXPOSED_PROBE = 1    # decided TCP attempts (outcome rows) to exposed hosts from outside
-PS_STEALTH = 2          # TCP segments without SYN, ACK or RST (FIN, NULL, Xmas, ...)
+PS_STEALTH = 2          # stealth probes (outcome rows): FIN, NULL, Xmas; ACK, Maimon if reset
 PS_UDP_CLOSED = 3       # ICMP port unreachable quoting UDP: the prober hit a closed UDP port
 
 # host-set modes
@@ -67,7 +67,10 @@ ST_NULL = 1
 ST_FIN = 2
 ST_XMAS = 4
 ST_OTHER = 8
-STEALTH_NAMES = {ST_NULL: "null", ST_FIN: "fin", ST_XMAS: "xmas", ST_OTHER: "other"}
+ST_ACK = 16
+ST_MAIMON = 32
+STEALTH_NAMES = {ST_NULL: "null", ST_FIN: "fin", ST_XMAS: "xmas", ST_OTHER: "other",
+                 ST_ACK: "ack", ST_MAIMON: "maimon"}
 
 U0 = np.uint64(0)
 
@@ -86,6 +89,12 @@ def is_syn_probe(pkt_flags, tcp_flags):
 
 
 @inline
+def is_attempt(proto, flags):
+    """An outcome row of a connection attempt (TCP SYN or UDP), not of a stealth probe."""
+    return proto == 17 or (proto == 6 and flags == TH_SYN)
+
+
+@inline
 def forward_ok(c):
     """Filters for a row whose source is the prober."""
     return (c & (C_SRC_ALLOWED | C_SRC_SPECIAL | C_DST_IGNORED | C_DPORT_IGNORED)) == 0
@@ -99,7 +108,7 @@ def select_port_row(mode, pair_scope, c, pkt_flags, proto, flags, t, code, iprot
     target_hi, target_lo, direction, evidence_bits)."""
     if mode == PS_EXPOSED_PROBE:
         # one decided TCP connection attempt (retransmissions are one attempt)
-        if outc == 0 or proto != 6 or not forward_ok(c):
+        if outc == 0 or proto != 6 or flags != TH_SYN or not forward_ok(c):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         if (c & C_DST_EXPOSED) == 0 or (c & C_SRC_HOME) != 0:
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
@@ -124,13 +133,15 @@ def select_port_row(mode, pair_scope, c, pkt_flags, proto, flags, t, code, iprot
         if pair_scope:
             return True, k0, k1, t_hi, t_lo, port, t_hi, t_lo, d, 0
         return True, k0, k1, U0, U0, port, t_hi, t_lo, d, 0
-    if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
-        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-    evidence = 0
     if mode == PS_STEALTH:
-        if (flags & (TH_SYN | TH_ACK | TH_RST)) != 0:
+        # outcome rows of stealth probes; ACK and FIN+ACK count only when reset
+        if outc == 0 or proto != 6 or (flags & (TH_SYN | TH_RST)) != 0 or not forward_ok(c):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-        if flags == 0:
+        if (flags & TH_ACK) != 0:
+            if outc != OUT_CLOSED or (flags != TH_ACK and flags != (TH_ACK | TH_FIN)):
+                return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+            evidence = ST_ACK if flags == TH_ACK else ST_MAIMON
+        elif flags == 0:
             evidence = ST_NULL
         elif flags == TH_FIN:
             evidence = ST_FIN
@@ -138,7 +149,12 @@ def select_port_row(mode, pair_scope, c, pkt_flags, proto, flags, t, code, iprot
             evidence = ST_XMAS
         else:
             evidence = ST_OTHER
-    elif (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN:
+        d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+        return True, s_hi, s_lo, U0, U0, np.int64(dport), d_hi, d_lo, d, evidence
+    if (pkt_flags & PF_HAS_TCP_FLAGS) == 0:
+        return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
+    evidence = 0
+    if (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN:
         return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
     if not forward_ok(c):
         return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
@@ -155,6 +171,8 @@ def select_host_row(mode, c, pkt_flags, proto, flags, t, s_hi, s_lo, d_hi, d_lo,
     """For host-set rules, from one row's values (scalars only). Returns (take, k0,
     k1, k2, item_hi, item_lo, item_port, prober_hi, prober_lo, direction)."""
     if mode == HS_FAILED or mode == HS_TRW:
+        if not is_attempt(proto, flags):
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
         o = outc
         if mode == HS_FAILED and o != OUT_CLOSED and not (o == OUT_FILTERED and count_filtered):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
@@ -178,7 +196,7 @@ def select_host_row(mode, c, pkt_flags, proto, flags, t, s_hi, s_lo, d_hi, d_lo,
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     if from_outcomes:
         # host_sweep / port_sweep on decided attempts: count those that did not succeed
-        if outc == 0 or outc == OUT_OPEN or proto != 6 or not forward_ok(c):
+        if outc == 0 or outc == OUT_OPEN or proto != 6 or flags != TH_SYN or not forward_ok(c):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     elif (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0

@@ -80,7 +80,7 @@ EXT_NET=198.51.100            # RFC 5737 TEST-NET-2: the "external" scanners
 ALL_CAPTURES=(nmap_syn_scan nmap_connect_scan nmap_udp_scan nmap_syn_filtered
               nmap_syn_scan_ipv6 nmap_stealth_scans benign_clients
               nmap_host_sweep nmap_ping_sweep distributed_port_sweep
-              exposed_host_probe)
+              exposed_host_probe nmap_ack_maimon_scans)
 
 WORK=$(mktemp -d /tmp/ss-captures.XXXXXX)
 chmod 755 "${WORK}"
@@ -251,6 +251,11 @@ gen_nmap_stealth_scans() {
     in_scan nmap -sN -Pn -n -p 1-50 --max-retries 1 "${TGT4}"
     sleep 1
     in_scan nmap -sX -Pn -n -p 1-50 --max-retries 1 "${TGT4}"
+}
+gen_nmap_ack_maimon_scans() {
+    in_scan nmap -sA -Pn -n -p 1-50 --max-retries 1 "${TGT4}"
+    sleep 1
+    in_scan nmap -sM -Pn -n -p 1-50 --max-retries 1 "${TGT4}"
 }
 gen_benign_clients() {
     local i

@@ -238,6 +238,20 @@ def check_nmap_stealth_scans(c: "Cap") -> None:
     check(not c.probes(S4, T4, lambda f: f & SYN), "no SYN from the scanner")
 
 
+def check_nmap_ack_maimon_scans(c: "Cap") -> None:
+    only_our_hosts(c)
+    for name, fl in {"ACK": ACK, "MAIMON": FIN | ACK}.items():
+        pr = c.probes(S4, T4, lambda f, fl=fl: f == fl)
+        sports = {t[3] for t in pr}
+        ports = {t[4] for t in pr}
+        rst_ports = {t[3] for t in c.tcp if t[1] == T4 and t[5] & RST and t[4] in sports}
+        print(f"  {name:6s} (flags 0x{fl:02x}): {len(pr)} probes, dports {fmt_ports(ports)}, "
+              f"RST from {len(rst_ports)} ports")
+        check(ports == rng(1, 50), f"{name} scan probes 1-50")
+        check(rst_ports == rng(1, 50), f"{name}: every probe answered by RST (Linux target)")
+    check(not c.probes(S4, T4, lambda f: f & SYN), "no SYN from the scanner")
+
+
 def check_benign_clients(c: "Cap") -> None:
     only_our_hosts(c)
     clients = {"10.77.0.1", "10.77.0.3", "fd77::1"}
@@ -403,6 +417,7 @@ REAL_CHECKS = {
     "nmap_ping_sweep": check_nmap_ping_sweep,
     "distributed_port_sweep": check_distributed_port_sweep,
     "exposed_host_probe": check_exposed_host_probe,
+    "nmap_ack_maimon_scans": check_nmap_ack_maimon_scans,
 }
 
 

@@ -79,9 +79,12 @@ RULES = (
          "attempts", threshold=3, window_s=3600.0, directions=("inbound", "external"),
          max_keys=1024),
     Rule("stealth_scan", "port_set", kr.PS_STEALTH,
-         "TCP probes that no real connection sends: segments with none of SYN, ACK and RST "
-         "(nmap -sF FIN, -sN NULL, -sX Xmas). Maimon and ACK scans need flow state (probe "
-         "outcomes) and are not counted yet.",
+         "TCP probes that belong to no connection: segments with none of SYN, ACK and RST "
+         "(nmap -sF FIN, -sN NULL, -sX Xmas), counted whatever the answer; and ACK or "
+         "FIN+ACK segments of no flow the probe table knows (nmap -sA ACK, -sM Maimon), "
+         "counted when the target answers with a RST (a segment of a flow that began "
+         "before the sensor is answered with data, not a reset). Each probe counts once "
+         "decided (answer or `probes.timeout_s`).",
          "distinct_ports", threshold=5, window_s=300.0, max_keys=1024),
     Rule("udp_scan", "port_set", kr.PS_UDP_CLOSED,
          "A prober whose UDP datagrams hit many distinct closed ports: counted from the ICMP "

@@ -610,8 +610,29 @@ def rule_item(rule, r, net):
         return dict(key=key, item=int(r["inner_dport"]), port=int(r["inner_dport"]),
                     target=target, prober=prober, direction=_direction(home(dst), home(src)),
                     evidence=None)
+    is_attempt = r["proto"] == 17 or (r["proto"] == 6 and tcp == _TH_SYN)
+    if rule == "stealth_scan":
+        if r.get("outcome", 0) == 0 or r["proto"] != 6 or tcp & (_TH_SYN | _TH_RST):
+            return None
+        if not forward_ok():
+            return None
+        if tcp & _TH_ACK:
+            if r["outcome"] != OUT_CLOSED or tcp not in (_TH_ACK, _TH_ACK | _TH_FIN):
+                return None
+            evidence = "ack" if tcp == _TH_ACK else "maimon"
+        elif tcp == 0:
+            evidence = "null"
+        elif tcp == _TH_FIN:
+            evidence = "fin"
+        elif (tcp & (_TH_FIN | _TH_PUSH | _TH_URG)) == (_TH_FIN | _TH_PUSH | _TH_URG):
+            evidence = "xmas"
+        else:
+            evidence = "other"
+        port = int(r["dport"])
+        return dict(key=src_w, item=port, port=port, target=dst_w, prober=src_w,
+                    direction=_direction(home(src), home(dst)), evidence=evidence)
     if rule == "exposed_host_probe":
-        if r.get("outcome", 0) == 0 or r["proto"] != 6 or not forward_ok():
+        if r.get("outcome", 0) == 0 or r["proto"] != 6 or tcp != _TH_SYN or not forward_ok():
             return None
         if not _in_any(dst, net["exposed"]) or home(src):
             return None
@@ -619,7 +640,8 @@ def rule_item(rule, r, net):
         return dict(key=src_w, item=port, port=port, target=dst_w, prober=src_w,
                     direction=_direction(False, home(dst)), evidence=None)
     if rule in ("host_sweep", "port_sweep") and net.get("from_outcomes"):
-        if r.get("outcome", 0) in (0, OUT_OPEN) or r["proto"] != 6 or not forward_ok():
+        if (r.get("outcome", 0) in (0, OUT_OPEN) or r["proto"] != 6 or tcp != _TH_SYN
+                or not forward_ok()):
             return None
         d = _direction(home(src), home(dst))
         port = int(r["dport"])
@@ -631,7 +653,7 @@ def rule_item(rule, r, net):
             (OUT_OPEN, OUT_CLOSED, OUT_FILTERED)
         if rule == "failed_connections" and not net.get("count_filtered", True):
             wanted = (OUT_CLOSED,)
-        if r.get("outcome", 0) not in wanted or not forward_ok():
+        if r.get("outcome", 0) not in wanted or not is_attempt or not forward_ok():
             return None
         port = int(r["dport"]) if rule == "failed_connections" else 0
         return dict(key=src_w, item=(dst_w, port), port=port if rule == "failed_connections" else None,
@@ -648,29 +670,14 @@ def rule_item(rule, r, net):
                     direction=_direction(home(src), home(dst)), evidence=None)
     if not (flags & _PF_HAS_TCP_FLAGS):
         return None
-    if rule == "stealth_scan":
-        if tcp & (_TH_SYN | _TH_ACK | _TH_RST):
-            return None
-        if tcp == 0:
-            evidence = "null"
-        elif tcp == _TH_FIN:
-            evidence = "fin"
-        elif (tcp & (_TH_FIN | _TH_PUSH | _TH_URG)) == (_TH_FIN | _TH_PUSH | _TH_URG):
-            evidence = "xmas"
-        else:
-            evidence = "other"
-    elif not is_syn:
-        return None
-    else:
-        evidence = None
-    if not forward_ok():
+    if not is_syn or not forward_ok():
         return None
     d = _direction(home(src), home(dst))
     port = int(r["dport"])
-    if rule in ("port_scan", "stealth_scan"):
+    if rule == "port_scan":
         key = src_w + (dst_w if net["scope"] == "pair" else ())
         return dict(key=key, item=port, port=port, target=dst_w, prober=src_w, direction=d,
-                    evidence=evidence)
+                    evidence=None)
     if rule == "host_sweep":
         return dict(key=src_w + (port,), item=(dst_w, 0), port=port, target=dst_w, prober=src_w,
                     direction=d, evidence=None)
@@ -807,7 +814,7 @@ def probe_reference(rows, timeout_ns):
     """Plain-Python probe table. Returns (outcome_rows, probes) where outcome rows are
     dicts with the batch columns plus ``outcome``, in emission order (including the
     end-of-input decisions), and probes maps (init, resp, port, proto) -> state name."""
-    state = {}         # key -> [state, sent_ns, initiator port]
+    state = {}         # key -> [state, sent_ns, initiator port, probe TCP flags]
     queue = []         # FIFO of (key, sent_ns)
     out = []
     replies = [0]
@@ -818,7 +825,7 @@ def probe_reference(rows, timeout_ns):
         (ih, il), (rh, rl), port, proto = key
         row = {n: 0 for n in _ROW_NAMES}
         row.update(ts_ns=ts, src_hi=ih, src_lo=il, dst_hi=rh, dst_lo=rl, dport=port,
-                   proto=proto, pkt_flags=1, outcome=code[st])
+                   proto=proto, pkt_flags=1, tcp_flags=state[key][3], outcome=code[st])
         out.append(row)
 
     def expire(now):
@@ -828,10 +835,10 @@ def probe_reference(rows, timeout_ns):
                 state[key][0] = 5 if replies[0] > 0 else 6
                 emit(sent + timeout_ns, key, state[key][0])
 
-    def open_probe(key, ts, sport):
+    def open_probe(key, ts, sport, flags):
         if key in state and (state[key][0] == 1 or state[key][2] == sport):
             return          # still waiting, or a retransmission of a decided attempt
-        state[key] = [1, ts, sport]
+        state[key] = [1, ts, sport, flags]
         queue.append((key, ts))
 
     def answer(key, ts, verdict, late_ok):
@@ -852,20 +859,28 @@ def probe_reference(rows, timeout_ns):
             syn, ack, rst = bool(f & _TH_SYN), bool(f & _TH_ACK), bool(f & _TH_RST)
             fwd = (src, dst, int(r["dport"]), 6)
             rev = (dst, src, int(r["sport"]), 6)
-            if syn and not ack and not rst:
-                open_probe(fwd, ts, int(r["sport"]))
+            if (syn and not ack and not rst) or (not syn and not ack and not rst):
+                open_probe(fwd, ts, int(r["sport"]), int(f))
             elif (syn and ack) or rst:
                 if rev in state:
                     answer(rev, ts, 4 if rst else 2, True)
-            elif ack and fwd in state and state[fwd][0] == 2:
-                state[fwd][0] = 3
+            elif fwd in state and (state[fwd][2] == int(r["sport"]) or state[fwd][0] == 1):
+                if state[fwd][0] == 2:
+                    state[fwd][0] = 3
+            elif fwd in state:
+                open_probe(fwd, ts, int(r["sport"]), int(f))
+            elif rev in state:
+                if state[rev][0] == 1 and state[rev][3] & _TH_ACK:
+                    state[rev][0] = 3           # answered, not reset: an ongoing flow
+            else:
+                open_probe(fwd, ts, int(r["sport"]), int(f))
             continue
         if r["proto"] == 17 and flags & 1:
             rev = (dst, src, int(r["sport"]), 17)
             if rev in state:
                 answer(rev, ts, 2, False)
                 continue
-            open_probe((src, dst, int(r["dport"]), 17), ts, int(r["sport"]))
+            open_probe((src, dst, int(r["dport"]), 17), ts, int(r["sport"]), 0)
             continue
         need = _PF_HAS_ICMP | _PF_HAS_INNER | _PF_INNER_HAS_PORTS
         if (flags & need) != need:

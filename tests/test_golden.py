@@ -20,6 +20,7 @@ CASES = [
     ("nmap_syn_scan_ipv6.pcap", [], "nmap_syn_scan_ipv6.jsonl"),
     ("nmap_stealth_scans.pcap", [], "nmap_stealth_scans.jsonl"),
     ("nmap_udp_scan.pcap", [], "nmap_udp_scan.jsonl"),
+    ("nmap_ack_maimon_scans.pcap", [], "nmap_ack_maimon_scans.jsonl"),
     ("benign_clients.pcap", [], "benign_clients.jsonl"),
     ("nmap_syn_scan.pcap", ["--preset", "elastic-network-scan"], "nmap_syn_scan.elastic.jsonl"),
     ("nmap_syn_scan.pcap", ["--set", "port_scan.scope=\"pair\"", "--set",

@@ -119,7 +119,8 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
                    upper=micro(math.log(0.99 / 0.01)), lower=micro(math.log(0.01 / 0.99)))
     alerts = run(engine_with_timeout(rule, timeout_s, **settings_), rows, capacity)
     fed = rows
-    if rule in ("failed_connections", "trw_scanner", "exposed_host_probe") or net.get("from_outcomes"):
+    if rule in ("failed_connections", "trw_scanner", "exposed_host_probe", "stealth_scan") \
+            or net.get("from_outcomes"):
         fed = naive.probe_reference(rows, timeout_s * SEC)[0]
     ref = naive.counter_reference(
         rule, fed, net, threshold,
@@ -159,7 +160,7 @@ def summarise_ref(rule, r):
         if name in r["directions"]:
             direction = name
             break
-    kinds = tuple(k for k in ("null", "fin", "xmas", "other") if k in r["evidence"])
+    kinds = tuple(k for k in ("null", "fin", "xmas", "other", "ack", "maimon") if k in r["evidence"])
     sources = tuple(sorted((to_text(*p), n) for p, n in r["contributors"].items()))
     return (src, r["seq"], r["count"], r["probes"], rfc3339(r["first_seen_ns"]),
             rfc3339(r["last_seen_ns"]), ports, dsts, direction, kinds, sources)

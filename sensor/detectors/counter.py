@@ -9,7 +9,7 @@ from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import outcomes_of
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, STEALTH_NAMES,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_STEALTH, STEALTH_NAMES,
 )
 from sensor.addresses import to_text
 from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
@@ -86,7 +86,7 @@ class CounterDetector:
         if rule.table == "host_set":
             self.reads_outcomes = rule.mode in (HS_FAILED, HS_TRW) or bool(p[ks.P_FROM_OUTCOMES])
         else:
-            self.reads_outcomes = rule.mode == PS_EXPOSED_PROBE
+            self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH)
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
         self.open_ports_buf = np.zeros(65536, np.int64)
 
@@ -172,7 +172,8 @@ class CounterDetector:
     # rules whose probers' attempts are in the probe table: (protocol, by key port)
     OUTCOME_SCOPE = {"port_scan": (6, False), "exposed_host_probe": (6, False),
                      "udp_scan": (17, False), "host_sweep": (6, True),
-                     "failed_connections": (0, False), "trw_scanner": (0, False)}
+                     "failed_connections": (0, False), "trw_scanner": (0, False),
+                     "stealth_scan": (6, False)}
 
     def _outcomes(self, slot):
         scope = self.OUTCOME_SCOPE.get(self.name)
@@ -184,7 +185,7 @@ class CounterDetector:
         port = int(key[2]) if by_port else -1
         n_open, n_closed, n_filtered, n_unknown, n_pending, n_ports = outcomes_of(
             self.probes.arrays, key[0], key[1], key[2], key[3], by_target, port, proto,
-            self.open_ports_buf)
+            self.name == "stealth_scan", self.open_ports_buf)
         ports = sorted(set(self.open_ports_buf[:min(n_ports, len(self.open_ports_buf))].tolist()))
         return dict(outcomes={"open": int(n_open), "closed": int(n_closed),
                               "filtered": int(n_filtered),
