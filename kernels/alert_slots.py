@@ -49,7 +49,8 @@ P_TRW_UPPER = 15      # log(eta1): flag as scanner at or above
 P_TRW_LOWER = 16      # log(eta0): declare benign at or below
 P_COUNT_FILTERED = 17  # failed_connections: unanswered/filtered attempts count as failures
 P_FROM_OUTCOMES = 18  # host_sweep/port_sweep: count decided attempts that did not succeed
-N_PARAMS = 19
+P_SENSITIVE = 19      # port_scan: also alert at this many distinct sensitive ports (0: off)
+N_PARAMS = 20
 
 # meta (int64): pending-list bookkeeping and counters
 M_NPENDING = 0
@@ -122,8 +123,9 @@ def due_slot(lc, ts):
 
 
 @inline
-def maybe_schedule(lc, slot, ts, params):
-    """Pin the slot if its alert (or an update) should now fall due.
+def maybe_schedule(lc, slot, ts, params, also_due):
+    """Pin the slot if its alert (or an update) should now fall due; ``also_due``
+    is a rule's second trigger (port_scan's sensitive ports).
 
     Returns -1 normally, or the slot if it must be reported at once because
     the pending list is full.
@@ -134,7 +136,7 @@ def maybe_schedule(lc, slot, ts, params):
         return -1
     c = count[slot]
     if seq[slot] == 0:
-        if c < params[P_THRESHOLD]:
+        if c < params[P_THRESHOLD] and not also_due:
             return -1
     else:
         growth = params[P_GROWTH]

@@ -281,7 +281,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         if is_new and seq[slot] > 0:
             new_target[slot] = 1
         if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold):
-            forced = maybe_schedule(lc, slot, ts, params)
+            forced = maybe_schedule(lc, slot, ts, params, False)
             if forced >= 0:
                 return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

@@ -32,7 +32,8 @@ import numpy as np
 
 from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
 from kernels.alert_slots import (
-    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, P_THRESHOLD, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
+    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED, P_SENSITIVE,
+    P_THRESHOLD,
     M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK, P_LIST, P_MODE, P_PAIR_SCOPE,
     P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, due_slot, maybe_schedule,
     start_episode,
@@ -61,11 +62,12 @@ class PortSetState:
         self.attempts = np.zeros((capacity, 2), np.int64)   # per pane, for count = attempts
         self.touched = np.zeros((capacity, TOUCHED), np.int16)   # pane << 10 | word
         self.n_touched = np.zeros(capacity, np.int8)
+        self.sensitive = np.zeros(capacity, np.int64)   # distinct sensitive ports in the window
 
     @property
     def arrays(self):
         return (self.pane, self.ports, self.target_hi, self.target_lo, self.target_n,
-                self.target_sketch, self.attempts, self.touched, self.n_touched)
+                self.target_sketch, self.attempts, self.touched, self.n_touched, self.sensitive)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -83,7 +85,7 @@ def popcount64(x):
 def clear_panes(ps, slot):
     """Empty both panes' port bitmaps and attempt counts (only the touched words)."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched) = ps
+     n_touched, sensitive) = ps
     nt = n_touched[slot]
     if nt <= TOUCHED:
         for k in range(nt):
@@ -96,12 +98,13 @@ def clear_panes(ps, slot):
     n_touched[slot] = 0
     attempts[slot, 0] = 0
     attempts[slot, 1] = 0
+    sensitive[slot] = 0
 
 
 @inline
 def clear_slot(ps, slot, pane):
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched) = ps
+     n_touched, sensitive) = ps
     pane_a[slot] = pane
     target_n[slot] = 0
     clear_panes(ps, slot)
@@ -110,9 +113,9 @@ def clear_slot(ps, slot, pane):
 
 
 @inline
-def advance_pane(ps, count, slot, pane, count_attempts):
+def advance_pane(ps, count, slot, pane, count_attempts, sens_bits):
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched) = ps
+     n_touched, sensitive) = ps
     old = pane_a[slot]
     if pane <= old:
         return
@@ -120,6 +123,7 @@ def advance_pane(ps, count, slot, pane, count_attempts):
     nt = n_touched[slot]
     if pane == old + 1:
         total = 0
+        sens = 0
         if nt <= TOUCHED:
             keep = 0
             for k in range(nt):
@@ -128,6 +132,7 @@ def advance_pane(ps, count, slot, pane, count_attempts):
                     ports[slot, cur_new, e & 1023] = 0
                 else:
                     total += popcount64(ports[slot, 1 - cur_new, e & 1023])
+                    sens += popcount64(ports[slot, 1 - cur_new, e & 1023] & sens_bits[e & 1023])
                     touched[slot, keep] = e
                     keep += 1
             n_touched[slot] = keep
@@ -135,6 +140,8 @@ def advance_pane(ps, count, slot, pane, count_attempts):
             for w in range(PORT_WORDS):
                 ports[slot, cur_new, w] = 0
                 total += popcount64(ports[slot, 1 - cur_new, w])
+                sens += popcount64(ports[slot, 1 - cur_new, w] & sens_bits[w])
+        sensitive[slot] = sens
         attempts[slot, cur_new] = 0
         count[slot] = attempts[slot, 1 - cur_new] if count_attempts else total
     else:
@@ -147,7 +154,7 @@ def advance_pane(ps, count, slot, pane, count_attempts):
 def add_target(ps, slot, hi, lo, list_len, seed):
     """Record a target; returns True if it was not seen before (exactly, or per the sketch)."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched) = ps
+     n_touched, sensitive) = ps
     h = mix64(mix64(hi ^ seed) ^ lo)
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
@@ -168,12 +175,13 @@ def add_target(ps, slot, hi, lo, list_len, seed):
 
 
 @kernel
-def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, outcome):
+def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, outcome,
+                    sens_bits):
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched) = ps
+     n_touched, sensitive) = ps
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
@@ -186,6 +194,7 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     list_len = params[P_LIST]
     dir_allowed = params[P_DIR_MASK]
     threshold = params[P_THRESHOLD]
+    sens_threshold = params[P_SENSITIVE]
     stale_ns = 2 * window_ns
     for i in range(start, n):
         ts = c_ts[i]
@@ -220,13 +229,15 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
             start_episode(lc, slot, ts)
             clear_slot(ps, slot, pane)
         if pane > pane_a[slot]:
-            advance_pane(ps, count, slot, pane, count_attempts)
+            advance_pane(ps, count, slot, pane, count_attempts, sens_bits)
         word = port >> 6
         mask = np.uint64(1) << np.uint64(port & 63)
         cur = pane_a[slot] & 1
         if (ports[slot, cur, word] & mask) == 0:
             if (ports[slot, 1 - cur, word] & mask) == 0 and not count_attempts:
                 count[slot] += 1
+                if (sens_bits[word] & mask) != 0:
+                    sensitive[slot] += 1
             if ports[slot, cur, word] == 0:
                 nt = n_touched[slot]
                 if nt < TOUCHED:
@@ -245,8 +256,9 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
             last_seen_ns[slot] = ts
         if add_target(ps, slot, t_hi, t_lo, list_len, seed) and seq[slot] > 0:
             new_target[slot] = 1
-        if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold):
-            forced = maybe_schedule(lc, slot, ts, params)
+        sens_due = sens_threshold > 0 and sensitive[slot] >= sens_threshold
+        if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold or sens_due):
+            forced = maybe_schedule(lc, slot, ts, params, sens_due)
             if forced >= 0:
                 return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

@@ -80,6 +80,7 @@ class Alert:
     sources: list = None      # port_sweep: [{"ip": ..., "probes": n}] top contributors
     sources_complete: bool = None  # port_sweep: False if more probers than listed
     probe_types: list = None  # stealth_scan: ["fin", "null", "xmas", "other"]
+    sensitive_ports: str = None  # port_scan with `sensitive_ports` set: those probed, as ranges
     outcomes: dict = None     # {"open", "closed", "filtered", "unknown"} of the prober's attempts
     open_ports: str = None    # ports the scan found open, as ranges
     pairs_omitted: int = None  # failed_connections: refusing host+port pairs not listed

@@ -183,6 +183,8 @@ for _rule in RULES:
                 min=1, max=30 * 86400),
     ]
     for _name, _default, _help, _bounds in _rule.extra:
+        if _bounds.get("item_check") == "port":
+            _bounds = dict(_bounds, item_check=_port_spec)
         SETTINGS.append(Setting(_p + _name, _default, _help, **_bounds))
 SETTINGS += [
     Setting("probes.max_probes", 262144,

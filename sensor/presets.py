@@ -65,10 +65,12 @@ PRESETS = {p.name: p for p in (
            "that answer no attempt the sensor saw (backscatter) never count."),
     Preset("elastic-network-scan", "Elastic \"Potential Network Scan Detected\"",
            only("port_scan", threshold=50, window_s=60.0, scope="pair",
-                directions=["internal", "outbound"]),
+                directions=["internal", "outbound"], sensitive_threshold=5,
+                sensitive_ports=[21, 22, 23, 53, 88, 139, 389, 445, 3389, 5900, 5985, 5986, 9389]),
            "Original: >= 50 distinct destination ports (or >= 5 of 13 sensitive ports) per "
            "private source and destination per 1-minute bucket, every 5 minutes over flow "
-           "logs. Here: >= 50 ports per source and destination over a sliding minute, in "
-           "real time, sources in home_net; the >= 5 sensitive-ports branch is not "
-           "reproduced yet."),
+           "logs. Here: the same two conditions (>= 50 ports, or >= 5 of the same 13 sensitive "
+           "ports) per source and destination over a sliding minute, in real time; sources "
+           "in home_net rather than RFC 1918 only; connection attempts (SYN) rather than "
+           "flow records."),
 )}

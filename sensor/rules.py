@@ -41,7 +41,12 @@ RULES = (
          "Sentinel style) or per source and destination pair (`\"pair\"`, Elastic/Zeek style).",
          "distinct_ports", threshold=50, window_s=300.0,
          extra=(("scope", "source", "What a key is: \"source\" (one prober, all its targets) "
-                 "or \"pair\" (one prober and one target).", {"choices": ("source", "pair")}),)),
+                 "or \"pair\" (one prober and one target).", {"choices": ("source", "pair")}),
+                ("sensitive_ports", [], "Ports whose probing matters more (e.g. 22, 445, 3389).",
+                 {"item_check": "port"}),
+                ("sensitive_threshold", 0, "Also alert when this many distinct `sensitive_ports` "
+                 "were probed within the window, whatever the total. 0: off.",
+                 {"min": 0, "max": 65536}))),
     Rule("host_sweep", "host_set", kr.HS_HOST_SWEEP,
          "One prober sending TCP connection attempts to many distinct hosts on the same "
          "destination port (horizontal scan; Zeek address scan, Elastic network sweep). By "

@@ -39,9 +39,21 @@ CASES = {
         direction="outbound", threshold=10, window_s=3600.0)),
     "elastic-network-scan": ("port_scan", [], dict(
         src_ip="10.3.0.5", dst_ips=["10.3.0.99"], count=50, count_kind="distinct_ports",
-        dst_port_count=50, dst_ports=SCAN_PORTS_51.replace("1025-1055", "1025-1054"),
+        dst_port_count=50, dst_ports="2000-2049", sensitive_ports="",
         direction="internal", scope="pair", threshold=50, window_s=60.0)),
 }
+
+
+def test_elastic_sensitive_ports_branch():
+    """The rule's second condition: >= 5 of its 13 sensitive ports, whatever the total."""
+    above = replay("--preset", "elastic-network-scan",
+                   capture("elastic-network-scan_sensitive_above.pcap"))
+    assert [a["rule"] for a in above] == ["port_scan"]
+    assert above[0]["sensitive_ports"] == "21-23,53,88"
+    assert above[0]["dst_port_count"] == 15 and above[0]["src_ip"] == "10.3.0.5"
+    below = replay("--preset", "elastic-network-scan",
+                   capture("elastic-network-scan_sensitive_below.pcap"))
+    assert below == []
 
 
 # The decoys in each below file are real: turn off the one filter that keeps each
@@ -204,6 +216,6 @@ def test_generator_is_deterministic(tmp_path):
     made = sorted(p.name for p in tmp_path.glob("*.pcap"))
     shipped = sorted(p.name for p in PRESETS_DIR.glob("*.pcap"))
     assert made == shipped
-    assert len(made) == 2 * len(CASES) + 3
+    assert len(made) == 2 * len(CASES) + 5
     for name in made:
         assert (tmp_path / name).read_bytes() == (PRESETS_DIR / name).read_bytes(), name

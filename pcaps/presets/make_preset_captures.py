@@ -160,11 +160,17 @@ EL_TARGET = "10.3.0.99"
 EL_DECOY = "10.3.0.100"
 
 
-def elastic_network_scan(n):
+# the rule's 13 "sensitive" ports; the >= 50-ports branch is built from other ports
+EL_SENSITIVE = (21, 22, 23, 53, 88, 139, 389, 445, 3389, 5900, 5985, 5986, 9389)
+
+
+def elastic_network_scan(n, sensitive=0):
+    """n probes to ports that are not sensitive, then ``sensitive`` to sensitive ones."""
     cap = Capture()
-    for i, port in enumerate(scan_ports(n)):
+    ports = list(range(2000, 2000 + n)) + list(EL_SENSITIVE[:sensitive])
+    for i, port in enumerate(ports):
         syn_probe(cap, T0 + 5 * US + i * US // 2, EL_SCANNER, 45000, EL_TARGET, port,
-                  "open" if port in (22, 80, 443, 3306) else "closed")
+                  "open" if port in (22, 2010) else "closed")
     # decoy: the same scanner, 30 other ports (1100-1129) on a second host, interleaved:
     # another pair, so it never adds to the first pair's count
     for j in range(30):
@@ -188,6 +194,8 @@ FILES = {
     "panos-internal-scan_below.pcap": lambda: panos_internal_scan(9),
     "elastic-network-scan_above.pcap": lambda: elastic_network_scan(50),
     "elastic-network-scan_below.pcap": lambda: elastic_network_scan(49),
+    "elastic-network-scan_sensitive_above.pcap": lambda: elastic_network_scan(10, sensitive=5),
+    "elastic-network-scan_sensitive_below.pcap": lambda: elastic_network_scan(10, sensitive=4),
 }
 
 

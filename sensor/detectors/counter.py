@@ -80,6 +80,10 @@ class CounterDetector:
             p[ks.P_TRW_SUCCESS] = micro(math.log(theta1 / theta0))
             p[ks.P_TRW_UPPER] = micro(math.log(p_d / p_f))
             p[ks.P_TRW_LOWER] = micro(math.log((1 - p_d) / (1 - p_f)))
+        self.sensitive_bits = port_bitmap(s.get("sensitive_ports", []))
+        self.sensitive_ports = set(p_ for lo, hi in port_ranges(s.get("sensitive_ports", []))
+                                   for p_ in range(lo, hi + 1))
+        p[ks.P_SENSITIVE] = s.get("sensitive_threshold", 0)
         self.params = p
         self.count_kind = "attempts" if p[ks.P_COUNT_ATTEMPTS] else rule.count_kind
         self.excluded_ports = port_bitmap(s["exclude_ports"])
@@ -97,10 +101,11 @@ class CounterDetector:
         cols = batch.columns
         lc = self.lc.arrays
         tab = self.table.arrays
+        extra = (self.sensitive_bits,) if self.rule.table == "port_set" else ()
         i = 0
         while True:
             i, event, slot = self._update(cols, cls, i, batch.n, lc, tab, self.params,
-                                          self.excluded_ports, self.seed, outcome)
+                                          self.excluded_ports, self.seed, outcome, *extra)
             if event == ks.EV_NONE:
                 return alerts
             now = int(batch.ts_ns[min(i, batch.n - 1)])
@@ -202,11 +207,14 @@ class CounterDetector:
         dst_count, estimated = n_list, False
         if n_list >= t.target_hi.shape[1]:
             dst_count, estimated = max(n_list, linear_count(t.target_sketch[slot])), True
-        return dict(
+        fields = dict(
             src_ip=to_text(key[0], key[1]), dst_ips=dst_ips, dst_ip_count=dst_count,
             dst_ips_omitted=dst_count - len(dst_ips), dst_ip_count_estimated=estimated,
             dst_ports=compress_ports(ports), dst_port_count=len(ports),
             dst_port=int(ports[0]) if len(ports) == 1 else None)
+        if self.sensitive_ports:
+            fields["sensitive_ports"] = compress_ports(set(ports.tolist()) & self.sensitive_ports)
+        return fields
 
     def _host_set_evidence(self, slot):
         t = self.table
