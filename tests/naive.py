@@ -689,7 +689,8 @@ def rule_item(rule, r, net):
 
 def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, directions,
                       exclude_ports=(), growth=0, update_ns=0, suppress_ns=1 << 62,
-                      new_target_updates=False, count_attempts=False, trw=None):
+                      new_target_updates=False, count_attempts=False, trw=None,
+                      sensitive=(), sensitive_threshold=0):
     """Reference for every counter rule. Returns report dicts in emission order:
     key, seq, count, items (set in window), targets (first-seen order), first_seen_ns,
     last_seen_ns, probes, directions (set), evidence (set), contributors (dict prober->n)."""
@@ -788,8 +789,10 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
         if s["pinned"]:
             continue
         c = count_of(s)
+        sens_due = (port_set and sensitive_threshold > 0
+                    and len((s["cur"] | s["prev"]) & set(sensitive)) >= sensitive_threshold)
         if s["seq"] == 0:
-            if c < threshold:
+            if c < threshold and not sens_due:
                 continue
         else:
             grown = growth > 0 and c >= growth * s["reported"]

@@ -100,8 +100,12 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
                  "directions": str(directions).replace("'", '"'),
                  "exclude_ports": str(exclude).replace("'", '"'), "max_listed": 512,
                  "max_keys": 256}
+    sensitive_threshold = 0
     if rule == "port_scan":
         settings_["scope"] = scope
+        sensitive_threshold = growth + (1 if new_target else 0)      # 0..3, reusing draws
+        settings_["sensitive_ports"] = "[22, 80, 443]"
+        settings_["sensitive_threshold"] = sensitive_threshold
     net = network(scope if rule == "port_scan" else "source")
     if rule in ("host_sweep", "port_sweep"):
         settings_["count_open"] = str(attempts).lower()
@@ -128,7 +132,8 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
         exclude_ports=set([3] + list(range(20, 26))) if exclude else set(),
         growth=growth, update_ns=update_s * SEC, suppress_ns=suppress_s * SEC,
         new_target_updates=new_target,
-        count_attempts=(rule == "failed_connections" and attempts), trw=trw)
+        count_attempts=(rule == "failed_connections" and attempts), trw=trw,
+        sensitive=(22, 80, 443), sensitive_threshold=sensitive_threshold)
     got = sorted(summarise_alert(a) for a in alerts)
     want = sorted(summarise_ref(rule, r) for r in ref)
     assert got == want
