@@ -133,3 +133,19 @@ def test_summary_and_stats_json(tmp_path):
                                             "malformed_ip", "fragment_noninitial",
                                             "truncated_l4", "malformed_l4",
                                             "unsupported_linktype"))
+
+
+def test_corrupt_file_is_exit_1_with_offset_and_other_files_still_read():
+    proc = sensor("replay", shipped("edge/corrupt_record.pcap"), shipped("nmap_syn_scan.pcap"))
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.fullmatch(r"scan-sensor: warning: .*corrupt_record\.pcap: corrupt record header "
+                        r"at byte offset \d+; the rest of this file \(\d+ bytes\) was not decoded",
+                        line)
+    assert len(alerts_of(proc.stdout, "port_scan")) == 1
+
+
+def test_file_cut_mid_record_is_a_warning_not_an_error():
+    proc = sensor("replay", shipped("edge/truncated_file.pcap"))
+    assert proc.returncode == 0
+    assert "file ends in the middle of a record at byte offset" in proc.stderr

@@ -42,11 +42,13 @@ class CaptureError(Exception):
 
 
 class CaptureWarning:
-    """Something in a file was damaged but the rest of it was read."""
+    """Something in a file was damaged. ``stopped``: decoding of the file stopped there
+    (what came before was kept); otherwise the rest of it was read."""
 
-    def __init__(self, path, message):
+    def __init__(self, path, message, stopped=False):
         self.path = path
         self.message = message
+        self.stopped = stopped
 
     def __str__(self):
         return f"{self.path}: {self.message}"
@@ -235,7 +237,8 @@ class CaptureFile:
                     self.warnings.append(CaptureWarning(
                         self.name, f"corrupt record header at byte offset {where}"
                         f"{' of the decompressed data' if self.compressed else ''}; "
-                        f"the rest of this file ({self._remaining(where)}) was not decoded"))
+                        f"the rest of this file ({self._remaining(where)}) was not decoded",
+                        stopped=True))
                     return
                 if status == WALK_NEED_MORE or pos == end:
                     break

@@ -97,7 +97,7 @@ def run(args):
                     failed = True
                 for warning in capture.warnings:
                     print(f"scan-sensor: warning: {warning}", file=sys.stderr)
-                    if "corrupt" in warning.message:
+                    if warning.stopped:
                         failed = True
         emit(engine.finish())
     except BrokenPipeError:
