@@ -200,6 +200,8 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
+     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
@@ -251,25 +253,24 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
                 meta[M_EVICTIONS] += 1
             start_episode(lc, slot, ts)
             clear_slot(hs, slot, pane)
-        if pane > hs[0][slot]:
+        if pane > pane_a[slot]:
             advance_pane(hs, slot, pane)
-        is_new = add_item(hs, slot, it_hi, it_lo, it_port, hs[0][slot], list_len, seed)
+        is_new = add_item(hs, slot, it_hi, it_lo, it_port, pane_a[slot], list_len, seed)
         probes[slot] += 1
         if mode == HS_TRW:
-            if is_new and hs[12][slot] == 0:
+            if is_new and trw_state[slot] == 0:
                 if outcome[i] == OUT_OPEN:
-                    hs[10][slot] += params[P_TRW_SUCCESS]
+                    llr[slot] += params[P_TRW_SUCCESS]
                 else:
-                    hs[10][slot] += params[P_TRW_FAIL]
-                    hs[11][slot] += 1
-                if hs[10][slot] <= params[P_TRW_LOWER]:
-                    hs[12][slot] = 1                       # benign: stop scoring
+                    llr[slot] += params[P_TRW_FAIL]
+                    failures[slot] += 1
+                if llr[slot] <= params[P_TRW_LOWER]:
+                    trw_state[slot] = 1                    # benign: stop scoring
             # count = failed first contacts, but only once the walk crossed eta1
-            count[slot] = hs[11][slot] if hs[10][slot] >= params[P_TRW_UPPER] else 0
+            count[slot] = failures[slot] if llr[slot] >= params[P_TRW_UPPER] else 0
         elif count_attempts:
-            att = hs[13]
-            att[slot, hs[0][slot] & 1] += 1
-            count[slot] = att[slot, 0] + att[slot, 1]
+            attempts[slot, pane_a[slot] & 1] += 1
+            count[slot] = attempts[slot, 0] + attempts[slot, 1]
         else:
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:
