@@ -54,6 +54,8 @@ def _cache_dir():
 
 CACHE_DIR = _cache_dir()
 numba.config.CACHE_DIR = str(CACHE_DIR)
+# True when no compiled kernel is cached yet: this run compiles them (tens of seconds)
+COLD_CACHE = not any(CACHE_DIR.rglob("*.nbi"))
 
 
 def kernel(fn):

@@ -61,6 +61,10 @@ def run(args):
     from sensor.cli import EXIT_OK, EXIT_RUNTIME, SensorError
 
     cfg = load_config(args.config, args.set, args.preset)
+    from kernels.jit import COLD_CACHE
+    if COLD_CACHE and sys.stderr.isatty():
+        print("scan-sensor: first run: compiling the packet kernels (about 30 s, once)",
+              file=sys.stderr)
     engine = Engine(cfg)
     try:
         sink = JsonlSink(args.jsonl)
