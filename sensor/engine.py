@@ -51,11 +51,10 @@ class Engine:
         """Run the probe table and every rule over one batch; return alerts to deliver."""
         if batch.n == 0:
             return []
-        classes = self.classes
-        if batch.capacity != self.batch.capacity:
-            classes = np.zeros(batch.capacity, np.uint16)
-        no_outcome = self.no_outcome[:batch.capacity] if batch.capacity <= self.batch.capacity \
-            else np.zeros(batch.capacity, np.uint8)
+        if batch.n > self.classes.shape[0]:      # a batch from elsewhere, larger than ours
+            self.classes = np.zeros(batch.n, np.uint16)
+            self.no_outcome = np.zeros(batch.n, np.uint8)
+        classes, no_outcome = self.classes, self.no_outcome
         classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
         alerts = []
         i = 0

@@ -19,7 +19,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pcapgen import Capture, US, connect, syn_probe  # noqa: E402
+from pcapgen import Capture, US, connect, syn_probe, write_all  # noqa: E402
 
 T0 = 1_767_225_600 * US          # 2026-01-01T00:00:00Z (a multiple of one hour)
 
@@ -200,12 +200,7 @@ FILES = {
 
 
 def main(out_dir=HERE):
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, build in FILES.items():
-        cap = build()
-        size = cap.write(out_dir / name)
-        print(f"{name}: {len(cap.records)} packets, {size} bytes")
+    write_all(FILES, out_dir)
 
 
 if __name__ == "__main__":

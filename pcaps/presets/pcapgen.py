@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import logging
+import pathlib
 import struct
 import zlib
 
@@ -209,3 +210,13 @@ def dns_lookup(cap, t, client, cport, resolver, qid, name, rtt=900):
               + ipaddress.ip_address("203.0.113.%d" % (1 + qid % 200)).packed)
     cap.udp(t, client, cport, resolver, 53, query)
     cap.udp(t + rtt, resolver, 53, client, cport, answer)
+
+
+def write_all(files, out_dir):
+    """Build and write every capture of ``files`` (name -> builder) into ``out_dir``."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, build in files.items():
+        cap = build()
+        size = cap.write(out_dir / name)
+        print(f"{name}: {len(cap.records)} packets, {size} bytes")
