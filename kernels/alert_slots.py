@@ -22,7 +22,7 @@ Memory: about 120 bytes per slot plus 8 bytes per pending-list entry.
 """
 import numpy as np
 
-from kernels.addr_table import EMPTY
+from kernels.addr_table import EMPTY, slot_columns
 from kernels.jit import inline, kernel
 
 EV_NONE = 0
@@ -69,18 +69,24 @@ class Lifecycle:
 
     def __init__(self, capacity, max_pending):
         self.keys = np.zeros((capacity, 5), np.uint64)
+        self.fps = np.zeros(capacity, np.uint64)             # hash of each key
+        # looked at for every slot of a bucket: one array each
         self.last_seen_ns = np.full(capacity, EMPTY, np.int64)
-        self.first_seen_ns = np.zeros(capacity, np.int64)
         self.pinned = np.zeros(capacity, np.uint8)
-        self.seq = np.zeros(capacity, np.int64)              # reports made this episode
-        self.reported_count = np.zeros(capacity, np.int64)
-        self.last_report_ns = np.zeros(capacity, np.int64)
-        self.due_ns = np.zeros(capacity, np.int64)
         self.count = np.zeros(capacity, np.int64)            # the rule's current count
-        self.probes = np.zeros(capacity, np.int64)           # rows counted this episode
-        self.dir_mask = np.zeros(capacity, np.int64)
-        self.evidence = np.zeros(capacity, np.int64)         # rule-specific bits (stealth kinds)
-        self.new_target = np.zeros(capacity, np.uint8)       # a target appeared since the last report
+        # the rest of a slot's episode: one row each (kernels/addr_table.py)
+        row = slot_columns(capacity, ("first_seen_ns", "seq", "reported_count",
+                                      "last_report_ns", "due_ns", "probes", "dir_mask",
+                                      "evidence", "new_target"))
+        self.first_seen_ns = row["first_seen_ns"]
+        self.seq = row["seq"]                                # reports made this episode
+        self.reported_count = row["reported_count"]
+        self.last_report_ns = row["last_report_ns"]
+        self.due_ns = row["due_ns"]
+        self.probes = row["probes"]                          # rows counted this episode
+        self.dir_mask = row["dir_mask"]
+        self.evidence = row["evidence"]                      # rule-specific bits (stealth kinds)
+        self.new_target = row["new_target"]                  # a target appeared since the last report
         self.pending = np.zeros(max_pending, np.int64)
         self.meta = np.zeros(N_META, np.int64)
 
@@ -89,7 +95,7 @@ class Lifecycle:
         return (self.keys, self.last_seen_ns, self.first_seen_ns, self.pinned, self.seq,
                 self.reported_count, self.last_report_ns, self.due_ns, self.count,
                 self.probes, self.dir_mask, self.evidence, self.new_target,
-                self.pending, self.meta)
+                self.pending, self.meta, self.fps)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -98,7 +104,7 @@ class Lifecycle:
 @inline
 def start_episode(lc, slot, ts):
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
-     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     last_seen_ns[slot] = ts
     first_seen_ns[slot] = ts
     pinned[slot] = 0
@@ -131,7 +137,7 @@ def maybe_schedule(lc, slot, ts, params, also_due):
     the pending list is full.
     """
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
-     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     if pinned[slot] != 0:
         return -1
     c = count[slot]
@@ -165,7 +171,7 @@ def maybe_schedule(lc, slot, ts, params, also_due):
 def release_slot(lc, slot):
     """The caller reported ``slot``: record it and drop it from the pending list."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
-     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     seq[slot] += 1
     reported_count[slot] = max(count[slot], 1)
     last_report_ns[slot] = last_seen_ns[slot]

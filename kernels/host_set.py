@@ -199,7 +199,7 @@ def add_contributor(hs, slot, hi, lo):
 def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, outcome):
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
-     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
      contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
@@ -239,7 +239,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         if port >= 0 and (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        found, slot = find_slot(keys, last_seen_ns, pinned, count, k0, k1, k2, U0, U0, ts,
+        found, slot = find_slot(fps, keys, last_seen_ns, pinned, count, k0, k1, k2, U0, U0, ts,
                                   stale_ns, ways, seed)
         if found == LOOKUP_FULL:
             meta[M_FORCED] += 1

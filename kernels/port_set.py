@@ -30,7 +30,9 @@ target sketch, 16 B per listed target, 17 B of touched-word list, about
 """
 import numpy as np
 
-from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
+from kernels.addr_table import (
+    LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64, slot_columns,
+)
 from kernels.alert_slots import (
     EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED, P_SENSITIVE,
     P_THRESHOLD,
@@ -53,21 +55,28 @@ class PortSetState:
     """Arrays of one port-set table besides its lifecycle (kernels/alert_slots.py)."""
 
     def __init__(self, capacity, list_len):
-        self.pane = np.zeros(capacity, np.int64)
         self.ports = np.zeros((capacity, 2, PORT_WORDS), np.uint64)
         self.target_hi = np.zeros((capacity, list_len), np.uint64)
         self.target_lo = np.zeros((capacity, list_len), np.uint64)
-        self.target_n = np.zeros(capacity, np.int64)
         self.target_sketch = np.zeros((capacity, SKETCH_WORDS), np.uint64)
-        self.attempts = np.zeros((capacity, 2), np.int64)   # per pane, for count = attempts
-        self.touched = np.zeros((capacity, TOUCHED), np.int16)   # pane << 10 | word
-        self.n_touched = np.zeros(capacity, np.int8)
-        self.sensitive = np.zeros(capacity, np.int64)   # distinct sensitive ports in the window
+        # a slot's scalars in one 80-byte row (kernels/addr_table.py)
+        row = slot_columns(capacity, ("pane", "target_n", "attempts0", "attempts1",
+                                      "n_touched", "sensitive", "sketch_live", "touched0",
+                                      "touched1"))
+        self.pane = row["pane"]
+        self.target_n = row["target_n"]
+        self.attempts = row["attempts0"].base[:, 2:4]   # per pane, for count = attempts
+        self.n_touched = row["n_touched"]
+        self.sensitive = row["sensitive"]   # distinct sensitive ports in the window
+        self.sketch_live = row["sketch_live"]   # more targets than the list holds
+        # up to TOUCHED bitmap words made non-zero, as pane << 10 | word
+        self.touched = row["touched0"].base[:, 7:9].view(np.int16)
 
     @property
     def arrays(self):
         return (self.pane, self.ports, self.target_hi, self.target_lo, self.target_n,
-                self.target_sketch, self.attempts, self.touched, self.n_touched, self.sensitive)
+                self.target_sketch, self.attempts, self.touched, self.n_touched, self.sensitive,
+                self.sketch_live)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -85,7 +94,7 @@ def popcount64(x):
 def clear_panes(ps, slot):
     """Empty both panes' port bitmaps and attempt counts (only the touched words)."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive) = ps
+     n_touched, sensitive, sketch_live) = ps
     nt = n_touched[slot]
     if nt <= TOUCHED:
         for k in range(nt):
@@ -104,18 +113,17 @@ def clear_panes(ps, slot):
 @inline
 def clear_slot(ps, slot, pane):
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive) = ps
+     n_touched, sensitive, sketch_live) = ps
     pane_a[slot] = pane
     target_n[slot] = 0
+    sketch_live[slot] = 0
     clear_panes(ps, slot)
-    for w in range(SKETCH_WORDS):
-        target_sketch[slot, w] = 0
 
 
 @inline
 def advance_pane(ps, count, slot, pane, count_attempts, sens_bits):
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive) = ps
+     n_touched, sensitive, sketch_live) = ps
     old = pane_a[slot]
     if pane <= old:
         return
@@ -152,26 +160,36 @@ def advance_pane(ps, count, slot, pane, count_attempts, sens_bits):
 
 @inline
 def add_target(ps, slot, hi, lo, list_len, seed):
-    """Record a target; returns True if it was not seen before (exactly, or per the sketch)."""
+    """Record a target; returns True if it was not seen before (exactly while the
+    list has room, then per the sketch). The sketch is only cleared and filled
+    (with the listed targets) when the list overflows, so a new key costs no
+    sketch writes."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive) = ps
+     n_touched, sensitive, sketch_live) = ps
+    if sketch_live[slot] == 0:
+        n = target_n[slot]
+        for k in range(n):
+            if target_hi[slot, k] == hi and target_lo[slot, k] == lo:
+                return False
+        if n < list_len:
+            target_hi[slot, n] = hi
+            target_lo[slot, n] = lo
+            target_n[slot] = n + 1
+            return True
+        for w in range(SKETCH_WORDS):
+            target_sketch[slot, w] = 0
+        for k in range(n):
+            b = np.int64(mix64(mix64(target_hi[slot, k] ^ seed) ^ target_lo[slot, k])
+                         & np.uint64(SKETCH_BITS - 1))
+            target_sketch[slot, b >> 6] |= np.uint64(1) << np.uint64(b & 63)
+        sketch_live[slot] = 1
     h = mix64(mix64(hi ^ seed) ^ lo)
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
     mask = np.uint64(1) << np.uint64(bit & 63)
     seen_bit = (target_sketch[slot, word] & mask) != 0
     target_sketch[slot, word] |= mask
-    n = target_n[slot]
-    if n >= list_len:
-        return not seen_bit
-    if seen_bit:
-        for k in range(n):
-            if target_hi[slot, k] == hi and target_lo[slot, k] == lo:
-                return False
-    target_hi[slot, n] = hi
-    target_lo[slot, n] = lo
-    target_n[slot] = n + 1
-    return True
+    return not seen_bit
 
 
 @kernel
@@ -179,9 +197,9 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
                     sens_bits):
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
-     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta) = lc
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive) = ps
+     n_touched, sensitive, sketch_live) = ps
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
@@ -214,7 +232,7 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         if (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        found, slot = find_slot(keys, last_seen_ns, pinned, count, k0, k1, k2, k3, U0, ts,
+        found, slot = find_slot(fps, keys, last_seen_ns, pinned, count, k0, k1, k2, k3, U0, ts,
                                   stale_ns, ways, seed)
         if found == LOOKUP_FULL:
             meta[M_FORCED] += 1

@@ -37,13 +37,15 @@ so the queue is ordered and only its head is checked per row. A probe whose
 slot was reused before its timeout is dropped from the queue silently (its
 eviction is counted).
 
-Memory (fixed): capacity * (40 B key + 8 B last seen + 8 B sent time + 1 B
-state + 1 B pin + 2 B initiator port + 1 B probe flags + 16 B queue entry)
-= 77 B per probe slot (19.3 MiB at the default 262,144 slots).
+Memory (fixed): capacity * (40 B key + 8 B key hash + 8 B last seen + 8 B
+sent time + 1 B pin + 8 B row of state, initiator port and probe flags + 16 B
+queue entry) = 89 B per probe slot (22.3 MiB at the default 262,144 slots).
 """
 import numpy as np
 
-from kernels.addr_table import EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, find_slot, lookup_slot
+from kernels.addr_table import (
+    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, find_slot, lookup_slot, slot_columns,
+)
 from kernels.batch import (
     PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
     TH_ACK, TH_RST, TH_SYN, PacketBatch,
@@ -103,12 +105,15 @@ N_PPARAMS = 3
 class ProbeState:
     def __init__(self, capacity, ways, timeout_ns):
         self.keys = np.zeros((capacity, 5), np.uint64)
+        self.fps = np.zeros(capacity, np.uint64)          # hash of each key
         self.last_seen_ns = np.full(capacity, EMPTY, np.int64)
         self.pinned = np.zeros(capacity, np.uint8)        # probes are never pinned
         self.sent_ns = np.zeros(capacity, np.int64)
-        self.state = np.zeros(capacity, np.uint8)
-        self.sport = np.zeros(capacity, np.uint16)       # initiator port of the last attempt
-        self.pflags = np.zeros(capacity, np.uint8)       # TCP flags of the probe (0 for UDP)
+        # one 8-byte row per slot for what is read after the lookup
+        row = slot_columns(capacity, ("state", "sport", "pflags", "spare"), np.uint16)
+        self.state = row["state"]
+        self.sport = row["sport"]        # initiator port of the last attempt
+        self.pflags = row["pflags"]      # TCP flags of the probe (0 for UDP)
         self.fifo_slot = np.zeros(capacity, np.int64)
         self.fifo_ts = np.zeros(capacity, np.int64)
         self.meta = np.zeros(N_PMETA, np.int64)
@@ -121,7 +126,8 @@ class ProbeState:
     @property
     def arrays(self):
         return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
-                self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport, self.pflags)
+                self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport, self.pflags,
+                self.fps)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -180,8 +186,8 @@ def decide(state, meta, slot, new_state):
 def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
     """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``)."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags) = st
-    found, slot = find_slot(keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
+     pflags, fps) = st
+    found, slot = find_slot(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
                             params[PP_STALE_NS], params[PP_WAYS], seed)
     if found == LOOKUP_EVICTED:
         meta[PM_EVICTIONS] += 1
@@ -206,7 +212,7 @@ def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
 def expire_probes(st, now_ns, out, out_code, orow):
     """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags) = st
+     pflags, fps) = st
     return expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, params[PP_TIMEOUT_NS],
                   now_ns, out, out_code, orow)
 
@@ -237,7 +243,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     has fewer than 2 free rows.
     """
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags) = st
+     pflags, fps) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
     out_cap = out[0].shape[0]
@@ -283,12 +289,12 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                 continue
             if (syn and ack) or rst:
                 # a reply from the responder: look up the probe it answers
-                slot = lookup_slot(keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
+                slot = lookup_slot(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
                                    src_lo[i], port_word(sport_c[i], 6), ways, seed)
                 if slot < 0:
                     if rst:
                         # the initiator's own RST (e.g. nmap -sS after a SYN-ACK) is no reply
-                        if lookup_slot(keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
+                        if lookup_slot(fps, keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
                                        dst_lo[i], port_word(dport_c[i], 6), ways, seed) < 0:
                             meta[PM_BACKSCATTER_RST] += 1
                     else:
@@ -307,7 +313,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                     orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, verdict))
                 continue
             # ACK without SYN/RST: part of a flow we know, or an ACK/Maimon probe
-            slot = lookup_slot(keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
+            slot = lookup_slot(fps, keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
                                dst_lo[i], port_word(dport_c[i], 6), ways, seed)
             if slot >= 0 and (sport_a[slot] == sport_c[i] or state[slot] == ST_SENT):
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
@@ -319,7 +325,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
                            port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
                 continue
-            slot = lookup_slot(keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
+            slot = lookup_slot(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
                                src_lo[i], port_word(sport_c[i], 6), ways, seed)
             if slot >= 0:
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
@@ -331,7 +337,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             continue
         if proto == 17 and (pf & PF_HAS_PORTS) != 0:
             # a reply to an earlier datagram?
-            slot = lookup_slot(keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i], src_lo[i],
+            slot = lookup_slot(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i], src_lo[i],
                                port_word(sport_c[i], 17), ways, seed)
             if slot >= 0:
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
@@ -363,7 +369,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                     continue
             else:
                 continue
-            slot = lookup_slot(keys, last_seen_ns, cols[13][i], cols[14][i], cols[15][i],
+            slot = lookup_slot(fps, keys, last_seen_ns, cols[13][i], cols[14][i], cols[15][i],
                                cols[16][i], port_word(cols[18][i], iproto), ways, seed)
             if slot < 0:
                 continue
@@ -382,7 +388,7 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports)
     (TCP SYN, UDP) or, if ``stealth``, stealth probes. Open ports are written to
     ``open_ports`` (up to its length). Scans the whole table: called per alert."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags) = st
+     pflags, fps) = st
     n_open = 0
     n_closed = 0
     n_filtered = 0

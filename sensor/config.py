@@ -189,7 +189,7 @@ for _rule in RULES:
 SETTINGS += [
     Setting("probes.max_probes", 262144,
             "Connection attempts tracked at once (initiator, responder, port, protocol), about "
-            "82 bytes each, fixed at start. When full the least recently seen attempt is "
+            "89 bytes each, fixed at start. When full the least recently seen attempt is "
             "evicted (counted in stats as probes_evictions).", min=64, max=1 << 26),
     Setting("probes.table_ways", 8, "Slots searched per lookup (set associativity).",
             min=1, max=64),

@@ -205,7 +205,7 @@ class CounterDetector:
         n_list = int(t.target_n[slot])
         dst_ips = [to_text(t.target_hi[slot, j], t.target_lo[slot, j]) for j in range(n_list)]
         dst_count, estimated = n_list, False
-        if n_list >= t.target_hi.shape[1]:
+        if t.sketch_live[slot]:
             dst_count, estimated = max(n_list, linear_count(t.target_sketch[slot])), True
         fields = dict(
             src_ip=to_text(key[0], key[1]), dst_ips=dst_ips, dst_ip_count=dst_count,
