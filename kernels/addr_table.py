@@ -30,6 +30,7 @@ detector's own per-slot arrays are sized by the same capacity.
 import numpy as np
 
 from kernels.jit import inline
+from kernels.prefetch import prefetch
 
 EMPTY = np.int64(-1)   # last_seen value of a never-used slot
 
@@ -70,6 +71,21 @@ LOOKUP_FULL = 3       # every slot in the bucket is pinned; slot = the oldest pi
 
 
 @inline
+def bucket_of(h, nbuckets):
+    """Bucket index of hash ``h`` (multiply-shift, no division)."""
+    return np.int64(((h >> np.uint64(32)) * np.uint64(nbuckets)) >> np.uint64(32))
+
+
+@inline
+def prefetch_bucket(fps, last_seen_ns, weight, h, ways):
+    """Start loading what ``find_slot`` reads first for hash ``h``."""
+    base = bucket_of(h, fps.shape[0] // ways) * ways
+    prefetch(fps, base)
+    prefetch(last_seen_ns, base)
+    prefetch(weight, base)
+
+
+@inline
 def find_slot(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_ns, stale_ns,
               ways, seed):
     """Find or claim a slot for key (k0, k1, k2, k3, k4).
@@ -81,7 +97,7 @@ def find_slot(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_n
     """
     nbuckets = keys.shape[0] // ways
     h = hash_key(k0, k1, k2, k3, k4, seed)
-    base = np.int64(h % np.uint64(nbuckets)) * ways
+    base = bucket_of(h, nbuckets) * ways
     free = -1
     stale = -1
     oldest = -1
@@ -138,7 +154,7 @@ def lookup_slot(fps, keys, last_seen_ns, k0, k1, k2, k3, k4, ways, seed):
     """Slot holding key (k0..k4), or -1. Never writes."""
     nbuckets = keys.shape[0] // ways
     h = hash_key(k0, k1, k2, k3, k4, seed)
-    base = np.int64(h % np.uint64(nbuckets)) * ways
+    base = bucket_of(h, nbuckets) * ways
     for w in range(ways):
         s = base + w
         if (fps[s] == h and last_seen_ns[s] != EMPTY and keys[s, 0] == k0 and keys[s, 1] == k1

@@ -44,7 +44,8 @@ queue entry) = 89 B per probe slot (22.3 MiB at the default 262,144 slots).
 import numpy as np
 
 from kernels.addr_table import (
-    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, find_slot, lookup_slot, slot_columns,
+    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, find_slot, hash_key, lookup_slot, prefetch_bucket,
+    slot_columns,
 )
 from kernels.batch import (
     PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
@@ -235,6 +236,22 @@ def expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, timeout_ns, n
     return orow
 
 
+PREFETCH_AHEAD = 6     # rows between a bucket prefetch and its lookup
+
+
+@inline
+def row_probe_hash(pf, proto, f, src_hi, src_lo, dst_hi, dst_lo, sport, dport, seed):
+    """Hash of the probe key a row will most likely look up (0: none): the
+    reversed key for a TCP reply, the forward key otherwise."""
+    if (pf & PF_HAS_TCP_FLAGS) != 0:
+        if (f & TH_RST) != 0 or (f & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
+            return hash_key(dst_hi, dst_lo, src_hi, src_lo, port_word(sport, 6), seed)
+        return hash_key(src_hi, src_lo, dst_hi, dst_lo, port_word(dport, 6), seed)
+    if proto == 17 and (pf & PF_HAS_PORTS) != 0:
+        return hash_key(src_hi, src_lo, dst_hi, dst_lo, port_word(dport, 17), seed)
+    return U0
+
+
 @kernel
 def probe_update(cols, start, n, st, seed, out, out_code, orow):
     """Feed rows [start, n); write outcome rows from ``orow``.
@@ -264,6 +281,12 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     for i in range(start, n):
         if out_cap - orow < 2:
             return i, orow
+        j = i + PREFETCH_AHEAD
+        if j < n:
+            h = row_probe_hash(pkt_flags[j], proto_c[j], tcp_flags[j], src_hi[j], src_lo[j],
+                               dst_hi[j], dst_lo[j], sport_c[j], dport_c[j], seed)
+            if h != U0:
+                prefetch_bucket(fps, last_seen_ns, sent_ns, h, ways)
         ts = ts_col[i]
         head = meta[PM_HEAD]
         if head < meta[PM_TAIL] and fifo_ts[head % fifo_cap] + timeout_ns <= ts:

@@ -111,6 +111,11 @@ SETTINGS = [
             "seed per run, so spoofed traffic cannot be aimed at one table bucket. Set a "
             "value to make table placement (and so eviction under pressure) repeatable.",
             min=0, max=2**63 - 1),
+    Setting("sensor.workers", 1,
+            "Threads that run the kernels. 2: the probe table and the rules fed by probe "
+            "outcomes run on a second core while the packet rules run on the first; the "
+            "alerts are identical to 1 worker (same content, same order). More than 2 "
+            "would have nothing to run.", min=1, max=2),
     Setting("capture.batch_packets", 65536,
             "Packets decoded per batch: one kernel call per batch. Larger batches amortise "
             "call overhead; memory is about 100 bytes per packet.", min=64, max=16_777_216),

@@ -7,8 +7,16 @@ that fell due by the batch's packet time. ``finish()`` (end of input)
 decides the attempts still waiting for an answer and reports what is left.
 Live capture calls ``process`` the same way, so replay and live give the
 same alerts for the same packets.
+
+With ``sensor.workers = 2`` the probe table and the outcome rules run on a
+second thread (the kernels release the GIL) while this one runs the packet
+rules. The two share nothing but the probe table, which packet-rule alerts
+read for their outcomes: those are filled in once both halves of the batch
+are done, i.e. from the same table state as with one thread, so the alerts
+are the same, in the same order.
 """
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -46,6 +54,11 @@ class Engine:
         self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
+        self.pool = None
+        if cfg["sensor.workers"] > 1:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="scan-sensor-probes")
+            for det in self.packet_rules:
+                det.defer_outcomes = True
 
     def process(self, batch):
         """Run the probe table and every rule over one batch; return alerts to deliver."""
@@ -56,21 +69,66 @@ class Engine:
             self.no_outcome = np.zeros(batch.n, np.uint8)
         classes, no_outcome = self.classes, self.no_outcome
         classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
+        if self.pool is None:
+            alerts = self._probe_stage(batch)
+            for det in self.packet_rules:
+                alerts += det.process(batch, classes, no_outcome)
+        else:
+            probe_stage = self.pool.submit(self._probe_stage, batch)
+            packet_alerts = []
+            try:
+                for det in self.packet_rules:
+                    packet_alerts += det.process(batch, classes, no_outcome)
+            finally:
+                alerts = probe_stage.result()     # (re-raises the worker's exception)
+            for det in self.packet_rules:
+                det.complete_outcomes()
+            alerts += packet_alerts
+        now = int(batch.ts_ns[batch.n - 1])
+        for det in self.detectors:
+            alerts += det.advance(now)
+        return self._deliver(alerts)
+
+    def warm_up(self):
+        """Load the batch kernels now, with empty batches (no state changes): the
+        first kernel loaded from the cache costs about 0.3 s of LLVM start-up, which
+        then counts as start-up rather than as packet processing."""
+        empty = self.batch
+        saved = empty.n
+        empty.n = 0
+        classify_rows(empty.columns, 0, self.nets, self.ignored_ports, self.classes)
+        kp.probe_update(empty.columns, 0, 0, self.probes.arrays, self.seed,
+                        self.outcomes.columns, self.outcomes.outcome, 0)
+        self.outcomes.n = 0
+        for det in self.packet_rules:
+            det.process(empty, self.classes, self.no_outcome)
+        for det in self.outcome_rules:
+            det.process(self.outcomes, self.outcome_classes, self.outcomes.outcome)
+        for det in self.detectors:
+            det.advance(-END_OF_TIME_NS)
+        empty.n = saved
+
+    def _probe_stage(self, batch):
+        """Probe table over the batch; outcome rules over the attempts it decides."""
         alerts = []
         i = 0
         while i < batch.n:
             i, rows = kp.probe_update(batch.columns, i, batch.n, self.probes.arrays, self.seed,
                                       self.outcomes.columns, self.outcomes.outcome, 0)
             alerts += self._outcome_rows(rows)
-        for det in self.packet_rules:
-            alerts += det.process(batch, classes, no_outcome)
-        now = int(batch.ts_ns[batch.n - 1])
-        for det in self.detectors:
-            alerts += det.advance(now)
-        return self._deliver(alerts)
+        return alerts
+
+    def close(self):
+        """Stop the worker thread (if any)."""
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+            for det in self.packet_rules:
+                det.defer_outcomes = False
 
     def finish(self):
         """End of input: attempts still unanswered are decided, waiting alerts reported."""
+        self.close()
         alerts = []
         while True:
             rows = kp.expire_probes(self.probes.arrays, END_OF_TIME_NS, self.outcomes.columns,

@@ -28,6 +28,8 @@ def register(sub):
                    help="start from a preset reproducing a SIEM rule: " + ", ".join(PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set port_scan.threshold=20 (repeatable)")
+    p.add_argument("--workers", type=int, choices=(1, 2), metavar="N",
+                   help="kernel threads, 1 or 2 (same as --set sensor.workers=N)")
     p.add_argument("--jsonl", metavar="PATH|-", default="-",
                    help="write alerts as JSON lines to PATH (appended) or - for stdout (default)")
     p.add_argument("--stats-json", metavar="PATH",
@@ -60,12 +62,16 @@ def _progress_bar(files, enabled):
 def run(args):
     from sensor.cli import EXIT_OK, EXIT_RUNTIME, SensorError
 
-    cfg = load_config(args.config, args.set, args.preset)
+    overrides = list(args.set)
+    if args.workers is not None:
+        overrides.append(f"sensor.workers={args.workers}")
+    cfg = load_config(args.config, overrides, args.preset)
     from kernels.jit import COLD_CACHE
     if COLD_CACHE and sys.stderr.isatty():
         print("scan-sensor: first run: compiling the packet kernels (about 30 s, once)",
               file=sys.stderr)
     engine = Engine(cfg)
+    engine.warm_up()
     try:
         sink = JsonlSink(args.jsonl)
     except OSError as exc:

@@ -92,6 +92,10 @@ class CounterDetector:
         else:
             self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH)
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
+        # set by the engine while another thread updates the probe table: alerts
+        # get their outcomes later, from ``complete_outcomes``
+        self.defer_outcomes = False
+        self.deferred = []
         self.open_ports_buf = np.zeros(65536, np.int64)
 
     # --- running -------------------------------------------------------------
@@ -161,8 +165,13 @@ class CounterDetector:
         seq = int(lc.seq[slot]) + 1
         key_text = "|".join(str(int(w)) for w in key)
         evidence = int(lc.evidence[slot])
-        outcome_fields = self._outcomes(slot)
-        return Alert(
+        if self.defer_outcomes and self.OUTCOME_SCOPE.get(self.name) and self.probes is not None:
+            outcome_fields = {}
+            deferred_key = key.copy()
+        else:
+            outcome_fields = self._outcomes(key)
+            deferred_key = None
+        alert = Alert(
             rule=self.name, first_seen=rfc3339(first), last_seen=rfc3339(lc.last_seen_ns[slot]),
             packets=int(lc.probes[slot]),
             severity="high" if count >= 10 * self.threshold else "medium",
@@ -173,6 +182,16 @@ class CounterDetector:
             scope=self.scope,
             probe_types=[n for b, n in STEALTH_NAMES.items() if evidence & b] or None,
             **outcome_fields, **fields)
+        if deferred_key is not None:
+            self.deferred.append((alert, deferred_key))
+        return alert
+
+    def complete_outcomes(self):
+        """Fill in the outcomes of alerts made while the probe table was busy."""
+        for alert, key in self.deferred:
+            for name, value in self._outcomes(key).items():
+                setattr(alert, name, value)
+        self.deferred.clear()
 
     # rules whose probers' attempts are in the probe table: (protocol, by key port)
     OUTCOME_SCOPE = {"port_scan": (6, False), "exposed_host_probe": (6, False),
@@ -180,12 +199,11 @@ class CounterDetector:
                      "failed_connections": (0, False), "trw_scanner": (0, False),
                      "stealth_scan": (6, False)}
 
-    def _outcomes(self, slot):
+    def _outcomes(self, key):
         scope = self.OUTCOME_SCOPE.get(self.name)
         if scope is None or self.probes is None:
             return {}
         proto, by_port = scope
-        key = self.lc.keys[slot]
         by_target = self.scope == "pair"
         port = int(key[2]) if by_port else -1
         n_open, n_closed, n_filtered, n_unknown, n_pending, n_ports = outcomes_of(
