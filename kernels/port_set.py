@@ -19,14 +19,20 @@ once the list is full.
 
 Alert timing, episodes and updates: ``kernels/alert_slots.py``.
 
+A key's first ``TIER`` (port, pane) entries are kept inline in its slot row;
+only a key that goes past them gets its bitmaps (the entries are copied in).
+A random-source flood, one port per source, then never touches a bitmap:
+its rows cost a bucket scan and one slot row, and the bitmap pages of an
+idle table are never faulted in.
+
 Resetting a slot must not cost 16 KiB of writes (a flood of one-packet
 spoofed sources would spend all its time clearing): each slot remembers up
 to ``TOUCHED`` bitmap words it made non-zero, and clears or counts only
 those; past that it falls back to whole bitmaps.
 
 Memory (fixed at allocation, per slot): 16 KiB of port bitmaps, 512 B of
-target sketch, 16 B per listed target, 17 B of touched-word list, about
-130 B of scalars.
+target sketch, 16 B per listed target, a 96-byte row (scalars, touched-word
+list, inline entries) and about 100 B of episode state.
 """
 import numpy as np
 
@@ -49,6 +55,8 @@ PORT_WORDS = 1024          # 65,536 bits
 SKETCH_WORDS = 64          # 4,096 bits
 SKETCH_BITS = SKETCH_WORDS * 64
 TOUCHED = 8                # words remembered per slot; TOUCHED + 1 means "more"
+TIER = 4                   # inline (port, pane) entries before a key gets bitmaps
+IN_BITMAPS = -1            # tier_n of a key whose ports are in its bitmaps
 
 
 class PortSetState:
@@ -62,7 +70,7 @@ class PortSetState:
         # a slot's scalars in one 80-byte row (kernels/addr_table.py)
         row = slot_columns(capacity, ("pane", "target_n", "attempts0", "attempts1",
                                       "n_touched", "sensitive", "sketch_live", "touched0",
-                                      "touched1"))
+                                      "touched1", "tier_n", "tier0", "tier1"))
         self.pane = row["pane"]
         self.target_n = row["target_n"]
         self.attempts = row["attempts0"].base[:, 2:4]   # per pane, for count = attempts
@@ -71,12 +79,15 @@ class PortSetState:
         self.sketch_live = row["sketch_live"]   # more targets than the list holds
         # up to TOUCHED bitmap words made non-zero, as pane << 10 | word
         self.touched = row["touched0"].base[:, 7:9].view(np.int16)
+        # inline entries (port | pane parity << 16) while tier_n >= 0
+        self.tier_n = row["tier_n"]
+        self.tier = row["tier0"].base[:, 10:12].view(np.int32)
 
     @property
     def arrays(self):
         return (self.pane, self.ports, self.target_hi, self.target_lo, self.target_n,
                 self.target_sketch, self.attempts, self.touched, self.n_touched, self.sensitive,
-                self.sketch_live)
+                self.sketch_live, self.tier_n, self.tier)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -92,19 +103,21 @@ def popcount64(x):
 
 @inline
 def clear_panes(ps, slot):
-    """Empty both panes' port bitmaps and attempt counts (only the touched words)."""
+    """Empty both panes' ports and attempt counts (only the touched bitmap words)."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive, sketch_live) = ps
-    nt = n_touched[slot]
-    if nt <= TOUCHED:
-        for k in range(nt):
-            e = touched[slot, k]
-            ports[slot, e >> 10, e & 1023] = 0
-    else:
-        for w in range(PORT_WORDS):
-            ports[slot, 0, w] = 0
-            ports[slot, 1, w] = 0
-    n_touched[slot] = 0
+     n_touched, sensitive, sketch_live, tier_n, tier) = ps
+    if tier_n[slot] == IN_BITMAPS:
+        nt = n_touched[slot]
+        if nt <= TOUCHED:
+            for k in range(nt):
+                e = touched[slot, k]
+                ports[slot, e >> 10, e & 1023] = 0
+        else:
+            for w in range(PORT_WORDS):
+                ports[slot, 0, w] = 0
+                ports[slot, 1, w] = 0
+        n_touched[slot] = 0
+    tier_n[slot] = 0
     attempts[slot, 0] = 0
     attempts[slot, 1] = 0
     sensitive[slot] = 0
@@ -113,7 +126,7 @@ def clear_panes(ps, slot):
 @inline
 def clear_slot(ps, slot, pane):
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive, sketch_live) = ps
+     n_touched, sensitive, sketch_live, tier_n, tier) = ps
     pane_a[slot] = pane
     target_n[slot] = 0
     sketch_live[slot] = 0
@@ -123,16 +136,28 @@ def clear_slot(ps, slot, pane):
 @inline
 def advance_pane(ps, count, slot, pane, count_attempts, sens_bits):
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive, sketch_live) = ps
+     n_touched, sensitive, sketch_live, tier_n, tier) = ps
     old = pane_a[slot]
     if pane <= old:
         return
     cur_new = pane & 1
     nt = n_touched[slot]
+    tn = tier_n[slot]
     if pane == old + 1:
         total = 0
         sens = 0
-        if nt <= TOUCHED:
+        if tn >= 0:
+            # inline: keep the previous pane's entries (distinct ports)
+            for k in range(tn):
+                e = tier[slot, k]
+                if (e >> 16) != cur_new:
+                    p = e & 0xFFFF
+                    if (sens_bits[p >> 6] >> np.uint64(p & 63)) & np.uint64(1):
+                        sens += 1
+                    tier[slot, total] = e
+                    total += 1
+            tier_n[slot] = total
+        elif nt <= TOUCHED:
             keep = 0
             for k in range(nt):
                 e = touched[slot, k]
@@ -159,13 +184,35 @@ def advance_pane(ps, count, slot, pane, count_attempts, sens_bits):
 
 
 @inline
+def set_port_bit(ports, touched, n_touched, slot, pane_bit, port):
+    """Set ``port`` in the bitmap of pane ``pane_bit``, remembering the word."""
+    word = port >> 6
+    if ports[slot, pane_bit, word] == 0:
+        nt = n_touched[slot]
+        if nt < TOUCHED:
+            touched[slot, nt] = (pane_bit << 10) | word
+        if nt <= TOUCHED:
+            n_touched[slot] = nt + 1
+    ports[slot, pane_bit, word] |= np.uint64(1) << np.uint64(port & 63)
+
+
+@inline
+def to_bitmaps(ports, touched, n_touched, tier_n, tier, slot):
+    """Move a key's inline entries into its (empty) bitmaps."""
+    for k in range(tier_n[slot]):
+        e = tier[slot, k]
+        set_port_bit(ports, touched, n_touched, slot, e >> 16, e & 0xFFFF)
+    tier_n[slot] = IN_BITMAPS
+
+
+@inline
 def add_target(ps, slot, hi, lo, list_len, seed):
     """Record a target; returns True if it was not seen before (exactly while the
     list has room, then per the sketch). The sketch is only cleared and filled
     (with the listed targets) when the list overflows, so a new key costs no
     sketch writes."""
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive, sketch_live) = ps
+     n_touched, sensitive, sketch_live, tier_n, tier) = ps
     if sketch_live[slot] == 0:
         n = target_n[slot]
         for k in range(n):
@@ -199,7 +246,7 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     (pane_a, ports, target_hi, target_lo, target_n, target_sketch, attempts, touched,
-     n_touched, sensitive, sketch_live) = ps
+     n_touched, sensitive, sketch_live, tier_n, tier) = ps
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
@@ -251,18 +298,34 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         word = port >> 6
         mask = np.uint64(1) << np.uint64(port & 63)
         cur = pane_a[slot] & 1
-        if (ports[slot, cur, word] & mask) == 0:
+        tn = tier_n[slot]
+        if tn >= 0:
+            in_cur = False
+            in_prev = False
+            for k in range(tn):
+                e = tier[slot, k]
+                if (e & 0xFFFF) == port:
+                    if (e >> 16) == cur:
+                        in_cur = True
+                    else:
+                        in_prev = True
+            if not in_cur:
+                if not in_prev and not count_attempts:
+                    count[slot] += 1
+                    if (sens_bits[word] & mask) != 0:
+                        sensitive[slot] += 1
+                if tn < TIER:
+                    tier[slot, tn] = np.int32(port | (cur << 16))
+                    tier_n[slot] = tn + 1
+                else:
+                    to_bitmaps(ports, touched, n_touched, tier_n, tier, slot)
+                    set_port_bit(ports, touched, n_touched, slot, cur, port)
+        elif (ports[slot, cur, word] & mask) == 0:
             if (ports[slot, 1 - cur, word] & mask) == 0 and not count_attempts:
                 count[slot] += 1
                 if (sens_bits[word] & mask) != 0:
                     sensitive[slot] += 1
-            if ports[slot, cur, word] == 0:
-                nt = n_touched[slot]
-                if nt < TOUCHED:
-                    touched[slot, nt] = (cur << 10) | word
-                if nt <= TOUCHED:
-                    n_touched[slot] = nt + 1
-            ports[slot, cur, word] |= mask
+            set_port_bit(ports, touched, n_touched, slot, cur, port)
         if count_attempts:
             attempts[slot, cur] += 1
             count[slot] = attempts[slot, 0] + attempts[slot, 1]

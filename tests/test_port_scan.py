@@ -76,6 +76,34 @@ def test_kernel_matches_reference(rows, threshold, window_s, delay_s, capacity):
     assert sorted(map(as_comparable, alerts)) == sorted(map(reference_comparable, ref))
 
 
+@st.composite
+def few_port_rows(draw):
+    """Keys with a handful of ports over several windows: the inline entries a key
+    keeps before it gets bitmaps (kernels/port_set.py TIER), their pane changes,
+    ports seen again in the next pane, and the move into bitmaps."""
+    n = draw(st.integers(1, 120))
+    ts = 1_700_000_000 * SEC
+    rows = []
+    for _ in range(n):
+        ts += draw(st.sampled_from([0, 1, SEC // 2, SEC, 3 * SEC, 10 * SEC, 25 * SEC]))
+        rows.append(syn_row(ts, draw(st.sampled_from(SOURCES[:3])), draw(st.sampled_from(DESTS)),
+                            draw(st.sampled_from([22, 80, 443, 3389, 8080, 64]))))
+    return rows
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(rows=few_port_rows(), threshold=st.integers(2, 6), window_s=st.sampled_from([1, 10]),
+       delay_s=st.sampled_from([0, 1]))
+def test_few_ports_per_key_match_reference(rows, threshold, window_s, delay_s):
+    _, alerts = run_engine(rows, **{
+        "port_scan.threshold": threshold, "port_scan.window_s": window_s,
+        "port_scan.report_delay_s": delay_s})
+    ref = naive.counter_reference(
+        "port_scan", rows, NET, threshold, window_s * SEC, delay_s * SEC,
+        {"inbound", "outbound", "internal", "external"}, suppress_ns=3600 * SEC)
+    assert sorted(map(as_comparable, alerts)) == sorted(map(reference_comparable, ref))
+
+
 def test_mapped_and_plain_ipv4_are_one_source():
     ts = 1_700_000_000 * SEC
     rows = [syn_row(ts + i, "10.1.2.3" if i % 2 else "::ffff:10.1.2.3", "10.1.2.4", 1000 + i)

@@ -218,8 +218,11 @@ class CounterDetector:
     def _port_set_evidence(self, slot):
         t = self.table
         key = self.lc.keys[slot]
-        words = t.ports[slot, 0] | t.ports[slot, 1]
-        ports = np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))
+        if t.tier_n[slot] >= 0:     # still in its inline entries (kernels/port_set.py)
+            ports = np.unique(t.tier[slot, :t.tier_n[slot]] & 0xFFFF)
+        else:
+            words = t.ports[slot, 0] | t.ports[slot, 1]
+            ports = np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))
         n_list = int(t.target_n[slot])
         dst_ips = [to_text(t.target_hi[slot, j], t.target_lo[slot, j]) for j in range(n_list)]
         dst_count, estimated = n_list, False
