@@ -68,15 +68,17 @@ class Engine:
             self.classes = np.zeros(batch.n, np.uint16)
             self.no_outcome = np.zeros(batch.n, np.uint8)
         classes, no_outcome = self.classes, self.no_outcome
-        classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
         if self.pool is None:
+            classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
             alerts = self._probe_stage(batch)
             for det in self.packet_rules:
                 alerts += det.process(batch, classes, no_outcome)
         else:
+            # the probe stage needs no address classes: start it first
             probe_stage = self.pool.submit(self._probe_stage, batch)
             packet_alerts = []
             try:
+                classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
                 for det in self.packet_rules:
                     packet_alerts += det.process(batch, classes, no_outcome)
             finally:

@@ -14,12 +14,17 @@ def test_bench_runs_and_reports_sane_numbers(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert r["packets"] == 50000
-    for key in ("sensor_pps", "sensor_steady_pps", "dpkt_pps", "sensor_peak_rss_mib"):
-        assert r[key] > 0, key
-    assert r["sensor_steady_pps"] >= r["sensor_pps"]      # the loop alone is never slower
+    for prefix in ("sensor", "sensor2"):
+        for key in ("_pps", "_steady_pps", "_peak_rss_mib"):
+            assert r[prefix + key] > 0, prefix + key
+        assert r[prefix + "_steady_pps"] >= r[prefix + "_pps"]   # the loop alone is never slower
+    assert r["dpkt_pps"] > 0
     assert r["alerts"] >= 1                                # the synthetic scanners are found
+    assert r["workers_same_alerts"] is True
+    assert r["target_14.88_mpps_2_workers"].startswith(("met", "not met ("))
     if "tcpdump_pps" in r:
         assert r["sensor_vs_tcpdump"] == round(r["sensor_pps"] / r["tcpdump_pps"], 3)
+        assert r["target_2x_tcpdump"].startswith(("met", "not met ("))
 
 
 def test_synthetic_capture_decodes_completely(tmp_path):
