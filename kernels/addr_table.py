@@ -37,6 +37,9 @@ EMPTY = np.int64(-1)   # last_seen value of a never-used slot
 M1 = np.uint64(0xBF58476D1CE4E5B9)
 M2 = np.uint64(0x94D049BB133111EB)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+GOLDEN2 = np.uint64(0x3C6EF372FE94F82A)   # 2, 3, 4 times GOLDEN (mod 2**64)
+GOLDEN3 = np.uint64(0xDAA66D2C7DDF743F)
+GOLDEN4 = np.uint64(0x78DDE6E5FD29F054)
 
 
 def slot_columns(capacity, names, dtype=np.int64):
@@ -57,11 +60,12 @@ def mix64(x):
 
 @inline
 def hash_key(k0, k1, k2, k3, k4, seed):
-    h = mix64(k0 ^ seed)
-    h = mix64(h ^ k1 ^ GOLDEN)
-    h = mix64(h ^ k2)
-    h = mix64(h ^ k3 ^ GOLDEN)
-    return mix64(h ^ k4)
+    """Keyed hash of a five-word key: each word mixed with its own offset of the
+    seed (independent, so the CPU computes them in parallel), then combined and
+    mixed once more."""
+    h = (mix64(k0 ^ seed) ^ mix64(k1 ^ (seed + GOLDEN)) ^ mix64(k2 ^ (seed + GOLDEN2))
+         ^ mix64(k3 ^ (seed + GOLDEN3)) ^ mix64(k4 ^ (seed + GOLDEN4)))
+    return mix64(h)
 
 
 LOOKUP_HIT = 0

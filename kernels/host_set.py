@@ -216,6 +216,9 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     count_filtered = params[P_COUNT_FILTERED] != 0
     from_outcomes = params[P_FROM_OUTCOMES] != 0
     stale_ns = 2 * window_ns
+    pane_now = np.int64(0)
+    pane_start = np.int64(0)
+    pane_end = np.int64(0)
     for i in range(start, n):
         ts = c_ts[i]
         due = due_slot(lc, ts)
@@ -244,7 +247,11 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         if found == LOOKUP_FULL:
             meta[M_FORCED] += 1
             return i, EV_FORCED, slot
-        pane = ts // window_ns
+        if ts >= pane_end or ts < pane_start:     # (a division only when the pane changes)
+            pane_now = ts // window_ns
+            pane_start = pane_now * window_ns
+            pane_end = pane_start + window_ns
+        pane = pane_now
         # (cheap tests here keep the helper calls, and their reference counting, rare)
         if found != LOOKUP_HIT or (pinned[slot] == 0 and (
                 ts - last_seen_ns[slot] >= stale_ns

@@ -64,8 +64,10 @@ class PortSetState:
 
     def __init__(self, capacity, list_len):
         self.ports = np.zeros((capacity, 2, PORT_WORDS), np.uint64)
-        self.target_hi = np.zeros((capacity, list_len), np.uint64)
-        self.target_lo = np.zeros((capacity, list_len), np.uint64)
+        # a target's two address words side by side: one cache line per new target
+        targets = np.zeros((capacity, list_len, 2), np.uint64)
+        self.target_hi = targets[:, :, 0]
+        self.target_lo = targets[:, :, 1]
         self.target_sketch = np.zeros((capacity, SKETCH_WORDS), np.uint64)
         # a slot's scalars in one 80-byte row (kernels/addr_table.py)
         row = slot_columns(capacity, ("pane", "target_n", "attempts0", "attempts1",
@@ -261,6 +263,9 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     threshold = params[P_THRESHOLD]
     sens_threshold = params[P_SENSITIVE]
     stale_ns = 2 * window_ns
+    pane_now = np.int64(0)
+    pane_start = np.int64(0)
+    pane_end = np.int64(0)
     for i in range(start, n):
         ts = c_ts[i]
         due = due_slot(lc, ts)
@@ -284,7 +289,11 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         if found == LOOKUP_FULL:
             meta[M_FORCED] += 1
             return i, EV_FORCED, slot
-        pane = ts // window_ns
+        if ts >= pane_end or ts < pane_start:     # (a division only when the pane changes)
+            pane_now = ts // window_ns
+            pane_start = pane_now * window_ns
+            pane_end = pane_start + window_ns
+        pane = pane_now
         # (cheap tests here keep the helper calls, and their reference counting, rare)
         if found != LOOKUP_HIT or (pinned[slot] == 0 and (
                 ts - last_seen_ns[slot] >= stale_ns
