@@ -37,6 +37,10 @@ class Engine:
         self.seed = np.uint64(cfg["sensor.hash_seed"] or (secrets.randbits(63) | 1))
         self.sensor_name = cfg.sensor_name
         self.batch = PacketBatch(cfg["capture.batch_packets"])
+        # batches to decode into: two when a worker decodes the next one meanwhile
+        self.batches = [self.batch]
+        if cfg["sensor.workers"] > 1:
+            self.batches.append(PacketBatch(cfg["capture.batch_packets"]))
         self.classes = np.zeros(self.batch.capacity, np.uint16)
         self.no_outcome = np.zeros(self.batch.capacity, np.uint8)
         self.decode_stats = new_stats()
@@ -55,6 +59,7 @@ class Engine:
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
         self.pool = None
+        self._then = self._next = None     # process_then's decode of the next batch
         if cfg["sensor.workers"] > 1:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="scan-sensor-probes")
             for det in self.packet_rules:
@@ -91,6 +96,21 @@ class Engine:
             alerts += det.advance(now)
         return self._deliver(alerts)
 
+    def process_then(self, batch, decode_next):
+        """``process(batch)``, and ``decode_next()`` (which decodes the next batch
+        into another of ``self.batches``); returns (alerts, what decode_next
+        returned). With 2 workers, decode_next runs on the worker thread once the
+        probe stage is done, while this thread still runs the packet rules; it
+        should report input errors in what it returns rather than raise, or the
+        alerts of this batch are lost with the exception."""
+        if self.pool is None or batch.n == 0:
+            return self.process(batch), decode_next()
+        self._then = decode_next
+        try:
+            return self.process(batch), self._next
+        finally:
+            self._then = self._next = None
+
     def warm_up(self):
         """Load the batch kernels now, with empty batches (no state changes): the
         first kernel loaded from the cache costs about 0.3 s of LLVM start-up, which
@@ -111,13 +131,16 @@ class Engine:
         empty.n = saved
 
     def _probe_stage(self, batch):
-        """Probe table over the batch; outcome rules over the attempts it decides."""
+        """Probe table over the batch; outcome rules over the attempts it decides;
+        then, if ``process_then`` asked for it, the next batch's decode."""
         alerts = []
         i = 0
         while i < batch.n:
             i, rows = kp.probe_update(batch.columns, i, batch.n, self.probes.arrays, self.seed,
                                       self.outcomes.columns, self.outcomes.outcome, 0)
             alerts += self._outcome_rows(rows)
+        if self._then is not None:
+            self._next = self._then()
         return alerts
 
     def close(self):

@@ -145,6 +145,32 @@ def test_corrupt_file_is_exit_1_with_offset_and_other_files_still_read():
     assert len(alerts_of(proc.stdout, "port_scan")) == 1
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_gzip_damaged_midway_keeps_alerts_before_it(tmp_path, workers):
+    """A read error in the middle of a file (here a corrupt gzip stream, found while
+    the next batch is decoded on the worker thread) is reported once; alerts of
+    the packets before it and of the next file are still delivered."""
+    import zlib
+    data = open(shipped("nmap_syn_scan.pcap"), "rb").read()
+    gz = zlib.compressobj(wbits=31)
+    # a full flush ends a deflate block; 0xFF there is an invalid block type
+    raw = gz.compress(data[:len(data) * 3 // 4]) + gz.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 16
+    damaged = tmp_path / "damaged.pcap.gz"
+    damaged.write_bytes(raw)
+    args = ["replay", "--workers", workers, "--set", "capture.batch_packets=256",
+            "--set", "capture.read_chunk_bytes=4096", "--set", "sensor.hash_seed=3",
+            damaged, shipped("nmap_host_sweep.pcap")]
+    proc = sensor(*args)
+    assert proc.returncode == 1
+    assert re.search(r"scan-sensor: error: .*damaged\.pcap\.gz: read failed after \d+ bytes",
+                     proc.stderr)
+    assert alerts_of(proc.stdout, "port_scan")          # the scan before the damage
+    assert alerts_of(proc.stdout, "host_sweep")         # and the next file
+    if workers == "2":
+        one = sensor(*[a if a != "2" else "1" for a in args])
+        assert (one.stdout, one.stderr) == (proc.stdout, proc.stderr)
+
+
 def test_file_cut_mid_record_is_a_warning_not_an_error():
     proc = sensor("replay", shipped("edge/truncated_file.pcap"))
     assert proc.returncode == 0

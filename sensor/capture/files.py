@@ -189,6 +189,10 @@ class CaptureFile:
         """Decode the file into ``batch``; yield each time the batch is full or input ends.
 
         The caller consumes ``batch.n`` rows before resuming the generator.
+        ``batch`` may also be a list of batches, filled in turn: a batch
+        yielded stays untouched until the generator has been resumed
+        ``len(list)`` times, so a pipelined caller can decode the next batch
+        while it still works on this one.
         Counters are added to ``stats``. Damage that stops decoding of this
         file is reported as a CaptureWarning (kept in ``self.warnings``); what
         was decoded before it is kept. ``close()`` ends an unfinished generator.
@@ -198,6 +202,10 @@ class CaptureFile:
         return gen
 
     def _batches(self, batch, stats):
+        buffers = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        turn = 0
+        batch = buffers[0]
+        batch.n = 0
         cols = batch.columns
         pending = b""
         header = None
@@ -230,7 +238,13 @@ class CaptureFile:
                 if rows:
                     batch.n = rows
                     yield batch
-                    batch.n = 0
+                    if len(buffers) == 1:
+                        batch.n = 0
+                    else:
+                        turn = (turn + 1) % len(buffers)
+                        batch = buffers[turn]
+                        batch.n = 0
+                        cols = batch.columns
                 if status == WALK_BAD:
                     stats[S_BAD_RECORD] += 1
                     where = consumed_before + pos

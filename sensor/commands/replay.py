@@ -96,13 +96,24 @@ def run(args):
                 continue
             with capture:
                 done = 0
-                try:
-                    for batch in capture.batches(engine.batch, engine.decode_stats):
-                        emit(engine.process(batch))
-                        if bar is not None:
-                            bar.update(capture.bytes_done - done)
-                            done = capture.bytes_done
-                except CaptureError as exc:
+                batches = capture.batches(engine.batches, engine.decode_stats)
+                errors = []
+
+                def decode_next():
+                    try:
+                        return next(batches, None)
+                    except CaptureError as exc:
+                        errors.append(exc)
+                        return None
+
+                batch = decode_next()
+                while batch is not None:
+                    alerts, batch = engine.process_then(batch, decode_next)
+                    emit(alerts)
+                    if bar is not None:
+                        bar.update(capture.bytes_done - done)
+                        done = capture.bytes_done
+                for exc in errors:
                     print(f"scan-sensor: error: {exc}", file=sys.stderr)
                     failed = True
                 for warning in capture.warnings:
