@@ -62,8 +62,6 @@ class Engine:
         self._then = self._next = None     # process_then's decode of the next batch
         if cfg["sensor.workers"] > 1:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="scan-sensor-probes")
-            for det in self.packet_rules:
-                det.defer_outcomes = True
 
     def process(self, batch):
         """Run the probe table and every rule over one batch; return alerts to deliver."""
@@ -82,12 +80,16 @@ class Engine:
             # the probe stage needs no address classes: start it first
             probe_stage = self.pool.submit(self._probe_stage, batch)
             packet_alerts = []
+            for det in self.packet_rules:
+                det.defer_outcomes = True     # the probe table is busy until the join
             try:
                 classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
                 for det in self.packet_rules:
                     packet_alerts += det.process(batch, classes, no_outcome)
             finally:
                 alerts = probe_stage.result()     # (re-raises the worker's exception)
+                for det in self.packet_rules:
+                    det.defer_outcomes = False
             for det in self.packet_rules:
                 det.complete_outcomes()
             alerts += packet_alerts
@@ -148,8 +150,6 @@ class Engine:
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
-            for det in self.packet_rules:
-                det.defer_outcomes = False
 
     def finish(self):
         """End of input: attempts still unanswered are decided, waiting alerts reported."""

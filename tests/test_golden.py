@@ -49,14 +49,17 @@ def replay(capture, args):
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("run", [["--workers", "1"], ["--workers", "2"],
+                                 ["--workers", "2", "--set", "capture.batch_packets=64"]],
+                         ids=["1-worker", "2-workers", "2-workers-batch-64"])
 @pytest.mark.parametrize("capture, args, golden", CASES, ids=[c[2] for c in CASES])
-def test_golden(capture, args, golden, workers):
-    """Same alerts, same order, whether the probe stage runs on a second thread or not."""
+def test_golden(capture, args, golden, run):
+    """Same alerts, same order, whether the probe stage runs on a second thread or not,
+    and whatever the batch size (alerts fall due inside batches and between them)."""
     if not (ROOT / "pcaps" / capture).exists():
         pytest.skip(f"pcaps/{capture} not present")
     expected = [json.loads(line) for line in (GOLDEN / golden).read_text().splitlines()]
-    assert replay(capture, args + ["--workers", str(workers)]) == expected
+    assert replay(capture, args + run) == expected
 
 
 def test_mapped_ipv6_scan_equals_its_ipv4_twin():

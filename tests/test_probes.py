@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import naive
@@ -238,3 +239,27 @@ def test_probe_table_memory_flat_under_spoofed_flood_and_scanner_still_found():
     assert stats["probes_evictions"] > 40000
     scans = [a for a in alerts if a.rule == "port_scan"]
     assert [a.src_ip for a in scans] == ["10.66.0.1"] and scans[0].dst_port_count == 250
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_alert_reported_on_idle_tick_carries_outcomes(workers):
+    """An alert that falls due after the last packet (reported by a later tick of
+    packet time, as the live daemon's idle timer does) has its outcomes with 2
+    workers too: outcomes are only deferred while a batch's probe stage runs."""
+    from sensor.capture.files import CaptureFile
+    from sensor.engine import Engine
+    cfg = load_config(None, [f"sensor.workers={workers}", "sensor.hash_seed=7",
+                             "port_scan.report_delay_s=60", "failed_connections.enabled=false"])
+    eng = Engine(cfg)
+    alerts = []
+    with CaptureFile(shipped("nmap_syn_scan.pcap")) as cf:
+        for batch in cf.batches(eng.batches, eng.decode_stats):
+            alerts += eng.process(batch)
+            last = int(batch.ts_ns[batch.n - 1])
+    assert alerts == []                      # not due yet: the report delay is 60 s
+    later = [a for det in eng.detectors for a in det.advance(last + 120 * 10**9)]
+    eng.close()
+    (alert,) = later
+    assert alert.rule == "port_scan"
+    assert alert.outcomes == {"open": 3, "closed": 997, "filtered": 0, "unknown": 0}
+    assert alert.open_ports == "22,80,443"

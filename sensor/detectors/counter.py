@@ -92,8 +92,8 @@ class CounterDetector:
         else:
             self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH)
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
-        # set by the engine while another thread updates the probe table: alerts
-        # get their outcomes later, from ``complete_outcomes``
+        # set by the engine while another thread updates the probe table (during
+        # one batch): alerts then get their outcomes from ``complete_outcomes``
         self.defer_outcomes = False
         self.deferred = []
         self.open_ports_buf = np.zeros(65536, np.int64)
