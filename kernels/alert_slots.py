@@ -22,7 +22,9 @@ Memory: about 120 bytes per slot plus 8 bytes per pending-list entry.
 """
 import numpy as np
 
-from kernels.addr_table import EMPTY, slot_columns
+from kernels.addr_table import (
+    EMPTY, LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, slot_columns,
+)
 from kernels.jit import inline, kernel
 
 EV_NONE = 0
@@ -117,6 +119,63 @@ def start_episode(lc, slot, ts):
     dir_mask[slot] = 0
     evidence[slot] = 0
     new_target[slot] = 0
+
+
+@inline
+def pane_at(ts, window_ns, pane, start, end):
+    """Pane of ``ts``, given the last pane computed and its span [start, end): a
+    division only when the pane changes. Returns (pane, start, end)."""
+    if ts >= end or ts < start:
+        pane = ts // window_ns
+        start = pane * window_ns
+        end = start + window_ns
+    return pane, start, end
+
+
+@inline
+def claim_slot(lc, k0, k1, k2, k3, ts, stale_ns, suppress_ns, ways, seed):
+    """Find or claim the slot of key (k0, k1, k2, k3) for a row at ``ts``.
+
+    Returns (full, slot, fresh). ``full``: every slot of the bucket is pinned,
+    ``slot`` must be reported first (counted in M_FORCED). ``fresh``: the row
+    starts a new episode in ``slot`` (a new key, or the key's last episode
+    ended: idle for ``stale_ns``, or ``suppress_ns`` long); its lifecycle is
+    reset here, the caller resets its own per-slot state.
+    """
+    (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
+    found, slot = find_slot(fps, keys, last_seen_ns, pinned, count, k0, k1, k2, k3,
+                            np.uint64(0), ts, stale_ns, ways, seed)
+    if found == LOOKUP_FULL:
+        meta[M_FORCED] += 1
+        return True, slot, False
+    fresh = found != LOOKUP_HIT or (pinned[slot] == 0 and (
+        ts - last_seen_ns[slot] >= stale_ns
+        or (seq[slot] > 0 and ts - first_seen_ns[slot] >= suppress_ns)))
+    if fresh:
+        if found == LOOKUP_EVICTED:
+            meta[M_EVICTIONS] += 1
+        start_episode(lc, slot, ts)
+    return False, slot, fresh
+
+
+@inline
+def row_counted(lc, slot, ts, d, is_new, params, also_due):
+    """Bookkeeping once a row is counted in ``slot`` (direction bit ``d``; ``is_new``:
+    it brought a new target or item). Returns -1, or a slot to report at once
+    (``maybe_schedule``)."""
+    (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
+     due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
+    probes[slot] += 1
+    meta[M_COUNTED] += 1
+    dir_mask[slot] |= d
+    if ts > last_seen_ns[slot]:
+        last_seen_ns[slot] = ts
+    if is_new and seq[slot] > 0:
+        new_target[slot] = 1
+    if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= params[P_THRESHOLD] or also_due):
+        return maybe_schedule(lc, slot, ts, params, also_due)
+    return -1
 
 
 @inline

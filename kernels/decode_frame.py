@@ -274,8 +274,9 @@ def parse_frame(buf, off, caplen, linktype):
     ``skip`` is 0 for a row, else the stats index of the reason it is skipped.
 
     Only scalars go in and out (besides the buffer): walkers store the row
-    themselves, because handing column arrays to a per-packet helper costs
-    reference counting on every call."""
+    themselves. (Handing column arrays to a per-packet helper used to cost
+    reference counting on every call; kernels are now built without it,
+    ``kernels/jit.py``, but the scalar interface stayed.)"""
     lstat, p, want, vlan, has_vlan = link_payload(buf, off, caplen, linktype)
     if lstat != 0:
         return skip_row(lstat)

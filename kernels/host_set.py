@@ -29,12 +29,12 @@ sketches, 24 B per contributor, about 130 B of scalars.
 """
 import numpy as np
 
-from kernels.addr_table import LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64
+from kernels.addr_table import mix64
 from kernels.alert_slots import (
-    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, P_THRESHOLD, M_DIR_FILTERED, M_EVICTIONS, M_FORCED,
-    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_COUNT_FILTERED, P_DIR_MASK, P_FROM_OUTCOMES, P_LIST, P_TRW_FAIL, P_TRW_LOWER,
-    P_TRW_SUCCESS, P_TRW_UPPER, P_MODE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS,
-    due_slot, maybe_schedule, start_episode,
+    EV_DUE, EV_FORCED, EV_NONE, M_DIR_FILTERED, M_PORT_FILTERED, P_COUNT_ATTEMPTS,
+    P_COUNT_FILTERED, P_DIR_MASK, P_FROM_OUTCOMES, P_LIST, P_MODE, P_SUPPRESS_NS, P_TRW_FAIL,
+    P_TRW_LOWER, P_TRW_SUCCESS, P_TRW_UPPER, P_WAYS, P_WINDOW_NS, claim_slot, due_slot, pane_at,
+    row_counted,
 )
 from kernels.jit import inline, kernel
 
@@ -211,14 +211,13 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     ways = params[P_WAYS]
     list_len = params[P_LIST]
     dir_allowed = params[P_DIR_MASK]
-    threshold = params[P_THRESHOLD]
     count_attempts = params[P_COUNT_ATTEMPTS] != 0
     count_filtered = params[P_COUNT_FILTERED] != 0
     from_outcomes = params[P_FROM_OUTCOMES] != 0
     stale_ns = 2 * window_ns
-    pane_now = np.int64(0)
+    pane = np.int64(0)
     pane_start = np.int64(0)
-    pane_end = np.int64(0)
+    pane_end = np.int64(0)       # span of ``pane``: none yet
     for i in range(start, n):
         ts = c_ts[i]
         due = due_slot(lc, ts)
@@ -242,28 +241,15 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         if port >= 0 and (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        found, slot = find_slot(fps, keys, last_seen_ns, pinned, count, k0, k1, k2, U0, U0, ts,
-                                  stale_ns, ways, seed)
-        if found == LOOKUP_FULL:
-            meta[M_FORCED] += 1
+        full, slot, fresh = claim_slot(lc, k0, k1, k2, U0, ts, stale_ns, suppress_ns, ways, seed)
+        if full:
             return i, EV_FORCED, slot
-        if ts >= pane_end or ts < pane_start:     # (a division only when the pane changes)
-            pane_now = ts // window_ns
-            pane_start = pane_now * window_ns
-            pane_end = pane_start + window_ns
-        pane = pane_now
-        # (cheap tests here keep the helper calls, and their reference counting, rare)
-        if found != LOOKUP_HIT or (pinned[slot] == 0 and (
-                ts - last_seen_ns[slot] >= stale_ns
-                or (seq[slot] > 0 and ts - first_seen_ns[slot] >= suppress_ns))):
-            if found == LOOKUP_EVICTED:
-                meta[M_EVICTIONS] += 1
-            start_episode(lc, slot, ts)
+        pane, pane_start, pane_end = pane_at(ts, window_ns, pane, pane_start, pane_end)
+        if fresh:
             clear_slot(hs, slot, pane)
         if pane > pane_a[slot]:
             advance_pane(hs, slot, pane)
         is_new = add_item(hs, slot, it_hi, it_lo, it_port, pane_a[slot], list_len, seed)
-        probes[slot] += 1
         if mode == HS_TRW:
             if is_new and trw_state[slot] == 0:
                 if outcome[i] == OUT_OPEN:
@@ -282,14 +268,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:
             add_contributor(hs, slot, p_hi, p_lo)
-        meta[M_COUNTED] += 1
-        dir_mask[slot] |= d
-        if ts > last_seen_ns[slot]:
-            last_seen_ns[slot] = ts
-        if is_new and seq[slot] > 0:
-            new_target[slot] = 1
-        if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold):
-            forced = maybe_schedule(lc, slot, ts, params, False)
-            if forced >= 0:
-                return i + 1, EV_FORCED, forced
+        forced = row_counted(lc, slot, ts, d, is_new, params, False)
+        if forced >= 0:
+            return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

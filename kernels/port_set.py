@@ -36,15 +36,11 @@ list, inline entries) and about 100 B of episode state.
 """
 import numpy as np
 
-from kernels.addr_table import (
-    LOOKUP_EVICTED, LOOKUP_FULL, LOOKUP_HIT, find_slot, mix64, slot_columns,
-)
+from kernels.addr_table import mix64, slot_columns
 from kernels.alert_slots import (
-    EV_DUE, EV_FORCED, EV_NONE, M_COUNTED, M_DIR_FILTERED, M_EVICTIONS, M_FORCED, P_SENSITIVE,
-    P_THRESHOLD,
-    M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK, P_LIST, P_MODE, P_PAIR_SCOPE,
-    P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, due_slot, maybe_schedule,
-    start_episode,
+    EV_DUE, EV_FORCED, EV_NONE, M_DIR_FILTERED, M_PORT_FILTERED, P_COUNT_ATTEMPTS, P_DIR_MASK,
+    P_LIST, P_MODE, P_PAIR_SCOPE, P_SENSITIVE, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, claim_slot,
+    due_slot, pane_at, row_counted,
 )
 from kernels.jit import inline, kernel
 
@@ -208,6 +204,12 @@ def to_bitmaps(ports, touched, n_touched, tier_n, tier, slot):
 
 
 @inline
+def sketch_bit(hi, lo, seed):
+    """A target's bit in the 4,096-bit target sketch."""
+    return np.int64(mix64(mix64(hi ^ seed) ^ lo) & np.uint64(SKETCH_BITS - 1))
+
+
+@inline
 def add_target(ps, slot, hi, lo, list_len, seed):
     """Record a target; returns True if it was not seen before (exactly while the
     list has room, then per the sketch). The sketch is only cleared and filled
@@ -228,12 +230,10 @@ def add_target(ps, slot, hi, lo, list_len, seed):
         for w in range(SKETCH_WORDS):
             target_sketch[slot, w] = 0
         for k in range(n):
-            b = np.int64(mix64(mix64(target_hi[slot, k] ^ seed) ^ target_lo[slot, k])
-                         & np.uint64(SKETCH_BITS - 1))
+            b = sketch_bit(target_hi[slot, k], target_lo[slot, k], seed)
             target_sketch[slot, b >> 6] |= np.uint64(1) << np.uint64(b & 63)
         sketch_live[slot] = 1
-    h = mix64(mix64(hi ^ seed) ^ lo)
-    bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
+    bit = sketch_bit(hi, lo, seed)
     word = bit >> 6
     mask = np.uint64(1) << np.uint64(bit & 63)
     seen_bit = (target_sketch[slot, word] & mask) != 0
@@ -260,12 +260,11 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
     ways = params[P_WAYS]
     list_len = params[P_LIST]
     dir_allowed = params[P_DIR_MASK]
-    threshold = params[P_THRESHOLD]
     sens_threshold = params[P_SENSITIVE]
     stale_ns = 2 * window_ns
-    pane_now = np.int64(0)
+    pane = np.int64(0)
     pane_start = np.int64(0)
-    pane_end = np.int64(0)
+    pane_end = np.int64(0)       # span of ``pane``: none yet
     for i in range(start, n):
         ts = c_ts[i]
         due = due_slot(lc, ts)
@@ -284,23 +283,11 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         if (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
-        found, slot = find_slot(fps, keys, last_seen_ns, pinned, count, k0, k1, k2, k3, U0, ts,
-                                  stale_ns, ways, seed)
-        if found == LOOKUP_FULL:
-            meta[M_FORCED] += 1
+        full, slot, fresh = claim_slot(lc, k0, k1, k2, k3, ts, stale_ns, suppress_ns, ways, seed)
+        if full:
             return i, EV_FORCED, slot
-        if ts >= pane_end or ts < pane_start:     # (a division only when the pane changes)
-            pane_now = ts // window_ns
-            pane_start = pane_now * window_ns
-            pane_end = pane_start + window_ns
-        pane = pane_now
-        # (cheap tests here keep the helper calls, and their reference counting, rare)
-        if found != LOOKUP_HIT or (pinned[slot] == 0 and (
-                ts - last_seen_ns[slot] >= stale_ns
-                or (seq[slot] > 0 and ts - first_seen_ns[slot] >= suppress_ns))):
-            if found == LOOKUP_EVICTED:
-                meta[M_EVICTIONS] += 1
-            start_episode(lc, slot, ts)
+        pane, pane_start, pane_end = pane_at(ts, window_ns, pane, pane_start, pane_end)
+        if fresh:
             clear_slot(ps, slot, pane)
         if pane > pane_a[slot]:
             advance_pane(ps, count, slot, pane, count_attempts, sens_bits)
@@ -338,17 +325,10 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         if count_attempts:
             attempts[slot, cur] += 1
             count[slot] = attempts[slot, 0] + attempts[slot, 1]
-        probes[slot] += 1
-        meta[M_COUNTED] += 1
-        dir_mask[slot] |= d
         evidence[slot] |= ev_bits
-        if ts > last_seen_ns[slot]:
-            last_seen_ns[slot] = ts
-        if add_target(ps, slot, t_hi, t_lo, list_len, seed) and seq[slot] > 0:
-            new_target[slot] = 1
+        is_new = add_target(ps, slot, t_hi, t_lo, list_len, seed)
         sens_due = sens_threshold > 0 and sensitive[slot] >= sens_threshold
-        if pinned[slot] == 0 and (seq[slot] > 0 or count[slot] >= threshold or sens_due):
-            forced = maybe_schedule(lc, slot, ts, params, sens_due)
-            if forced >= 0:
-                return i + 1, EV_FORCED, forced
+        forced = row_counted(lc, slot, ts, d, is_new, params, sens_due)
+        if forced >= 0:
+            return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

@@ -103,8 +103,8 @@ def forward_ok(c):
 @inline
 def select_port_row(mode, pair_scope, c, pkt_flags, proto, flags, t, code, iproto,
                     s_hi, s_lo, d_hi, d_lo, dport, is_hi, is_lo, id_hi, id_lo, idport, outc):
-    """For port-set rules, from one row's values (scalars only: passing arrays to a
-    per-row helper costs reference counting). Returns (take, k0, k1, k2, k3, port,
+    """For port-set rules, from one row's values (scalars, read from the columns by
+    the calling kernel). Returns (take, k0, k1, k2, k3, port,
     target_hi, target_lo, direction, evidence_bits)."""
     if mode == PS_EXPOSED_PROBE:
         # one decided TCP connection attempt (retransmissions are one attempt)

@@ -59,44 +59,12 @@ class Engine:
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
         self.pool = None
-        self._then = self._next = None     # process_then's decode of the next batch
         if cfg["sensor.workers"] > 1:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="scan-sensor-probes")
 
     def process(self, batch):
         """Run the probe table and every rule over one batch; return alerts to deliver."""
-        if batch.n == 0:
-            return []
-        if batch.n > self.classes.shape[0]:      # a batch from elsewhere, larger than ours
-            self.classes = np.zeros(batch.n, np.uint16)
-            self.no_outcome = np.zeros(batch.n, np.uint8)
-        classes, no_outcome = self.classes, self.no_outcome
-        if self.pool is None:
-            classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
-            alerts = self._probe_stage(batch)
-            for det in self.packet_rules:
-                alerts += det.process(batch, classes, no_outcome)
-        else:
-            # the probe stage needs no address classes: start it first
-            probe_stage = self.pool.submit(self._probe_stage, batch)
-            packet_alerts = []
-            for det in self.packet_rules:
-                det.defer_outcomes = True     # the probe table is busy until the join
-            try:
-                classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
-                for det in self.packet_rules:
-                    packet_alerts += det.process(batch, classes, no_outcome)
-            finally:
-                alerts = probe_stage.result()     # (re-raises the worker's exception)
-                for det in self.packet_rules:
-                    det.defer_outcomes = False
-            for det in self.packet_rules:
-                det.complete_outcomes()
-            alerts += packet_alerts
-        now = int(batch.ts_ns[batch.n - 1])
-        for det in self.detectors:
-            alerts += det.advance(now)
-        return self._deliver(alerts)
+        return self._process(batch, None)[0]
 
     def process_then(self, batch, decode_next):
         """``process(batch)``, and ``decode_next()`` (which decodes the next batch
@@ -107,11 +75,42 @@ class Engine:
         alerts of this batch are lost with the exception."""
         if self.pool is None or batch.n == 0:
             return self.process(batch), decode_next()
-        self._then = decode_next
-        try:
-            return self.process(batch), self._next
-        finally:
-            self._then = self._next = None
+        return self._process(batch, decode_next)
+
+    def _process(self, batch, then):
+        if batch.n == 0:
+            return [], None
+        if batch.n > self.classes.shape[0]:      # a batch from elsewhere, larger than ours
+            self.classes = np.zeros(batch.n, np.uint16)
+            self.no_outcome = np.zeros(batch.n, np.uint8)
+        classes, no_outcome = self.classes, self.no_outcome
+        following = None
+        if self.pool is None:
+            classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
+            alerts = self._probe_stage(batch)
+            for det in self.packet_rules:
+                alerts += det.process(batch, classes, no_outcome)
+        else:
+            # the probe stage needs no address classes: start it first
+            worker = self.pool.submit(self._worker_stage, batch, then)
+            packet_alerts = []
+            for det in self.packet_rules:
+                det.defer_outcomes = True     # the probe table is busy until the join
+            try:
+                classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
+                for det in self.packet_rules:
+                    packet_alerts += det.process(batch, classes, no_outcome)
+            finally:
+                alerts, following = worker.result()     # (re-raises the worker's exception)
+                for det in self.packet_rules:
+                    det.defer_outcomes = False
+            for det in self.packet_rules:
+                det.complete_outcomes()
+            alerts += packet_alerts
+        now = int(batch.ts_ns[batch.n - 1])
+        for det in self.detectors:
+            alerts += det.advance(now)
+        return self._deliver(alerts), following
 
     def warm_up(self):
         """Load the batch kernels now, with empty batches (no state changes): the
@@ -133,17 +132,19 @@ class Engine:
         empty.n = saved
 
     def _probe_stage(self, batch):
-        """Probe table over the batch; outcome rules over the attempts it decides;
-        then, if ``process_then`` asked for it, the next batch's decode."""
+        """Probe table over the batch; outcome rules over the attempts it decides."""
         alerts = []
         i = 0
         while i < batch.n:
             i, rows = kp.probe_update(batch.columns, i, batch.n, self.probes.arrays, self.seed,
                                       self.outcomes.columns, self.outcomes.outcome, 0)
             alerts += self._outcome_rows(rows)
-        if self._then is not None:
-            self._next = self._then()
         return alerts
+
+    def _worker_stage(self, batch, then):
+        """The worker thread's half: the probe stage, then ``then()`` if given."""
+        alerts = self._probe_stage(batch)
+        return alerts, (then() if then is not None else None)
 
     def close(self):
         """Stop the worker thread (if any)."""

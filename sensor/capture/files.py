@@ -238,13 +238,10 @@ class CaptureFile:
                 if rows:
                     batch.n = rows
                     yield batch
-                    if len(buffers) == 1:
-                        batch.n = 0
-                    else:
-                        turn = (turn + 1) % len(buffers)
-                        batch = buffers[turn]
-                        batch.n = 0
-                        cols = batch.columns
+                    turn = (turn + 1) % len(buffers)
+                    batch = buffers[turn]
+                    batch.n = 0
+                    cols = batch.columns
                 if status == WALK_BAD:
                     stats[S_BAD_RECORD] += 1
                     where = consumed_before + pos

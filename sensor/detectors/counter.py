@@ -165,12 +165,8 @@ class CounterDetector:
         seq = int(lc.seq[slot]) + 1
         key_text = "|".join(str(int(w)) for w in key)
         evidence = int(lc.evidence[slot])
-        if self.defer_outcomes and self.OUTCOME_SCOPE.get(self.name) and self.probes is not None:
-            outcome_fields = {}
-            deferred_key = key.copy()
-        else:
-            outcome_fields = self._outcomes(key)
-            deferred_key = None
+        deferred_key = key.copy() if self.defer_outcomes else None
+        outcome_fields = {} if self.defer_outcomes else self._outcomes(key)
         alert = Alert(
             rule=self.name, first_seen=rfc3339(first), last_seen=rfc3339(lc.last_seen_ns[slot]),
             packets=int(lc.probes[slot]),
