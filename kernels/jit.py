@@ -30,12 +30,22 @@ import numba
 OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", _nrt=False)
 
 
+KEEP_OTHER_VERSIONS = 3
+
+
 def _sources_hash():
     digest = hashlib.sha256(numba.__version__.encode())
     for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _last_use(path):
+    try:
+        return path.stat().st_mtime
+    except OSError:                         # removed meanwhile by another process
+        return 0.0
 
 
 def _cache_dir():
@@ -52,10 +62,14 @@ def _cache_dir():
         current = pathlib.Path(tempfile.gettempdir()) / f"scan-sensor-{_sources_hash()}"
         current.mkdir(parents=True, exist_ok=True)
         return current
-    # caches of other kernel versions are dead weight
-    for old in root.glob("scan-sensor-*"):
-        if old != current:
-            shutil.rmtree(old, ignore_errors=True)
+    # caches of other kernel versions: keep the few used last (two checkouts or
+    # installs of different versions on one account must not wipe each other's
+    # cache on every run), drop the rest
+    os.utime(current)                       # mtime = last use
+    others = [p for p in root.glob("scan-sensor-*") if p != current]
+    others.sort(key=_last_use, reverse=True)
+    for old in others[KEEP_OTHER_VERSIONS:]:
+        shutil.rmtree(old, ignore_errors=True)
     return current
 
 
