@@ -146,6 +146,22 @@ class Engine:
         alerts = self._probe_stage(batch)
         return alerts, (then() if then is not None else None)
 
+    def tick(self, now_ns):
+        """Packet time reached ``now_ns`` without a packet (live capture on a quiet
+        link: the daemon hands in its idle clock): decide the attempts whose
+        timeout passed and report the alerts due by then. A later packet would
+        have done the same, so a replay of the capture gives the same alerts."""
+        alerts = []
+        while True:
+            rows = kp.expire_probes(self.probes.arrays, now_ns, self.outcomes.columns,
+                                    self.outcomes.outcome, 0)
+            if rows == 0:
+                break
+            alerts += self._outcome_rows(rows)
+        for det in self.detectors:
+            alerts += det.advance(now_ns)
+        return self._deliver(alerts)
+
     def close(self):
         """Stop the worker thread (if any)."""
         if self.pool is not None:
