@@ -13,6 +13,7 @@ teardown, whatever the outcome.
 
 Skipped (with the reason) unless root with ip, nmap, nping, tcpdump, curl.
 """
+import collections
 import contextlib
 import ctypes
 import os
@@ -48,7 +49,10 @@ SCANNER6 = "fd99::11"
 OPEN_PORT = 8080
 HTTP_PORT = 8000
 CLONE_NEWNET = 0x40000000
-SMALL_RING = dict(ring_bytes=4 << 20, block_bytes=1 << 20)
+# 64 blocks: at a low packet rate every retired block holds a few packets, so the
+# ring holds 64 block timeouts (3.2 s) of traffic while the reader thread waits
+# for the GIL
+SMALL_RING = dict(ring_bytes=4 << 20, block_bytes=1 << 16)
 
 
 def _why_not_runnable():
@@ -107,6 +111,7 @@ def net():
     if r.returncode != 0:
         pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
     servers = []
+    import scapy.all  # noqa: F401  (imported now, not while a reader thread captures)
     try:
         sh("ip", "netns", "add", NS_B)
         sh("ip", "link", "add", IF_A, "netns", NS_A, "type", "veth", "peer", "name", IF_B,
@@ -115,6 +120,8 @@ def net():
             in_ns(ns, "ip", "link", "set", "lo", "up")
             in_ns(ns, "ip", "addr", "add", f"{a4}/24", "dev", ifname)
             in_ns(ns, "ip", "-6", "addr", "add", f"{a6}/64", "dev", ifname, "nodad")
+            # MTU-sized TCP segments, as a SPAN port sees them (no 64 KiB GSO frames)
+            in_ns(ns, "ip", "link", "set", ifname, "gso_max_segs", "1")
             in_ns(ns, "ip", "link", "set", ifname, "up")
         for s in SCANNERS4:
             in_ns(NS_A, "ip", "addr", "add", f"{s}/24", "dev", IF_A)
@@ -183,6 +190,7 @@ class Reader:
 @contextlib.contextmanager
 def tcpdump(path, snaplen=256, expr=()):
     proc = subprocess.Popen(["ip", "netns", "exec", NS_B, "tcpdump", "-i", IF_B, "-n", "-U",
+                             "--immediate-mode",
                              "-s", str(snaplen), "--time-stamp-precision=nano", "-w", str(path),
                              *expr], stderr=subprocess.PIPE, text=True)
     try:
@@ -258,6 +266,25 @@ def run_mixed_traffic():
     in_ns(NS_A, "nping", "--icmp", "-c", "2", "--delay", "50ms", B4, timeout=30)
     in_ns(NS_A, "nping", "--udp", "-p", "33434", "-c", "2", "--delay", "50ms", B4, timeout=30)
     send_frames(crafted_frames())
+    send_frames([marker_frame()])
+
+
+MARKER_PORT = 9999
+
+
+def marker_frame():
+    """A UDP frame ending a traffic run: rows are compared up to it (spontaneous
+    neighbour discovery may follow at any time)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    mac_a, mac_b = macs()
+    return Ether(src=mac_a, dst=mac_b) / IP(src=A4, dst=B4) / UDP(sport=MARKER_PORT, dport=MARKER_PORT)
+
+
+def until_marker(columns):
+    hits = np.flatnonzero((columns["sport"] == MARKER_PORT) & (columns["dport"] == MARKER_PORT))
+    assert len(hits), "the end marker was captured"
+    return {k: v[:hits[0] + 1] for k, v in columns.items()}
 
 
 def test_ring_rows_equal_tcpdump_capture(net, tmp_path):
@@ -271,18 +298,21 @@ def test_ring_rows_equal_tcpdump_capture(net, tmp_path):
             run_mixed_traffic()
             time.sleep(0.2)
         ring, stats = reader.finish()
+        kstats = cap.kernel_stats()
     finally:
         cap.close()
     want = file_rows(pcap)
+    assert kstats["drops"] == 0, kstats
     assert len(want["ts_ns"]) > 25
-    # the ring opened before tcpdump: compare over tcpdump's time span
-    lo, hi = want["ts_ns"][0], want["ts_ns"][-1]
-    keep = (ring["ts_ns"] >= lo) & (ring["ts_ns"] <= hi)
-    got = {k: v[keep] for k, v in ring.items()}
+    # the ring opened before tcpdump: compare from tcpdump's first packet on
+    keep = ring["ts_ns"] >= want["ts_ns"][0]
+    got = until_marker({k: v[keep] for k, v in ring.items()})
+    want = until_marker(want)
     got_rows, want_rows = row_dicts(got), row_dicts(want)
     for i, (a, b) in enumerate(zip(got_rows, want_rows)):
-        assert a == b, f"row {i}: ring {a}\n tcpdump {b}"
-    assert len(got_rows) == len(want_rows)
+        assert a == b, (f"row {i}: ring {a}\n tcpdump {b}\n{kstats} {stats}\n"
+                        + "\n".join(f"{x['ts_ns']} {x['proto']} {x['icmp_type']} / {y['ts_ns']} {y['proto']} {y['icmp_type']}" for x, y in zip(got_rows[i-3:i+8], want_rows[i-3:i+8])))
+    assert len(got_rows) == len(want_rows), (got_rows[len(want_rows):], want_rows[len(got_rows):])
     assert stats["records"] == stats["decoded"] + sum(stats[k] for k in naive.SKIP_REASONS)
     # the VLAN tags the kernel stripped are back (QinQ: the outer, stripped one)
     vlans = sorted({(r["vlan"], r["proto"]) for r in got_rows if r["pkt_flags"] & naive.PF_HAS_VLAN})
@@ -314,3 +344,186 @@ def test_read_returns_within_timeout_on_idle_link(net):
         assert cap.kernel_stats()["packets"] >= 1
     finally:
         cap.close()
+
+
+# ---------------------------------------------------------------- filters
+
+def kernel_view(frame):
+    """The frame as a socket filter sees it: the kernel stripped the outer VLAN tag."""
+    if len(frame) >= 18 and struct.unpack(">H", frame[12:14])[0] in (0x8100, 0x88A8, 0x9100):
+        return frame[:12] + frame[16:]
+    return frame
+
+
+def default_filter_keeps(frame):
+    """Reference of DEFAULT_FILTER on the kernel's view of a frame: True / False, or
+    None when a byte it reads is past the captured end (BPF rejects then, in an
+    order the reference does not model)."""
+    try:
+        def u8(i):
+            return frame[i]
+
+        def u16(i):
+            return struct.unpack(">H", frame[i:i + 2])[0] if i + 2 <= len(frame) else u8(len(frame))
+
+        at = 14
+        etype = u16(12)
+        if etype in (0x8100, 0x88A8, 0x9100):        # one tag still in the packet (QinQ inner)
+            etype = u16(16)
+            at = 18
+        if etype == 0x0806:
+            return True
+        if etype == 0x0800:
+            if u8(at + 9) != 6:
+                return True
+            frag = u16(at + 6)
+            if frag & 0x1FFF:
+                return False                          # a later fragment of TCP
+            if frag & 0x3FFF == 0x2000:
+                return True                           # first fragment: passed whole
+            tcp = at + (u8(at) & 0xF) * 4
+            flags = u8(tcp + 13)
+            if flags & 0x07 or not flags & 0x10:
+                return True
+            payload = (u16(at + 2) - (u8(at) & 0xF) * 4 - (u8(tcp + 12) >> 4) * 4) & 0xFFFFFFFF
+            return payload == 0
+        if etype == 0x86DD:
+            if u8(at + 6) != 6:
+                return True
+            flags = u8(at + 53)
+            if flags & 0x07 or not flags & 0x10:
+                return True
+            return (u16(at + 4) - (u8(at + 52) >> 4) * 4) & 0xFFFFFFFF == 0
+        return False
+    except IndexError:
+        return None
+
+
+def shipped_frames():
+    for path in sorted(naive_pcaps()):
+        for event in naive.walk_pcap(path.read_bytes()):
+            if event[0] == "frame" and event[1] == naive.LINKTYPE_ETHERNET:
+                yield path, event[3], event[4]
+
+
+def naive_pcaps():
+    from fixtures_decode import PCAP_DIR
+    return [p for p in PCAP_DIR.rglob("*.pcap") if p.read_bytes()[:4] in
+            (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")]
+
+
+def filter_figures(frames, program):
+    """-> dict(packets, passed, bytes, passed_bytes) for (wire_len, frame) pairs."""
+    keep = bpf.OfflineFilter(program)
+    fig = dict(packets=0, passed=0, bytes=0, passed_bytes=0)
+    for wire_len, frame in frames:
+        fig["packets"] += 1
+        fig["bytes"] += wire_len
+        if keep(kernel_view(frame), wire_len):
+            fig["passed"] += 1
+            fig["passed_bytes"] += wire_len
+    return fig
+
+
+def test_default_filter_matches_its_reference_on_shipped_frames():
+    """libpcap's compiled DEFAULT_FILTER decides like the reference on every shipped
+    Ethernet frame (with the outer tag stripped as the kernel does)."""
+    keep = bpf.OfflineFilter(bpf.compile_filter(bpf.DEFAULT_FILTER, 256))
+    compared = dropped = 0
+    for path, wire_len, frame in shipped_frames():
+        view = kernel_view(frame)
+        want = default_filter_keeps(view)
+        if want is None:
+            continue
+        compared += 1
+        got = keep(view, wire_len)
+        assert got == want, f"{path.name}: filter {got}, reference {want}: {frame.hex()}"
+        dropped += not got
+    assert compared > 10000 and dropped > 100
+
+
+def test_filter_expressions_compile_or_fail_clearly():
+    prog = bpf.compile_filter("tcp port 80 or udp", 128)
+    assert prog[-1] == (bpf.BPF_RET_K, 0, 0, 0) and (bpf.BPF_RET_K, 0, 0, 128) in prog
+    for bad in ("tcp port", "hots 10.0.0.1", "udp and and icmp"):
+        with pytest.raises(ValueError) as info:
+            bpf.compile_filter(bad)
+        message = str(info.value)
+        assert repr(bad) in message and "does not compile" in message and "\n" not in message
+
+
+def _wait_listening(addr, port, timeout_s=10):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with netns(NS_A):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.settimeout(0.5)
+            s.connect((addr, port))
+            return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            s.close()
+    raise AssertionError(f"nothing listens on {addr}:{port}")
+
+
+@pytest.fixture(scope="module")
+def http_server(net, tmp_path_factory):
+    root = tmp_path_factory.mktemp("www")
+    (root / "blob").write_bytes(os.urandom(4 << 20))
+    proc = subprocess.Popen(["ip", "netns", "exec", NS_B, sys.executable, "-m", "http.server",
+                             str(HTTP_PORT), "--bind", B4, "--directory", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(B4, HTTP_PORT)
+        yield f"http://{B4}:{HTTP_PORT}/blob"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_default_filter_drops_bulk_data_keeps_probes(net, http_server, tmp_path):
+    """A real 4 MiB curl download plus scans: the default filter drops the flow's data
+    segments in the kernel and keeps SYN/FIN/RST, bare ACKs, UDP and ICMP."""
+    pcap = tmp_path / "bulk.pcap"
+    full = open_ring()
+    kept = open_ring(bpf=bpf.compile_filter(bpf.DEFAULT_FILTER, 256))
+    try:
+        readers = [Reader(full), Reader(kept)]
+        with tcpdump(pcap, snaplen=128):
+            in_ns(NS_A, "curl", "-s", "-o", "/dev/null", http_server, timeout=60)
+            run_mixed_traffic()
+            time.sleep(0.2)
+        (all_cols, _), (kept_cols, kept_stats) = [r.finish() for r in readers]
+        kernel_full, kernel_kept = full.kernel_stats(), kept.kernel_stats()
+    finally:
+        full.close()
+        kept.close()
+    all_rows, kept_rows = row_dicts(until_marker(all_cols)), row_dicts(until_marker(kept_cols))
+    # two sockets may stamp one packet microseconds apart (each takes the time
+    # when it gets its copy): compare rows without their time
+    def untimed(rows):
+        return collections.Counter(tuple(v for k, v in r.items() if k != "ts_ns") for r in rows)
+    all_set, kept_set = untimed(all_rows), untimed(kept_rows)
+    assert not kept_set - all_set, "kept rows are rows of the traffic"
+    dropped = [dict(zip([k for k in COLUMN_NAMES if k != "ts_ns"], key))
+               for key in (all_set - kept_set).elements()]
+    # what was dropped: TCP with ACK, no SYN/RST/FIN, carrying data
+    assert len(dropped) > 100
+    assert all(r["proto"] == 6 and r["tcp_flags"] & 0x10 and not r["tcp_flags"] & 0x07
+               for r in dropped)
+    assert all(r["wire_len"] > 66 for r in dropped)
+    # what was kept: every SYN / FIN / RST / UDP / ICMP row of the traffic
+    needed = [r for r in all_rows if r["proto"] in (1, 17, 58) or (
+        r["proto"] == 6 and (r["tcp_flags"] & 0x07 or not r["tcp_flags"] & 0x10))]
+    assert not untimed(needed) - kept_set, "every SYN/FIN/RST/UDP/ICMP row was kept"
+    assert {r["proto"] for r in kept_rows} >= {1, 6, 17, 58}
+    assert any(r["proto"] == 6 and r["tcp_flags"] == 0x10 for r in kept_rows), "bare ACKs kept"
+    assert kernel_kept["packets"] < kernel_full["packets"] / 2
+    # the figures for the README: the live filter agrees with libpcap applying it offline
+    frames = [(e[3], e[4]) for e in naive.walk_pcap(pcap.read_bytes()) if e[0] == "frame"]
+    fig = filter_figures(frames, bpf.compile_filter(bpf.DEFAULT_FILTER, 256))
+    print(f"\ncurl 4 MiB + scans: {fig}  live: {kernel_kept} of {kernel_full}")
+    assert fig["passed"] < fig["packets"] / 2 and fig["passed_bytes"] < fig["bytes"] / 10
+    assert kept_stats["records"] == kernel_kept["packets"]

@@ -33,17 +33,20 @@ _V6_PAYLOAD = "ip6[4:2] - ((ip6[52] & 0xf0) >> 2)"
 # SYN, RST or FIN set (handshakes, refusals, closes, SYN/FIN/Xmas/Maimon
 # probes), no ACK (NULL scans and other flag-odd probes), or no payload
 # (bare ACKs: ACK-scan and window-scan probes, and the answers to them).
-_V4_TCP_KEEP = (f"(tcp[13] & 0x07 != 0 or tcp[13] & 0x10 == 0 or {_V4_PAYLOAD} == 0)")
+_V4_TCP_KEEP = (f"(tcp[13] & 0x07 > 0 or tcp[13] & 0x10 == 0 or {_V4_PAYLOAD} == 0)")
+# ("> 0", not "!= 0": libpcap compiles "!=" as the negation of the whole
+# relation, protocol test included, which would pass non-TCP and fragments.)
 # IPv6: libpcap's tcp[] indexing is IPv4-only, so the TCP header is read at the
 # fixed offset 40 when the next header is TCP (ip6[6] == 6); IPv6 with
 # extension headers in front of TCP is passed whole.
-_V6_TCP_KEEP = (f"(ip6[53] & 0x07 != 0 or ip6[53] & 0x10 == 0 or {_V6_PAYLOAD} == 0)")
+_V6_TCP_KEEP = (f"(ip6[53] & 0x07 > 0 or ip6[53] & 0x10 == 0 or {_V6_PAYLOAD} == 0)")
 # One frame with its (remaining) tag in the packet or none. IPv4 TCP: a first
 # fragment (more-fragments set, offset 0) passes whole, so a probe split over
 # fragments (nmap -f) is kept even when its flags are not in the first one;
-# later fragments of TCP carry no flags and are dropped (libpcap's tcp[]
-# tests are false on them).
-_V4 = f"ip and (not tcp or ip[6:2] & 0x3fff == 0x2000 or {_V4_TCP_KEEP})"
+# later fragments of TCP carry no flags and are dropped (tested explicitly:
+# libpcap's tcp[] flag tests exclude fragments, its arithmetic does not).
+_V4 = (f"ip and (not tcp or ip[6:2] & 0x3fff == 0x2000 or "
+       f"(ip[6:2] & 0x1fff == 0 and {_V4_TCP_KEEP}))")
 _V6 = f"ip6 and (ip6[6] != 6 or {_V6_TCP_KEEP})"
 _BASE = f"arp or ({_V4}) or ({_V6})"
 
