@@ -963,3 +963,51 @@ def walk_ring_block(ring, block_end, pkt_off, pkts_left, capacity):
         pkts_left -= 1
         pkt_off += next_offset
     return pkt_off, pkts_left, rows, stats
+
+
+# --- fanout key reference (sensor/capture/bpf.py FANOUT_KEY_PROGRAM) ---
+#
+# The key the fanout program returns for a frame as the kernel sees it (outer
+# VLAN tag stripped): the probing side's address (IPv6: its last 32 bits).
+# A read past the end of the packet ends a classic BPF program with 0.
+
+FANOUT_ICMP4_REQUESTS = {8, 10, 13, 15, 17}
+FANOUT_ICMP6_REQUESTS = {128, 133, 135, 139}
+
+
+def fanout_key(frame):
+    def u32(b):
+        if len(b) < 4:
+            raise IndexError
+        return struct.unpack(">I", b[:4])[0]
+    try:
+        ethertype = struct.unpack(">H", frame[12:14])[0]
+        net = frame[14:]
+        if ethertype == 0x0800:
+            proto, src, dst = net[9], u32(net[12:16]), u32(net[16:20])
+            if struct.unpack(">H", net[6:8])[0] & 0x1FFF:
+                return src ^ dst
+            l4 = net[(net[0] & 0xF) * 4:]
+        elif ethertype == 0x86DD:
+            proto, src, dst = net[6], u32(net[20:24]), u32(net[36:40])
+            l4 = net[40:]
+            if proto == 58:
+                return src if l4[0] in FANOUT_ICMP6_REQUESTS else dst
+        else:
+            return 0
+        if proto == 6:
+            flags = l4[13]
+            ack, syn, rst = flags & 0x10, flags & 0x02, flags & 0x04
+            if not ack:
+                return src if syn or not rst else dst
+            return dst if rst or syn else src
+        if proto == 17:
+            sport, dport = struct.unpack(">HH", l4[:4]) if len(l4) >= 4 else l4[4]
+            if sport > dport:
+                return src
+            return src ^ dst if sport == dport else dst
+        if proto == 1:
+            return src if l4[0] in FANOUT_ICMP4_REQUESTS else dst
+        return src ^ dst
+    except IndexError:
+        return 0
