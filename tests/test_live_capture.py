@@ -659,3 +659,76 @@ def test_fanout_keeps_each_scanner_on_one_worker(net):
         assert counts[scanner, "probe"] > 5 and counts[scanner, "answer"] > 5, counts
         assert len(members[scanner]) == 1, (scanner, members[scanner])
     assert {m for ms in members.values() for m in ms} == {0, 1}
+
+
+# ---------------------------------------------------------------- start-up errors
+
+def setup_error(**kw):
+    ifname = kw.pop("ifname", IF_B)
+    with netns(NS_B), pytest.raises(CaptureSetupError) as info:
+        RingCapture(ifname, **kw)
+    err = info.value
+    assert "\n" not in str(err)
+    return err
+
+
+def test_startup_errors_name_the_problem(net):
+    err = setup_error(ifname=f"{PREFIX}-nope")
+    assert err.kind == "no_interface" and err.exit_code == 2
+    assert f"{PREFIX}-nope does not exist" in str(err) and IF_B in str(err) and "lo" in str(err)
+
+    down_a, down_b = f"{PREFIX}-d", f"{PREFIX}-e"
+    in_ns(NS_B, "ip", "link", "add", down_a, "type", "veth", "peer", "name", down_b)
+    try:
+        err = setup_error(ifname=down_a)
+        assert err.kind == "interface_down" and err.exit_code == 1
+        assert f"interface {down_a} is down" in str(err)
+    finally:
+        in_ns(NS_B, "ip", "link", "del", down_a, check=False)
+
+    err = setup_error(ring_bytes=1 << 50, block_bytes=1 << 20)
+    assert err.kind == "ring_size" and "ring_bytes" in str(err) and "MiB" in str(err)
+    err = setup_error(ring_bytes=1 << 31, block_bytes=1 << 31)
+    assert err.kind == "ring_size" and "the kernel refused" in str(err), str(err)
+    err = setup_error(block_bytes=3 << 12)
+    assert err.kind == "bad_setting" and "power of two" in str(err)
+    err = setup_error(snaplen=10)
+    assert err.kind == "bad_setting" and "snap length" in str(err)
+
+    members = [open_ring(fanout=FanoutSpec(0x7A03, 2)) for _ in range(2)]
+    try:
+        err = setup_error(fanout=FanoutSpec(0x7A03, 2), **SMALL_RING)
+        assert err.kind == "bad_setting" and "fanout group" in str(err)
+    finally:
+        for m in members:
+            m.close()
+
+
+def test_startup_without_privilege_says_which_capability(net):
+    """An unprivileged user (uid nobody, no capabilities) gets the CAP_NET_RAW message."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # child: drop to nobody, try, report
+        code = 1
+        try:
+            os.close(rfd)
+            with netns(NS_B):
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    RingCapture(IF_B, **SMALL_RING)
+                    msg = "opened"
+                except CaptureSetupError as exc:
+                    msg = f"{exc.kind}|{exc.exit_code}|{exc}"
+            os.write(wfd, msg.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        msg = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, msg
+    kind, code, text = msg.split("|", 2)
+    assert kind == "permission" and code == "1" and "CAP_NET_RAW" in text, msg
