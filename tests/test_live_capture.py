@@ -768,3 +768,29 @@ def test_libpcap_fallback_startup_errors(net):
     with netns(NS_B), pytest.raises(CaptureSetupError) as info:
         LivePcapCapture(f"{PREFIX}-nope")
     assert info.value.kind == "no_interface" and IF_B in str(info.value)
+
+
+def test_operator_filter_expressions_work_live(net):
+    """--filter style expressions compiled for the interface: 'vlan 100' matches the
+    tag the kernel stripped (as with tcpdump there), 'udp' keeps only UDP."""
+    with netns(NS_B):
+        vlan_prog = bpf.compile_filter("vlan 100", 256, ifname=IF_B)
+        udp_prog = bpf.compile_filter("udp", 256, ifname=IF_B)
+        with pytest.raises(ValueError) as info:
+            bpf.compile_filter("vlan and and", 256, ifname=IF_B)
+    assert "'vlan and and' does not compile" in str(info.value)
+    # compiled for no interface, 'vlan 100' looks for a tag still in the packet only
+    assert vlan_prog != bpf.compile_filter("vlan 100", 256)
+    vlan_cap, udp_cap = open_ring(bpf=vlan_prog), open_ring(bpf=udp_prog)
+    try:
+        readers = [Reader(vlan_cap), Reader(udp_cap)]
+        send_frames(crafted_frames() + [marker_frame()])
+        in_ns(NS_A, "nping", "--tcp", "-p", "22", "-c", "2", "--delay", "20ms", B4, timeout=30)
+        (vlan_cols, _), (udp_cols, _) = [r.finish() for r in readers]
+    finally:
+        vlan_cap.close()
+        udp_cap.close()
+    vlan_rows, udp_rows = row_dicts(vlan_cols), row_dicts(udp_cols)
+    assert [(r["vlan"], r["proto"], r["dport"]) for r in vlan_rows] == [(100, 6, 22)]
+    assert udp_rows and all(r["proto"] == 17 for r in udp_rows)
+    assert {r["dport"] for r in udp_rows} >= {53, 161, MARKER_PORT}

@@ -11,9 +11,11 @@ TPACKET_V3 ring.
 
 VLAN: the kernel strips the outermost VLAN tag before socket filters run, so
 the filter sees the frame as if it had not carried it. A program compiled
-here (dead handle, no Linux VLAN extensions) reads ``vlan`` as a tag that is
+for a dead handle (no Linux VLAN extensions) reads ``vlan`` as a tag that is
 still in the packet: ``vlan`` matches an *inner* tag (QinQ) only, and
 ``vlan 100`` names that inner tag. The default filter is written for this.
+Compiled for a live interface (``ifname=``), ``vlan`` means what it means
+to tcpdump there: the stripped tag (ancillary data) or one in the packet.
 """
 import ctypes
 import ctypes.util
@@ -99,19 +101,49 @@ def libpcap():
     lib.pcap_geterr.argtypes = [ctypes.c_void_p]
     lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
     lib.pcap_close.argtypes = [ctypes.c_void_p]
+    lib.pcap_create.restype = ctypes.c_void_p
+    lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    for name in ("pcap_set_snaplen", "pcap_set_buffer_size"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.pcap_activate.argtypes = [ctypes.c_void_p]
     lib.pcap_offline_filter.argtypes = [ctypes.POINTER(_BpfProgram), ctypes.POINTER(_PcapPkthdr),
                                         ctypes.c_char_p]
     _LIB = lib
     return lib
 
 
-def compile_filter(expression, snaplen=262144, optimize=True):
+def _live_handle(lib, ifname, snaplen):
+    """An activated libpcap handle on ``ifname`` (its small ring is never read)."""
+    errbuf = ctypes.create_string_buffer(256)
+    handle = lib.pcap_create(ifname.encode(), errbuf)
+    if not handle:
+        raise ValueError(f"cannot compile a filter for {ifname}: {errbuf.value.decode(errors='replace')}")
+    lib.pcap_set_snaplen(handle, int(snaplen))
+    lib.pcap_set_buffer_size(handle, 1 << 16)
+    if lib.pcap_activate(handle) < 0:
+        message = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
+        lib.pcap_close(handle)
+        raise ValueError(f"cannot compile a filter for {ifname}: {message}")
+    return handle
+
+
+def compile_filter(expression, snaplen=262144, optimize=True, ifname=None):
     """Compile a tcpdump expression for Ethernet -> list of (code, jt, jf, k).
+
+    Without ``ifname`` the program is compiled for a dead Ethernet handle:
+    ``vlan`` then means a tag still in the packet (see the module docstring;
+    DEFAULT_FILTER is written for that). With ``ifname`` (a live Linux
+    interface; needs CAP_NET_RAW) libpcap compiles as tcpdump does on that
+    interface: ``vlan 100`` also matches the outer tag the kernel stripped
+    (ancillary loads). Use that for operator-given ``--filter`` expressions.
 
     Raises ValueError naming the expression and libpcap's message when it does
     not compile."""
     lib = libpcap()
-    handle = lib.pcap_open_dead(DLT_EN10MB, int(snaplen))
+    if ifname is None:
+        handle = lib.pcap_open_dead(DLT_EN10MB, int(snaplen))
+    else:
+        handle = _live_handle(lib, ifname, snaplen)
     if not handle:
         raise OSError("pcap_open_dead failed")
     prog = _BpfProgram()
