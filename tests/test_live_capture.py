@@ -794,3 +794,31 @@ def test_operator_filter_expressions_work_live(net):
     assert [(r["vlan"], r["proto"], r["dport"]) for r in vlan_rows] == [(100, 6, 22)]
     assert udp_rows and all(r["proto"] == 17 for r in udp_rows)
     assert {r["dport"] for r in udp_rows} >= {53, 161, MARKER_PORT}
+
+
+def test_link_flap_while_capturing(net):
+    """The link goes down and up under a running capture: reads keep returning
+    within their timeout, the error is counted, and capture resumes."""
+    cap = open_ring(bpf=bpf.compile_filter("udp port 161", 65535), snaplen=128)
+    batch, stats = PacketBatch(64), new_stats()
+    try:
+        in_ns(NS_B, "ip", "link", "set", IF_B, "down")
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert cap.read(batch, stats, 0.2) == 0
+            assert time.monotonic() - t0 < 1.0
+        assert cap.link_errors >= 1 and "down" in cap.last_error
+    finally:
+        in_ns(NS_B, "ip", "link", "set", IF_B, "up")
+        # a link going down drops its static IPv6 addresses (keep_addr_on_down=0)
+        in_ns(NS_B, "ip", "-6", "addr", "replace", f"{B6}/64", "dev", IF_B, "nodad")
+    try:
+        deadline = time.monotonic() + 10
+        got = 0
+        while not got and time.monotonic() < deadline:   # until the veth carries again
+            send_frames(crafted_frames()[3:])
+            got = cap.read(batch, stats, 0.3)
+        assert got == 1 and batch.dport[0] == 161
+        assert stats[0] == 1 and cap.kernel_stats()["packets"] >= 1
+    finally:
+        cap.close()

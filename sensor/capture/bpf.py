@@ -162,6 +162,13 @@ def compile_filter(expression, snaplen=262144, optimize=True, ifname=None):
         lib.pcap_close(handle)
 
 
+def cap_snaplen(program, snaplen):
+    """``program`` with every accepting ``ret #k`` lowered to at most ``snaplen``
+    (the return value is the number of bytes the kernel keeps)."""
+    return [(c, jt, jf, min(k, int(snaplen)) if c == BPF_RET_K and k else k)
+            for c, jt, jf, k in program]
+
+
 def accept_all(snaplen):
     """The program passing every packet, cut to ``snaplen`` bytes."""
     return [(BPF_RET_K, 0, 0, int(snaplen))]

@@ -193,7 +193,8 @@ class RingCapture:
                                     f"(bring it up: ip link set {self.ifname} up)")
         sock = self._sock
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-        bpf.attach(sock, program if program is not None else bpf.accept_all(self.snaplen))
+        bpf.attach(sock, bpf.accept_all(self.snaplen) if program is None
+                   else bpf.cap_snaplen(program, self.snaplen))
         self._setup_ring()
         sock.bind((self.ifname, ETH_P_ALL))
         if self.promisc:
