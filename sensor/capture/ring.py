@@ -180,6 +180,9 @@ class RingCapture:
             names = ", ".join(interface_names()) or "none"
             raise CaptureSetupError("no_interface", f"interface {self.ifname} does not exist "
                                     f"(interfaces here: {names})") from None
+        if not hasattr(socket, "AF_PACKET"):
+            raise CaptureSetupError("unavailable", "AF_PACKET sockets exist on Linux only; "
+                                    "use the libpcap capture")
         try:
             self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
