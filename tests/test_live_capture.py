@@ -822,3 +822,48 @@ def test_link_flap_while_capturing(net):
         assert stats[0] == 1 and cap.kernel_stats()["packets"] >= 1
     finally:
         cap.close()
+
+
+def test_no_packet_reaches_the_ring_before_the_filter(net):
+    """Rings opened while TCP floods the link, with a UDP-only filter: not one TCP
+    row (the filter is attached before the socket is bound)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    mac_a, mac_b = macs()
+    syn = bytes(Ether(src=mac_a, dst=mac_b) / IP(src=A4, dst=B4) / TCP(sport=40999, dport=23, flags="S"))
+    stop, sent = threading.Event(), [0]
+
+    def flood():
+        with netns(NS_A):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        with s:
+            s.bind((IF_A, 0))
+            while not stop.is_set():
+                for _ in range(50):
+                    s.send(syn)
+                sent[0] += 50
+                time.sleep(0.001)
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        time.sleep(0.2)
+        program = bpf.compile_filter("udp", 256)
+        protos = collections.Counter()
+        for _ in range(3):
+            for kw in (dict(bpf=program), dict(bpf=program, fanout=FanoutSpec(0x7A04, 1))):
+                before = sent[0]
+                cap = open_ring(**kw)
+                try:
+                    send_frames([marker_frame()])
+                    batch, stats = PacketBatch(4096), new_stats()
+                    deadline = time.monotonic() + 0.3
+                    while time.monotonic() < deadline:
+                        n = cap.read(batch, stats, 0.1)
+                        protos.update(batch.proto[:n].tolist())
+                finally:
+                    cap.close()
+                assert sent[0] > before, "the flood ran while the ring was opened"
+    finally:
+        stop.set()
+        flooder.join(5)
+    assert protos[17] >= 6 and set(protos) == {17}, protos
