@@ -11,7 +11,18 @@ via setns(2) for the time it takes to open them (a socket stays in the
 namespace it was created in). Everything is deleted in the fixture's
 teardown, whatever the outcome.
 
-Skipped (with the reason) unless root with ip, nmap, nping, tcpdump, curl.
+What is checked: ring rows == rows of tcpdump's capture of the same traffic
+(VLAN tags restored, QinQ outer tag); reads return within their timeout on an
+idle link and deliver a lone packet by the block retire timeout; the default
+filter agrees with a reference on every shipped frame, drops the data segments
+of a real curl download and keeps every SYN/FIN/RST/UDP/ICMP row; operator
+expressions compile (or fail with one clear line) and work live; the fanout
+key program, rule by rule and on real scans from four scanner addresses; the
+libpcap fallback gives the ring's rows; start-up errors; a link flap; no
+packet reaches a ring before its filter. About 25 s.
+
+Skipped (with the reason) unless root with ip, nmap, nping, tcpdump, curl
+(the two offline filter tests need only libpcap).
 """
 import collections
 import contextlib
