@@ -98,10 +98,13 @@ def load_run_config(args):
     return cfg
 
 
+LOG_NAME = "scan-sensor"          # a capture worker of --workers N names itself
+
+
 def log(message):
     """One line on stderr (the journal under systemd); a closed stderr is not fatal."""
     try:
-        print(f"scan-sensor: {message}", file=sys.stderr, flush=True)
+        print(f"{LOG_NAME}: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -140,6 +143,9 @@ def install_signal_handlers():
 def run(args):
     cfg = load_run_config(args)
     flags = install_signal_handlers()      # before the slow start: a TERM then still stops cleanly
+    if cfg["capture.workers"] > 1:
+        from sensor.supervisor import Supervisor
+        return Supervisor(args, cfg).run(flags)
     daemon = Daemon(args, cfg)
     try:
         daemon.start()
@@ -186,13 +192,19 @@ def open_capture(ifname, cfg, fanout=None):
 
 
 class Daemon:
-    """Captures, engine, outputs and state of one capture process."""
+    """Captures, engine, outputs and state of one capture process.
 
-    def __init__(self, args, cfg, fanout=None, state_name=STATE_FILE):
+    ``worker``: set in each capture process of ``--workers N``
+    (``sensor/supervisor.py``): alerts, exported rows, readiness and stats go to
+    the supervisor through it instead of to outputs, systemd and stderr."""
+
+    def __init__(self, args, cfg, worker=None):
         self.args = args
         self.cfg = cfg
-        self.fanout = fanout
-        self.state_name = state_name
+        self.worker = worker
+        self.fanout = worker.fanout if worker else None
+        self.state_name = worker.state_name if worker else STATE_FILE
+        self.export = ("port_sweep",) if worker else ()
         self.engine = None
         self.captures = []
         self.outputs = None
@@ -200,6 +212,7 @@ class Daemon:
         self.alerts = 0
         self.started_s = time.monotonic()
         self.last_packet_ns = None
+        self.last_drops = 0
         self.notifier = None
 
     # --- start ---------------------------------------------------------------
@@ -208,52 +221,22 @@ class Daemon:
         from sensor.engine import Engine
         from sensor.notify import Notifier
 
-        self.notifier = Notifier(warn=log)
-        self.state_dir = self._check_state_dir()
-        self.outputs = self._open_outputs(self.cfg)
+        self.notifier = self.worker or Notifier(warn=log)
+        self.state_dir = check_state_dir(self.cfg)
+        self.outputs = self.worker or open_outputs(self.args, self.cfg)
         if COLD_CACHE:
             log("first start: compiling the packet kernels (about 35 s, once; "
                 "`scan-sensor compile` does it ahead of time)")
             self.notifier.status("compiling the packet kernels")
-        self.engine = Engine(self.cfg)
+        self.engine = Engine(self.cfg, export=self.export)
         self.engine.warm_up()
-        self._restore()
+        restore(self.engine, self.state_dir, self.state_name)
         for ifname in self.cfg["capture.interfaces"]:
             self.captures.append(open_capture(ifname, self.cfg, self.fanout))
         names = ", ".join(self.cfg["capture.interfaces"])
         log(f"capturing on {names} ({type(self.captures[0]).__name__}, "
             f"filter: {self.cfg['capture.filter'] or 'default'})")
         self.notifier.ready(f"capturing on {names}")
-
-    def _check_state_dir(self):
-        path = self.cfg["sensor.state_dir"]
-        if not path:
-            return None
-        path = pathlib.Path(path)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise StartupError(f"state directory {path} is not writable: "
-                               f"{exc.strerror or exc}", EXIT_USAGE) from None
-        return path
-
-    def _open_outputs(self, cfg):
-        from sensor.output.jsonl import JsonlSink
-        try:
-            return AlertOutputs([JsonlSink(self.args.jsonl or "-")])
-        except OSError as exc:
-            raise StartupError(str(exc)) from None
-
-    def _restore(self):
-        if self.state_dir is None:
-            return
-        from sensor.state import load_checkpoint
-        result = load_checkpoint(self.engine, self.state_dir / self.state_name)
-        for message in result.messages:
-            log(("warning: " if result.status != "restored" else "") + message)
 
     # --- loop ----------------------------------------------------------------
     def loop(self, flags):
@@ -262,7 +245,6 @@ class Daemon:
         lag_ns = _tick_lag_ns(cfg)
         next_checkpoint = time.monotonic() + cfg["sensor.checkpoint_interval_s"]
         next_stats = time.monotonic() + cfg["sensor.stats_interval_s"]
-        self.last_drops = 0
         while flags.stop is None:
             got = self._read_all(tick_s)
             if not got:
@@ -314,6 +296,8 @@ class Daemon:
         if alerts:
             self.alerts += sum(1 for a in alerts if a.rule != "alert_rate_limited")
             self.outputs.submit(alerts)
+        if self.engine.exports:
+            self.outputs.submit_rows(self.engine.take_exports())
 
     # --- reload, state, stats ------------------------------------------------
     def reload(self):
@@ -325,7 +309,7 @@ class Daemon:
             cfg = load_run_config(self.args)
             if cfg["capture.interfaces"] != self.cfg["capture.interfaces"]:
                 log("note: the interface list changed; it takes effect on restart")
-            engine = Engine(cfg)
+            engine = Engine(cfg, export=self.export)
             engine.warm_up()
             messages = restore_state(engine, capture_state(self.engine))
         except (ConfigError, StateMismatch) as exc:
@@ -340,15 +324,7 @@ class Daemon:
         self.notifier.ready("configuration reloaded")
 
     def checkpoint(self):
-        if self.state_dir is None:
-            return
-        from sensor.state import save_checkpoint
-        try:
-            save_checkpoint(self.engine, self.state_dir / self.state_name,
-                            meta={"interfaces": self.cfg["capture.interfaces"],
-                                  "written_ns": time.time_ns()})
-        except OSError as exc:
-            log(f"warning: checkpoint not written: {exc}")
+        checkpoint(self.engine, self.state_dir, self.state_name, self.cfg)
 
     def stats(self):
         out = {"uptime_s": round(time.monotonic() - self.started_s, 3), "alerts": self.alerts}
@@ -365,22 +341,11 @@ class Daemon:
 
     def report_stats(self, final=False):
         s = self.stats()
-        skipped = s["records"] - s["decoded"]
-        line = (f"{'final ' if final else ''}stats: {s['kernel_packets']:,} packets received, "
-                f"{s['kernel_drops']:,} dropped by the kernel, {s['decoded']:,} decoded, "
-                f"{skipped:,} skipped; {s['alerts']:,} alerts; probes "
-                f"{s['probes_tracked']:,} tracked, {s['probes_evictions']:,} evicted")
-        evictions = sum(v for k, v in s.items() if k.endswith("_evictions")
-                        and k != "probes_evictions")
-        line += f"; rule tables {evictions:,} evictions"
-        log(line)
-        self.notifier.status(line)
-        if s["kernel_drops"] > self.last_drops:
-            log(f"warning: the kernel dropped {s['kernel_drops'] - self.last_drops:,} packets "
-                f"since the last report (raise capture.ring_bytes, or add --workers)")
-            self.last_drops = s["kernel_drops"]
-        if self.args.stats_json:
-            _write_json_atomically(self.args.stats_json, s)
+        if self.worker is not None:
+            self.worker.send_stats(s, final)
+            return
+        self.last_drops = report_stats(s, self.notifier, self.args.stats_json,
+                                       self.last_drops, final)
 
     # --- stop ----------------------------------------------------------------
     def shutdown(self):
@@ -407,6 +372,74 @@ class Daemon:
             self.outputs = None
 
 
+def check_state_dir(cfg):
+    """The state directory, created if missing; StartupError if it is not writable."""
+    path = cfg["sensor.state_dir"]
+    if not path:
+        return None
+    path = pathlib.Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"state directory {path} is not writable: "
+                           f"{exc.strerror or exc}", EXIT_USAGE) from None
+    return path
+
+
+def open_outputs(args, cfg):
+    from sensor.output.jsonl import JsonlSink
+    try:
+        return AlertOutputs([JsonlSink(args.jsonl or "-")])
+    except OSError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def restore(engine, state_dir, name):
+    """Load the engine's checkpoint, if there is one; say what happened."""
+    if state_dir is None:
+        return
+    from sensor.state import load_checkpoint
+    result = load_checkpoint(engine, state_dir / name)
+    for message in result.messages:
+        log(("warning: " if result.status != "restored" else "") + message)
+
+
+def checkpoint(engine, state_dir, name, cfg):
+    if state_dir is None:
+        return
+    from sensor.state import save_checkpoint
+    try:
+        save_checkpoint(engine, state_dir / name,
+                        meta={"interfaces": cfg["capture.interfaces"],
+                              "written_ns": time.time_ns()})
+    except OSError as exc:
+        log(f"warning: checkpoint {state_dir / name} not written: {exc}")
+
+
+def report_stats(s, notifier, stats_json, last_drops, final=False):
+    """One stats line (stderr, systemd STATUS=), a kernel-drop warning, --stats-json.
+    Returns the drop count reported so far."""
+    skipped = s["records"] - s["decoded"]
+    evictions = sum(v for k, v in s.items() if k.endswith("_evictions")
+                    and k != "probes_evictions" and isinstance(v, int))
+    line = (f"{'final ' if final else ''}stats: {s['kernel_packets']:,} packets received, "
+            f"{s['kernel_drops']:,} dropped by the kernel, {s['decoded']:,} decoded, "
+            f"{skipped:,} skipped; {s['alerts']:,} alerts; probes {s['probes_tracked']:,} "
+            f"tracked, {s['probes_evictions']:,} evicted; rule tables {evictions:,} evictions")
+    log(line)
+    notifier.status(line)
+    if s["kernel_drops"] > last_drops:
+        log(f"warning: the kernel dropped {s['kernel_drops'] - last_drops:,} packets since "
+            f"the last report (raise capture.ring_bytes, or add --workers)")
+        last_drops = s["kernel_drops"]
+    if stats_json:
+        write_json_atomically(stats_json, s)
+    return last_drops
+
+
 class AlertOutputs:
     """Several sinks at once (until the delivery module lands: JSON lines only)."""
 
@@ -418,6 +451,9 @@ class AlertOutputs:
             for record in records:
                 sink.write(record)
 
+    def submit_rows(self, exports):
+        raise AssertionError("rows are exported only to a supervisor")
+
     def stats(self):
         return {getattr(s, "path", "?"): {"sent": s.written} for s in self.sinks}
 
@@ -427,7 +463,7 @@ class AlertOutputs:
         return 0
 
 
-def _write_json_atomically(path, data):
+def write_json_atomically(path, data):
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
