@@ -105,7 +105,7 @@ def worker_main(args, index, count, group_id, conn):
     flags = single.install_signal_handlers()
     try:
         cfg = single.load_run_config(args)
-        from sensor.capture.bpf import FanoutSpec
+        from sensor.capture.ring import FanoutSpec
         daemon = single.Daemon(args, cfg, worker=WorkerLink(conn, index, count,
                                                             FanoutSpec(group_id, count)))
     except ConfigError as exc:

@@ -93,7 +93,8 @@ class LiveDaemon:
                              f"{self.alerts()}\n{self.stderr()}")
 
     def stderr(self):
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         return self.stderr_path.read_text()
 
     # --- lifecycle ---------------------------------------------------------------

@@ -165,30 +165,32 @@ def _tick_lag_ns(cfg):
 
 
 def open_capture(ifname, cfg, fanout=None):
-    """The live capture adapter for one interface (AF_PACKET ring, else libpcap)."""
-    from sensor.capture import CaptureSetupError
+    """The live capture adapter for one interface: the AF_PACKET ring where the
+    kernel has it (``capture.backend``), else libpcap."""
+    import socket
     from sensor.capture.bpf import DEFAULT_FILTER, compile_filter
+    from sensor.capture.ring import CaptureSetupError, RingCapture
     expression = cfg["capture.filter"] or DEFAULT_FILTER
-    try:
-        program = compile_filter(expression, cfg["capture.snaplen"])
-    except ValueError as exc:
-        raise StartupError(f"`capture.filter`: {exc}", EXIT_USAGE) from None
     backend = cfg["capture.backend"]
+    if backend == "auto":
+        backend = "af_packet" if hasattr(socket, "AF_PACKET") else "libpcap"
     try:
-        if backend in ("auto", "af_packet"):
-            from sensor.capture.ring import RingCapture, ring_available
-            if backend == "af_packet" or ring_available():
-                return RingCapture(
-                    ifname, ring_bytes=cfg["capture.ring_bytes"],
-                    block_bytes=cfg["capture.block_bytes"], snaplen=cfg["capture.snaplen"],
-                    block_timeout_ms=cfg["capture.block_timeout_ms"],
-                    promisc=cfg["capture.promiscuous"], bpf=program, fanout=fanout)
+        if backend == "af_packet":
+            try:
+                program = compile_filter(expression, cfg["capture.snaplen"])
+            except ValueError as exc:
+                raise StartupError(f"`capture.filter`: {exc}", EXIT_USAGE) from None
+            return RingCapture(
+                ifname, ring_bytes=cfg["capture.ring_bytes"],
+                block_bytes=cfg["capture.block_bytes"], snaplen=cfg["capture.snaplen"],
+                block_timeout_ms=cfg["capture.block_timeout_ms"],
+                promisc=cfg["capture.promiscuous"], bpf=program, fanout=fanout)
         from sensor.capture.live_pcap import LivePcapCapture
         return LivePcapCapture(ifname, snaplen=cfg["capture.snaplen"],
                                promisc=cfg["capture.promiscuous"], filter_expression=expression,
                                timeout_ms=cfg["capture.block_timeout_ms"])
     except CaptureSetupError as exc:
-        raise StartupError(str(exc), getattr(exc, "exit_code", EXIT_RUNTIME)) from None
+        raise StartupError(str(exc), exc.exit_code) from None
 
 
 class Daemon:
