@@ -21,12 +21,17 @@ keys, not to the 237 MiB the tables take at default settings.
 
 The same pair moves state from the old engine to a new one on a config
 reload: thresholds, lists and outputs come from the new config, tables from
-the old engine. A table whose shape or meaning changed (``max_keys``,
-``table_ways``, ``max_listed``, ``window_s``, ``scope``, ``count``,
-``probes.max_probes``, ``probes.table_ways``) cannot be placed 1:1: the whole
-state is refused with ``StateRefused`` naming the setting, before anything
-is written into the engine (the caller keeps the old config, or starts
-fresh). ``max_pending_alerts`` may change as long as the waiting alerts fit.
+the old engine. A table whose ``max_keys`` or ``table_ways`` (or
+``probes.max_probes``, ``probes.table_ways``) changed cannot be placed 1:1:
+its keys are re-placed into the new layout (``placement``: the bucket of each
+saved key hash; in a bucket too full, keys with alerts waiting first, then
+the heaviest; keys that do not fit are dropped and counted as evictions; if
+a key with an alert waiting does not fit, the state is refused). A table
+whose ``max_listed``, ``window_s``, ``scope`` or ``count`` changed means
+something else now: the whole state is refused with ``StateRefused`` naming
+the setting, before anything is written into the engine (the caller keeps
+the old config, or starts fresh). ``max_pending_alerts`` may change as long
+as the waiting alerts fit.
 A rule disabled in the new config has its table dropped (with a message); a
 rule newly enabled starts empty.
 
@@ -227,11 +232,12 @@ SHAPE_SETTINGS = {"capacity": "max_keys", "ways": "table_ways", "max_listed": "m
 
 
 def _check_detector(det, saved):
-    """Reasons (setting names) why ``saved`` cannot go into ``det``'s tables."""
+    """Reasons (setting names) why ``saved`` cannot go into ``det``'s tables; a
+    changed ``max_keys`` / ``table_ways`` is not one (the keys are re-placed)."""
     problems = []
     shape, now = saved["shape"], _detector_shape(det)
     for key, setting in SHAPE_SETTINGS.items():
-        if shape[key] != now[key]:
+        if key not in RELOCATABLE and shape[key] != now[key]:
             problems.append(f"{det.name}.{setting} changed ({shape[key]} -> {now[key]})")
     meaning, now_m = saved["meaning"], _detector_meaning(det)
     for key, setting in MEANING_SETTINGS.items():
@@ -242,6 +248,104 @@ def _check_detector(det, saved):
         problems.append(f"{det.name}.max_pending_alerts lowered to {now['max_pending_alerts']} "
                         f"but {waiting} alerts are waiting")
     return problems
+
+
+# --- re-placing a table whose max_keys / table_ways changed -----------------------------
+RELOCATABLE = ("capacity", "ways")
+
+
+def _moved(old_shape, new_shape):
+    return any(old_shape[k] != new_shape[k] for k in RELOCATABLE)
+
+
+def _bucket_of(h, nbuckets):
+    """kernels/addr_table.py ``bucket_of``, vectorised."""
+    return (((h >> np.uint64(32)) * np.uint64(nbuckets)) >> np.uint64(32)).astype(np.int64)
+
+
+def placement(fps, last_seen_ns, pinned, weight, capacity, ways):
+    """New slot of each saved key in a table of ``capacity`` slots, ``ways`` per
+    bucket (-1: its bucket is full). Within a bucket, pinned keys go first, then
+    the heaviest, the most recent among equals (who find_slot would keep)."""
+    b = _bucket_of(fps.astype(np.uint64), capacity // ways)
+    order = np.lexsort((-last_seen_ns.astype(np.int64), -weight.astype(np.int64),
+                        -pinned.astype(np.int64), b))
+    bs = b[order]
+    rank = np.arange(len(bs)) - np.searchsorted(bs, bs, side="left")
+    new = np.full(len(b), -1, np.int64)
+    fits = rank < ways
+    new[order[fits]] = bs[fits] * ways + rank[fits]
+    return new
+
+
+def _move_slots(saved, live, new_of_live, row_lens):
+    """The saved rows of ``live`` slots at their new slots (dropping those at -1)."""
+    keep = new_of_live >= 0
+    dense = {name: rows[keep] for name, rows in saved["dense"].items()}
+    sparse = {}
+    for name, s in saved["sparse"].items():
+        row_len = row_lens[name]
+        new = new_of_live[np.searchsorted(live, s["index"] // row_len)]
+        m = new >= 0
+        sparse[name] = {"index": new[m] * row_len + s["index"][m] % row_len,
+                        "values": s["values"][m]}
+    return {"dense": dense, "sparse": sparse}
+
+
+def _row_lens(pairs):
+    return {name: int(np.prod(a.shape[1:], dtype=np.int64)) for name, a in pairs}
+
+
+def _relocate_detector(det, saved):
+    """``saved`` re-placed into ``det``'s table shape; (new saved, message)."""
+    now = _detector_shape(det)
+    live = saved["live"]
+    lcd = saved["lifecycle"]["dense"]
+    new_of_live = placement(lcd["fps"], lcd["last_seen_ns"], lcd["pinned"], lcd["count"],
+                            now["capacity"], now["ways"])
+    lost_pinned = int(((new_of_live < 0) & (lcd["pinned"] != 0)).sum())
+    if lost_pinned:
+        raise StateRefused(f"{det.name}.max_keys/table_ways changed: {lost_pinned} keys with "
+                           "alerts waiting do not fit the new table")
+    pos = np.searchsorted(live, saved["pending"])
+    meta = saved["meta"].copy()
+    dropped = int((new_of_live < 0).sum())
+    meta[ks.M_EVICTIONS] += dropped
+    if len(saved["pending"]):
+        meta[ks.M_MIN_DUE_SLOT] = new_of_live[np.searchsorted(live, meta[ks.M_MIN_DUE_SLOT])]
+    out = dict(saved, shape=now, live=new_of_live[new_of_live >= 0], meta=meta,
+               pending=new_of_live[pos],
+               lifecycle=_move_slots(saved["lifecycle"], live, new_of_live,
+                                     _row_lens(_lifecycle_arrays(det.lc))),
+               table=_move_slots(saved["table"], live, new_of_live,
+                                 _row_lens(slot_arrays(det.table))))
+    old = saved["shape"]
+    return out, (f"{det.name}: keys re-placed from {old['capacity']} slots / {old['ways']} ways "
+                 f"to {now['capacity']} / {now['ways']}: {len(out['live'])} kept, "
+                 f"{dropped} did not fit (counted as evictions)")
+
+
+def _relocate_probes(probes, saved):
+    now = _probe_shape(probes)
+    live = saved["live"]
+    d = saved["slots"]["dense"]
+    new_of_live = placement(d["fps"], d["last_seen_ns"], d["pinned"], d["sent_ns"],
+                            now["capacity"], now["ways"])
+    fifo_new = new_of_live[np.searchsorted(live, saved["fifo_slot"])]
+    m = fifo_new >= 0
+    fifo_slot, fifo_ts = fifo_new[m][-now["capacity"]:], saved["fifo_ts"][m][-now["capacity"]:]
+    meta = saved["meta"].copy()
+    dropped = int((new_of_live < 0).sum())
+    meta[kp.PM_EVICTIONS] += dropped
+    meta[kp.PM_HEAD], meta[kp.PM_TAIL] = 0, len(fifo_slot)
+    out = dict(saved, shape=now, live=new_of_live[new_of_live >= 0], meta=meta,
+               fifo_slot=fifo_slot, fifo_ts=fifo_ts,
+               slots=_move_slots(saved["slots"], live, new_of_live,
+                                 _row_lens(_probe_arrays(probes))))
+    old = saved["shape"]
+    return out, (f"probe table: attempts re-placed from {old['capacity']} slots / "
+                 f"{old['ways']} ways to {now['capacity']} / {now['ways']}: "
+                 f"{len(out['live'])} kept, {dropped} did not fit (counted as evictions)")
 
 
 def _is_fresh(engine):
@@ -257,19 +361,27 @@ def restore_state(engine, state):
     the engine untouched, when a table's shape or meaning differs."""
     if not _is_fresh(engine):
         raise ValueError("restore_state needs a freshly built engine")
-    problems = []
-    p_saved = state["probes"]
-    p_now = _probe_shape(engine.probes)
-    for key, setting in (("capacity", "probes.max_probes"), ("ways", "probes.table_ways")):
-        if p_saved["shape"][key] != p_now[key]:
-            problems.append(f"{setting} changed ({p_saved['shape'][key]} -> {p_now[key]})")
     by_name = {d.name: d for d in engine.detectors}
+    problems = []
     for name, saved in state["detectors"].items():
         if name in by_name:
             problems += _check_detector(by_name[name], saved)
     if problems:
         raise StateRefused("saved state does not fit the configured tables: "
                            + "; ".join(problems))
+    # tables whose max_keys / table_ways changed: re-placed (may still refuse)
+    notes = []
+    p_saved = state["probes"]
+    if _moved(p_saved["shape"], _probe_shape(engine.probes)):
+        p_saved, note = _relocate_probes(engine.probes, p_saved)
+        notes.append(note)
+    detectors = {}
+    for name, saved in state["detectors"].items():
+        det = by_name.get(name)
+        if det is not None and _moved(saved["shape"], _detector_shape(det)):
+            saved, note = _relocate_detector(det, saved)
+            notes.append(note)
+        detectors[name] = saved
 
     messages = []
     cfg_seed = engine.cfg["sensor.hash_seed"]
@@ -296,7 +408,7 @@ def restore_state(engine, state):
     probes.fifo_ts[at] = p_saved["fifo_ts"]
     summary = [f"probes {len(p_saved['live'])}"]
 
-    for name, saved in state["detectors"].items():
+    for name, saved in detectors.items():
         det = by_name.get(name)
         if det is None:
             messages.append(f"{name} is disabled: its saved table ({len(saved['live'])} keys) "
@@ -311,7 +423,7 @@ def restore_state(engine, state):
     for name in by_name:
         if name not in state["detectors"]:
             messages.append(f"{name} was not running: it starts with an empty table")
-    messages.insert(0, "restored state (live keys): " + ", ".join(summary))
+    messages[:0] = ["restored state (live keys): " + ", ".join(summary)] + notes
     return messages
 
 
