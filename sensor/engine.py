@@ -207,6 +207,11 @@ class Engine:
             alerts += det.process(ob, self.outcome_classes, ob.outcome)
         return alerts
 
+    @property
+    def counters(self):
+        """The rules this engine counts itself (not those it exports)."""
+        return [d for d in self.detectors if not isinstance(d, RowExport)]
+
     def take_exports(self):
         """Rows collected for exported rules since the last call:
         [(rule name, reads_outcomes, {column: array}, outcome codes)]."""

@@ -181,7 +181,7 @@ def _probe_shape(probes):
 def table_shapes(engine):
     """Shape of every table of ``engine`` (for the checkpoint header)."""
     shapes = {"probes": _probe_shape(engine.probes)}
-    for det in engine.detectors:
+    for det in engine.counters:
         shapes[det.name] = _detector_shape(det)
     return shapes
 
@@ -220,7 +220,7 @@ def capture_state(engine):
         "gate": {"minute": g.minute, "passed": g.passed, "held": dict(g.held),
                  "held_sources": list(g.held_sources), "total_held": g.total_held},
         "probes": _capture_probes(engine.probes),
-        "detectors": {det.name: _capture_detector(det) for det in engine.detectors},
+        "detectors": {det.name: _capture_detector(det) for det in engine.counters},
     }
 
 
@@ -352,7 +352,7 @@ def _is_fresh(engine):
     if (engine.probes.last_seen_ns != EMPTY).any() or engine.probes.meta.any():
         return False
     return not any((d.lc.last_seen_ns != EMPTY).any() or d.lc.meta.any()
-                   for d in engine.detectors)
+                   for d in engine.counters)
 
 
 def restore_state(engine, state):
@@ -361,7 +361,7 @@ def restore_state(engine, state):
     the engine untouched, when a table's shape or meaning differs."""
     if not _is_fresh(engine):
         raise ValueError("restore_state needs a freshly built engine")
-    by_name = {d.name: d for d in engine.detectors}
+    by_name = {d.name: d for d in engine.counters}
     problems = []
     for name, saved in state["detectors"].items():
         if name in by_name:
@@ -390,7 +390,7 @@ def restore_state(engine, state):
         messages.append(f"sensor.hash_seed {cfg_seed} ignored: the saved tables are placed "
                         f"with seed {int(seed)}, which stays in use")
     engine.seed = seed
-    for det in engine.detectors:
+    for det in engine.counters:
         det.seed = seed
     engine.decode_stats[:] = state["decode_stats"]
     g, gs = engine.gate, state["gate"]

@@ -288,7 +288,7 @@ class Supervisor:
     # --- reload, stats, stop -------------------------------------------------
     def reload(self):
         from sensor.engine import Engine
-        from sensor.state import StateMismatch, capture_state, restore_state
+        from sensor.state import StateRefused, capture_state, restore_state
         self.notifier.reloading()
         for proc, _ in self.workers:
             if proc.is_alive():
@@ -302,7 +302,7 @@ class Supervisor:
                 if self.sweep is not None:
                     for message in restore_state(sweep, capture_state(self.sweep)):
                         single.log(message)
-        except (ConfigError, StateMismatch) as exc:
+        except (ConfigError, StateRefused) as exc:
             single.log(f"error: new configuration rejected by the supervisor, the old one "
                        f"stays in force: {exc}")
             self.notifier.ready("reload rejected; running with the previous configuration")

@@ -304,7 +304,7 @@ class Daemon:
     # --- reload, state, stats ------------------------------------------------
     def reload(self):
         from sensor.engine import Engine
-        from sensor.state import StateMismatch, capture_state, restore_state
+        from sensor.state import StateRefused, capture_state, restore_state
         self.notifier.reloading()
         log("SIGHUP: reloading the configuration")
         try:
@@ -314,7 +314,7 @@ class Daemon:
             engine = Engine(cfg, export=self.export)
             engine.warm_up()
             messages = restore_state(engine, capture_state(self.engine))
-        except (ConfigError, StateMismatch) as exc:
+        except (ConfigError, StateRefused) as exc:
             log(f"error: new configuration rejected, the old one stays in force: {exc}")
             self.notifier.ready("reload rejected; running with the previous configuration")
             return
@@ -414,9 +414,8 @@ def checkpoint(engine, state_dir, name, cfg):
         return
     from sensor.state import save_checkpoint
     try:
-        save_checkpoint(engine, state_dir / name,
-                        meta={"interfaces": cfg["capture.interfaces"],
-                              "written_ns": time.time_ns()})
+        save_checkpoint(engine, state_dir / name, meta={"interfaces": cfg["capture.interfaces"]},
+                        created_ns=time.time_ns())
     except OSError as exc:
         log(f"warning: checkpoint {state_dir / name} not written: {exc}")
 
