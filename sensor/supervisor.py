@@ -46,11 +46,14 @@ import os
 import signal
 import time
 
+import numpy as np
+
 from sensor.commands import run as single
 from sensor.config import ConfigError
 
 SWEEP_STATE = "checkpoint-sweep.msgpack"
 STOP_TIMEOUT_S = 60
+END_OF_TIME_NS = 2**62
 
 
 def worker_state_name(index, count):
@@ -61,17 +64,27 @@ class WorkerLink:
     """A worker's end of the pipe: stands in for the outputs and the systemd
     notifier of a single daemon (``single.Daemon(worker=...)``)."""
 
-    def __init__(self, conn, index, count, fanout):
+    def __init__(self, conn, index, count, fanout, tick_s):
         self.conn = conn
         self.fanout = fanout
         self.state_name = worker_state_name(index, count)
+        self.tick_s = tick_s
+        self._last_time_s = 0.0
 
     # outputs
     def submit(self, records):
         self.conn.send(("alerts", records))
 
-    def submit_rows(self, exports):
-        self.conn.send(("rows", exports))
+    def submit_rows(self, exports, packet_time_ns):
+        self.conn.send(("rows", exports, packet_time_ns))
+        self._last_time_s = time.monotonic()
+
+    def heartbeat(self, packet_time_ns, now_s):
+        """Tell the supervisor how far this worker's packet time got (at least every
+        idle tick), so it can release the rows of every worker up to there."""
+        if now_s - self._last_time_s >= self.tick_s:
+            self._last_time_s = now_s
+            self.conn.send(("time", packet_time_ns))
 
     def send_stats(self, stats, final):
         self.conn.send(("stats", stats, final))
@@ -106,8 +119,9 @@ def worker_main(args, index, count, group_id, conn):
     try:
         cfg = single.load_run_config(args)
         from sensor.capture.ring import FanoutSpec
-        daemon = single.Daemon(args, cfg, worker=WorkerLink(conn, index, count,
-                                                            FanoutSpec(group_id, count)))
+        link = WorkerLink(conn, index, count, FanoutSpec(group_id, count),
+                          cfg["capture.idle_tick_s"])
+        daemon = single.Daemon(args, cfg, worker=link)
     except ConfigError as exc:
         conn.send(("error", f"config error: {exc}", single.EXIT_USAGE))
         return
@@ -136,7 +150,10 @@ class Supervisor:
         self.failures = 0
         self.alerts = 0
         self.last_drops = 0
-        self.last_row_ns = None
+        self.watermarks = [None] * self.count    # each worker's packet time
+        self.pending = []          # exported rows not yet released to the sweep engine
+        self.swept_to_ns = None
+        self.done = set()          # workers that said goodbye
 
     def run(self, flags):
         from sensor.notify import Notifier
@@ -155,8 +172,8 @@ class Supervisor:
             self._loop(flags)
         finally:
             self._stop_workers()
+            self.sweep_tick(final=True)
             if self.sweep is not None:
-                self.sweep_tick()
                 single.checkpoint(self.sweep, self.state_dir, SWEEP_STATE, self.cfg)
             self.report_stats(final=True)
             self._close()
@@ -248,15 +265,15 @@ class Supervisor:
         if kind == "alerts":
             self._emit(msg[1])
         elif kind == "rows":
-            for rule, reads_outcomes, columns, outcome in msg[1]:
-                if len(outcome):
-                    self.last_row_ns = max(self.last_row_ns or 0, int(columns["ts_ns"].max()))
-                if self.sweep is not None:
-                    self._emit(self.sweep.count_exported(rule, reads_outcomes, columns, outcome))
+            self.pending.extend(msg[1])
+            self.watermarks[index] = msg[2]
+        elif kind == "time":
+            self.watermarks[index] = msg[1]
         elif kind == "stats":
             self.latest[index] = msg[1]
         elif kind == "bye":
             self.failures += msg[1]
+            self.done.add(index)                         # nothing more comes from it
         elif kind == "error":
             single.log(f"error: worker {index + 1}: {msg[1]}")
             self.failures += 1
@@ -274,16 +291,41 @@ class Supervisor:
             self.alerts += sum(1 for r in records if r.rule != "alert_rate_limited")
             self.outputs.submit(records)
 
-    def sweep_tick(self):
-        """Advance the port_sweep engine's packet time on a quiet link (held back
-        further than a worker's: rows reach it one worker tick later)."""
-        if self.sweep is None:
+    def sweep_tick(self, final=False):
+        """Count the exported rows every worker's packet time has passed, in packet
+        time order (as one engine would have seen them), then advance the port_sweep
+        engine to that time. Each worker's later rows are newer than its packet
+        time, so nothing released here can be overtaken."""
+        seen = [w for w in self.watermarks if w is not None]
+        active = [w for i, w in enumerate(self.watermarks) if i not in self.done]
+        if final or not active:
+            upto, tick_to = END_OF_TIME_NS, max(seen, default=0)
+        elif None in active:
             return
-        lag = 2 * single._tick_lag_ns(self.cfg) + int(self.cfg["capture.idle_tick_s"] * 1e9)
-        now_ns = time.time_ns() - lag
-        if self.last_row_ns is not None:
-            now_ns = max(now_ns, self.last_row_ns)
-        self._emit(self.sweep.tick(now_ns))
+        else:
+            upto = tick_to = min(active)
+        groups = {}
+        for rule, reads_outcomes, columns, outcome in self.pending:
+            groups.setdefault((rule, reads_outcomes), []).append((columns, outcome))
+        self.pending = []
+        for (rule, reads_outcomes), chunks in groups.items():
+            columns = {name: np.concatenate([c[name] for c, _ in chunks])
+                       for name in chunks[0][0]}
+            outcome = np.concatenate([o for _, o in chunks])
+            order = np.argsort(columns["ts_ns"], kind="stable")
+            ready = order[columns["ts_ns"][order] <= upto]
+            later = order[columns["ts_ns"][order] > upto]
+            if later.size:
+                self.pending.append((rule, reads_outcomes,
+                                     {k: v[later] for k, v in columns.items()}, outcome[later]))
+            if ready.size and self.sweep is not None:
+                self._emit(self.sweep.count_exported(
+                    rule, reads_outcomes, {k: v[ready] for k, v in columns.items()},
+                    outcome[ready]))
+        if self.sweep is not None and tick_to and (self.swept_to_ns is None
+                                                   or tick_to > self.swept_to_ns):
+            self.swept_to_ns = tick_to
+            self._emit(self.sweep.tick(tick_to))
 
     # --- reload, stats, stop -------------------------------------------------
     def reload(self):

@@ -225,3 +225,48 @@ def test_sighup_changes_the_threshold_and_keeps_the_tables(link, tmp_path):
         d.close()
     err = d.stderr()
     assert "rejected" in err and "invalid TOML" in err, err
+
+
+SWEEP_SCRIPT = r"""
+import sys
+from scapy.all import Ether, IP, TCP, sendp
+dev, dst_mac = sys.argv[1], sys.argv[2]
+frames = []
+for s in range(40):                       # 40 outside sources ...
+    for j in range(3):                    # ... each probing 445 on 3 of 60 home hosts
+        host = (s * 3 + j) % 60
+        frames.append(Ether(dst=dst_mac) / IP(src=f"198.51.100.{s + 1}", dst=f"10.88.1.{host + 1}")
+                      / TCP(sport=40000 + s, dport=445, flags="S"))
+sendp(frames, iface=dev, verbose=False)
+"""
+
+
+def mac_of(link, side):
+    out = link.run(side, ["ip", "-o", "link", "show", link.dev[side]]).stdout
+    return out.split("link/ether ")[1].split()[0]
+
+
+def test_two_workers_give_the_alerts_of_one(link, tmp_path):
+    """A scan and a distributed sweep (40 sources, spread over the workers by the
+    fanout) seen by a 1-worker and a 2-worker daemon on the same interface at once."""
+    one = daemon(link, tmp_path, name="one")
+    two = daemon(link, tmp_path, "--workers", "2", "--stats-json", str(tmp_path / "two.json"),
+                 name="two")
+    try:
+        nmap(link, "1-200")
+        link.run("a", [sys.executable, "-c", SWEEP_SCRIPT, link.dev["a"], mac_of(link, "b")])
+        for d in (one, two):
+            d.wait_alert(lambda a: a.get("rule") == "port_sweep", timeout_s=40)
+            d.wait_alert(is_scan, timeout_s=10)
+        time.sleep(2)
+        assert one.stop() == 0 and two.stop() == 0, two.stderr()
+    finally:
+        one.close()
+        two.close()
+    key = lambda a: (a["rule"], a["id"], a.get("seq", 0))
+    assert sorted(two.alerts(), key=key) == sorted(one.alerts(), key=key)
+    sweep = next(a for a in two.alerts() if a["rule"] == "port_sweep")
+    assert sweep["dst_port"] == 445 and sweep["dst_ip_count"] == 60
+    per_worker = json.loads((tmp_path / "two.json").read_text())["per_worker"]
+    assert len(per_worker) == 2 and all(w["decoded"] > 0 for w in per_worker.values()), \
+        per_worker

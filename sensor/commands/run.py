@@ -214,6 +214,7 @@ class Daemon:
         self.alerts = 0
         self.started_s = time.monotonic()
         self.last_packet_ns = None
+        self.packet_time_ns = 0         # the engine's packet time: last packet or tick
         self.last_drops = 0
         self.notifier = None
 
@@ -253,6 +254,8 @@ class Daemon:
                 self._tick(time.time_ns() - lag_ns)
             now = time.monotonic()
             self.notifier.watchdog(now)
+            if self.worker is not None:
+                self.worker.heartbeat(self.packet_time_ns, now)
             if flags.reload:
                 flags.reload = False
                 self.reload()
@@ -284,6 +287,7 @@ class Daemon:
                     break
                 total += n
                 self.last_packet_ns = int(batch.ts_ns[n - 1])
+                self.packet_time_ns = max(self.packet_time_ns, self.last_packet_ns)
                 self._emit(engine.process(batch))
                 if n < batch.capacity:
                     break
@@ -292,6 +296,7 @@ class Daemon:
     def _tick(self, now_ns):
         if self.last_packet_ns is not None and now_ns < self.last_packet_ns:
             now_ns = self.last_packet_ns
+        self.packet_time_ns = max(self.packet_time_ns, now_ns)
         self._emit(self.engine.tick(now_ns))
 
     def _emit(self, alerts):
@@ -299,7 +304,7 @@ class Daemon:
             self.alerts += sum(1 for a in alerts if a.rule != "alert_rate_limited")
             self.outputs.submit(alerts)
         if self.engine.exports:
-            self.outputs.submit_rows(self.engine.take_exports())
+            self.outputs.submit_rows(self.engine.take_exports(), self.packet_time_ns)
 
     # --- reload, state, stats ------------------------------------------------
     def reload(self):
@@ -452,7 +457,7 @@ class AlertOutputs:
             for record in records:
                 sink.write(record)
 
-    def submit_rows(self, exports):
+    def submit_rows(self, exports, packet_time_ns):
         raise AssertionError("rows are exported only to a supervisor")
 
     def stats(self):
