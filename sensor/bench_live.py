@@ -59,8 +59,8 @@ def measure(capture, workdir, workers=1, settle_s=2.0, prefix=None):
             dump = link.popen("b", ["tcpdump", "-i", dev, "-n", "-w", os.devnull],
                               stdout=subprocess.DEVNULL, stderr=te)
             _wait_line(t_err, "listening on", dump, 30)
-            sent = link.run("a", ["tcpreplay", "--topspeed", "-i", link.dev["a"],
-                                  str(capture)], timeout=600)
+            sent = link.run("a", ["tcpreplay", "--topspeed", "--preload-pcap",
+                                  "-i", link.dev["a"], str(capture)], timeout=600)
             time.sleep(settle_s)
             dump.send_signal(signal.SIGINT)
             daemon.send_signal(signal.SIGTERM)
