@@ -19,6 +19,7 @@ Needs root, ip, nmap and tcpdump; skipped with the reason otherwise.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,3 +271,33 @@ def test_two_workers_give_the_alerts_of_one(link, tmp_path):
     per_worker = json.loads((tmp_path / "two.json").read_text())["per_worker"]
     assert len(per_worker) == 2 and all(w["decoded"] > 0 for w in per_worker.values()), \
         per_worker
+
+
+def start_fails(link, *args, side="b"):
+    r = link.run(side, [sys.executable, "-m", "sensor", "run", "--jsonl", os.devnull, *args],
+                 check=False, cwd=ROOT, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.returncode, lines[-1] if lines else ""
+
+
+def test_start_up_checks_give_one_line_and_the_exit_code(link, tmp_path):
+    rc, line = start_fails(link, "-i", "nosuch0")
+    assert rc == 2 and "nosuch0 does not exist" in line and link.dev["b"] in line, line
+    link.run("b", ["ip", "link", "add", "down9a", "type", "veth", "peer", "name", "down9b"])
+    rc, line = start_fails(link, "-i", "down9a")             # a new link is down
+    assert rc == 1 and "down9a is down" in line, line
+    not_dir = tmp_path / "a-file"
+    not_dir.write_text("")
+    rc, line = start_fails(link, "-i", link.dev["b"], "--state-dir", str(not_dir / "state"))
+    assert rc == 2 and "not writable" in line, line
+    rc, line = start_fails(link, "-i", link.dev["b"], "--filter", "tcp port")
+    assert rc == 2 and "capture.filter" in line, line
+    rc, line = start_fails(link)
+    assert rc == 2 and "no interface" in line, line
+    if shutil.which("setpriv"):
+        # without CAP_NET_RAW (dropped from the bounding set: gone after exec, even for root)
+        r = link.run("b", ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw",
+                           sys.executable, "-m", "sensor", "run", "-i", link.dev["b"],
+                           "--jsonl", os.devnull], check=False, cwd=ROOT, timeout=120)
+        assert r.returncode == 1 and "CAP_NET_RAW" in r.stderr, r.stderr[-2000:]

@@ -227,6 +227,10 @@ class Daemon:
         self.notifier = self.worker or Notifier(warn=log)
         self.state_dir = check_state_dir(self.cfg)
         self.outputs = self.worker or open_outputs(self.args, self.cfg)
+        # the capture first: a missing interface or permission is said at once, and
+        # what arrives while the kernels load waits in the ring (filtered already)
+        for ifname in self.cfg["capture.interfaces"]:
+            self.captures.append(open_capture(ifname, self.cfg, self.fanout))
         if COLD_CACHE:
             log("first start: compiling the packet kernels (about 35 s, once; "
                 "`scan-sensor compile` does it ahead of time)")
@@ -234,8 +238,6 @@ class Daemon:
         self.engine = Engine(self.cfg, export=self.export)
         self.engine.warm_up()
         restore(self.engine, self.state_dir, self.state_name)
-        for ifname in self.cfg["capture.interfaces"]:
-            self.captures.append(open_capture(ifname, self.cfg, self.fanout))
         names = ", ".join(self.cfg["capture.interfaces"])
         log(f"capturing on {names} ({type(self.captures[0]).__name__}, "
             f"filter: {self.cfg['capture.filter'] or 'default'})")
