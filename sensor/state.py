@@ -470,7 +470,7 @@ def save_checkpoint(engine, path, meta=None, *, created_ns=None):
     data = encode_checkpoint(engine, meta, created_ns)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = _temp_name(path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -561,22 +561,48 @@ def load_checkpoint(engine, path, move=True):
     other table shapes) too (``.refused-N``) unless ``move`` is false; the
     engine is then left fresh. Never deletes a file."""
     path = os.fspath(path)
+    leftovers = _remove_temp_files(path)
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        return LoadResult("missing", [f"no state file at {path}: starting fresh"])
+        return LoadResult("missing", leftovers + [f"no state file at {path}: starting fresh"])
+    if not _is_fresh(engine):
+        raise ValueError("load_checkpoint needs a freshly built engine")
     header = None
     try:
         header, state = decode_checkpoint(data)
-        messages = restore_state(engine, state)
+        try:
+            messages = restore_state(engine, state)
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            # a well-formed file whose content is not a state (or a bug): the
+            # engine may be partly written, the caller must build a new one
+            raise StateCorrupt(f"content is not engine state ({type(exc).__name__}: {exc}); "
+                               "build a new engine") from None
     except StateCorrupt as exc:
         status, tag, reason = "moved_aside", "corrupt", exc
     except StateRefused as exc:
         status, tag, reason = "refused", "refused", exc
     else:
-        return LoadResult("restored", messages, header=header)
+        return LoadResult("restored", leftovers + messages, header=header)
     moved = move_aside(path, tag) if move else None
     where = f"moved to {moved}" if moved else "left in place"
-    return LoadResult(status, [f"state file {path}: {reason}; {where}, starting fresh"],
-                      moved, header)
+    return LoadResult(status, leftovers + [f"state file {path}: {reason}; {where}, "
+                                           "starting fresh"], moved, header)
+
+
+def _temp_name(path, pid):
+    return os.path.join(os.path.dirname(os.path.abspath(path)),
+                        f".{os.path.basename(path)}.tmp-{pid}")
+
+
+def _remove_temp_files(path):
+    """Remove half-written temp files a killed writer left beside ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(_temp_name(path, ""))
+    messages = []
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(prefix):
+            os.unlink(os.path.join(directory, name))
+            messages.append(f"removed {name}, a checkpoint left half-written by a killed writer")
+    return messages

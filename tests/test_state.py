@@ -309,3 +309,187 @@ def test_resizing_that_would_drop_a_waiting_alert_is_refused(tmp_path):
     saved["detectors"]["port_scan"] = many
     with pytest.raises(st.StateRefused, match="alerts waiting do not fit"):
         st.restore_state(Engine(tiny), saved)
+
+
+# --- checkpoint files --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scanned():
+    """An engine that has seen half of a SYN scan, and its checkpoint bytes."""
+    rows = decode(shipped("nmap_syn_scan.pcap"))
+    engine = Engine(config())
+    feed(engine, rows, 0, rows.n // 2)
+    return engine, st.encode_checkpoint(engine, {"interfaces": ["eth1"]}, 1_700_000_000_000)
+
+
+def test_checkpoint_header(scanned, tmp_path):
+    engine, _ = scanned
+    path = tmp_path / "state.msgpack"
+    result = st.save_checkpoint(engine, path, {"interfaces": ["eth1"], "config": "abc"},
+                                created_ns=123)
+    assert result.bytes_written == path.stat().st_size > 0 and result.seconds >= 0
+    header, payload = msgpack.unpackb(path.read_bytes(), raw=False)
+    assert header["format"] == "scan-sensor-state" and header["version"] == st.VERSION
+    assert header["created_ns"] == 123 and header["meta"]["config"] == "abc"
+    assert header["sensor_version"] == "0.1.0"
+    assert header["tables"]["port_scan"]["capacity"] == 4096
+    assert header["tables"]["probes"] == {"capacity": 262144, "ways": 8}
+    assert header["payload_bytes"] == len(payload)
+    assert os.listdir(tmp_path) == ["state.msgpack"]     # no temp file left
+
+
+def test_missing_file_starts_fresh(tmp_path):
+    result = st.load_checkpoint(Engine(config()), tmp_path / "none")
+    assert result.status == "missing" and "starting fresh" in result.messages[-1]
+
+
+def _damaged(good):
+    header, payload = msgpack.unpackb(good, raw=False)
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0x40
+    return {
+        "random": os.urandom(4096),
+        "empty": b"",
+        "truncated": good[:len(good) // 2],
+        "json": json.dumps({"format": "scan-sensor-state"}).encode(),
+        "other_msgpack": msgpack.packb({"hello": 1}),
+        "wrong_magic": msgpack.packb([dict(header, format="mitmproxy"), payload]),
+        "flipped_byte": msgpack.packb([header, bytes(flipped)]),
+        "extra_bytes": good + b"\0",
+    }
+
+
+@pytest.mark.parametrize("kind", ["random", "empty", "truncated", "json", "other_msgpack",
+                                  "wrong_magic", "flipped_byte", "extra_bytes"])
+def test_corrupt_or_foreign_file_is_moved_aside(scanned, tmp_path, kind):
+    _, good = scanned
+    path = tmp_path / "state.msgpack"
+    bad = _damaged(good)[kind]
+    path.write_bytes(bad)
+    (tmp_path / "state.msgpack.corrupt-1").write_bytes(b"an earlier one")
+    engine = Engine(config())
+    result = st.load_checkpoint(engine, path)
+    assert result.status == "moved_aside", result.messages
+    assert result.moved_to == str(path) + ".corrupt-2"
+    assert (tmp_path / "state.msgpack.corrupt-2").read_bytes() == bad
+    assert not path.exists()
+    assert len(result.messages) == 1 and "starting fresh" in result.messages[0]
+    assert st._is_fresh(engine)
+
+
+def test_newer_version_is_refused_and_moved_aside(scanned, tmp_path):
+    _, good = scanned
+    header, payload = msgpack.unpackb(good, raw=False)
+    path = tmp_path / "state.msgpack"
+    path.write_bytes(msgpack.packb([dict(header, version=st.VERSION + 1,
+                                         sensor_version="9.9"), payload]))
+    result = st.load_checkpoint(Engine(config()), path)
+    assert result.status == "refused"
+    assert f"state format {st.VERSION + 1}" in result.messages[0]
+    assert f"reads formats up to {st.VERSION}" in result.messages[0] and "9.9" in result.messages[0]
+    assert result.moved_to == str(path) + ".refused-1" and not path.exists()
+
+
+def test_other_table_meaning_in_a_file_is_refused(scanned, tmp_path):
+    _, good = scanned
+    path = tmp_path / "state.msgpack"
+    path.write_bytes(good)
+    result = st.load_checkpoint(Engine(config("port_scan.window_s=10.0")), path)
+    assert result.status == "refused" and "port_scan.window_s changed" in result.messages[0]
+    assert (tmp_path / "state.msgpack.refused-1").read_bytes() == good
+
+
+def test_converter_chain_runs_each_step_in_order():
+    calls = []
+
+    def step(n):
+        def convert(header, state):
+            calls.append(n)
+            return header, dict(state, steps=state.get("steps", []) + [n])
+        return convert
+    chain = {1: step(1), 2: step(2)}
+    header, state = st.migrate({"version": 1}, {}, chain, current=3)
+    assert calls == [1, 2] and state["steps"] == [1, 2] and header["version"] == 3
+    assert st.migrate({"version": 3}, {"x": 1}, chain, current=3) == ({"version": 3}, {"x": 1})
+    with pytest.raises(st.StateRefused, match="no converter"):
+        st.migrate({"version": 1}, {}, {2: step(2)}, current=3)
+    with pytest.raises(st.StateRefused, match="newer"):
+        st.migrate({"version": 4}, {}, chain, current=3)
+    with pytest.raises(st.StateCorrupt):
+        st.migrate({"version": "1"}, {}, chain, current=3)
+
+
+def test_an_older_file_is_converted_on_load(scanned, tmp_path, monkeypatch):
+    """With a (test-only) format 2 whose converter renames a field, a format-1 file
+    loads through the chain."""
+    engine0, good = scanned
+
+    def v1_to_v2(header, state):
+        state = dict(state)
+        state["hash_seed"] = state.pop("seed")
+        return header, state
+    path = tmp_path / "state.msgpack"
+    path.write_bytes(good)
+    real_restore = st.restore_state
+    monkeypatch.setattr(st, "VERSION", 2)
+    monkeypatch.setitem(st.CONVERTERS, 1, v1_to_v2)
+    monkeypatch.setattr(st, "restore_state",
+                        lambda e, s: real_restore(e, dict(s, seed=s.pop("hash_seed"))))
+    engine = Engine(config())
+    result = st.load_checkpoint(engine, path)
+    assert result.status == "restored" and result.header["version"] == 2
+    assert int(engine.seed) == int(engine0.seed)
+
+
+def test_a_failed_write_leaves_the_old_file(scanned, tmp_path, monkeypatch):
+    engine, good = scanned
+    path = tmp_path / "state.msgpack"
+    path.write_bytes(good)
+
+    def crash(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(st.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        st.save_checkpoint(engine, path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["state.msgpack"]
+
+
+KILLED_WRITER = """
+import os, shutil, sys, time
+sys.path.insert(0, "tests")
+from test_state import *
+path = sys.argv[1]
+engine = Engine(config("probes.max_probes=4096"))
+rows = decode(ROOT / "pcaps" / "nmap_syn_scan.pcap")
+feed(engine, rows, 0, rows.n // 2)
+st.save_checkpoint(engine, path)
+shutil.copy(path, sys.argv[2])
+feed(engine, rows, rows.n // 2, rows.n)
+
+def stall(fd):                  # the data is written, not yet synced nor renamed
+    print("writing", flush=True)
+    time.sleep(60)
+st.os.fsync = stall
+st.save_checkpoint(engine, path)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file(tmp_path):
+    """SIGKILL while a checkpoint is being written: the final path still holds the
+    previous checkpoint, whole; the temp file left behind is removed on load."""
+    path = tmp_path / "state.msgpack"
+    first = tmp_path / "first-copy"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(first)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        temps = [n for n in os.listdir(tmp_path) if n.startswith(".state.msgpack.tmp-")]
+        assert len(temps) == 1 and (tmp_path / temps[0]).stat().st_size > 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert path.read_bytes() == first.read_bytes()
+    result = st.load_checkpoint(Engine(config("probes.max_probes=4096")), path)
+    assert result.status == "restored", result.messages
+    assert result.messages[0].startswith("removed .state.msgpack.tmp-")
+    assert sorted(os.listdir(tmp_path)) == ["first-copy", "state.msgpack"]
