@@ -12,11 +12,11 @@ the same alerts, ids, seq and order as one uninterrupted run. The engine
 adopts the saved seed (tables are placed by a hash keyed with it).
 
 Only live slots are saved (``last_seen_ns != EMPTY``: a slot never becomes
-empty again once used). Per-slot arrays with small rows are saved as rows of
-the live slots; big rows (port bitmaps, sketches, item lists) as their
-non-zero elements (flat index + value), and port bitmaps only for keys whose
-ports are in bitmaps (``tier_n == IN_BITMAPS``; kernels/port_set.py keeps
-them all-zero otherwise). A checkpoint is therefore proportional to the live
+empty again once used). Each per-slot array is saved as the rows of the live
+slots, or as the non-zero elements of those rows (flat index + value) when
+that is smaller (port bitmaps, sketches, item lists, unused columns); port
+bitmaps only for keys whose ports are in bitmaps (``tier_n == IN_BITMAPS``;
+kernels/port_set.py keeps them all-zero otherwise). A checkpoint is therefore proportional to the live
 keys, not to the 237 MiB the tables take at default settings.
 
 The same pair moves state from the old engine to a new one on a config
@@ -66,7 +66,6 @@ from kernels.port_set import IN_BITMAPS
 
 FORMAT = "scan-sensor-state"
 VERSION = 1
-SPARSE_ROW_BYTES = 256      # per-slot rows larger than this are saved as non-zero elements
 
 
 class StateRefused(Exception):
@@ -129,18 +128,21 @@ def slot_arrays(obj):
 
 
 def _capture_slots(pairs, live, only=None):
-    """Rows of the live slots: dense for small rows, non-zero elements for big ones.
-    ``only``: {name: slots} restricting which slots of that array can be non-zero."""
+    """Each array's rows of the live slots, saved densely (rows) or as its non-zero
+    elements (flat index, value), whichever is smaller. ``only``: {name: slots}
+    restricting which slots of that array can hold non-zero elements."""
     dense, sparse = {}, {}
     for name, arr in pairs:
         row_len = int(np.prod(arr.shape[1:], dtype=np.int64))
-        if row_len * arr.itemsize <= SPARSE_ROW_BYTES:
-            dense[name] = arr[live]
-            continue
         slots = (only or {}).get(name, live)
         sub = arr.reshape(arr.shape[0], row_len)[slots]
         nz = np.flatnonzero(sub)
-        sparse[name] = {"index": slots[nz // row_len] * row_len + nz % row_len,
+        index_type = np.int32 if arr.size < 2**31 else np.int64
+        sparse_bytes = len(nz) * (np.dtype(index_type).itemsize + arr.itemsize)
+        if name not in (only or {}) and sparse_bytes >= len(live) * row_len * arr.itemsize:
+            dense[name] = arr[live]
+            continue
+        sparse[name] = {"index": (slots[nz // row_len] * row_len + nz % row_len).astype(index_type),
                         "values": sub.reshape(-1)[nz]}
     return {"dense": dense, "sparse": sparse}
 
@@ -278,6 +280,16 @@ def placement(fps, last_seen_ns, pinned, weight, capacity, ways):
     return new
 
 
+def _column(saved, name, live, dtype):
+    """A saved one-value-per-slot array as one value per live slot (dense or not)."""
+    if name in saved["dense"]:
+        return saved["dense"][name]
+    out = np.zeros(len(live), dtype)
+    s = saved["sparse"][name]
+    out[np.searchsorted(live, s["index"].astype(np.int64))] = s["values"]
+    return out
+
+
 def _move_slots(saved, live, new_of_live, row_lens):
     """The saved rows of ``live`` slots at their new slots (dropping those at -1)."""
     keep = new_of_live >= 0
@@ -285,9 +297,10 @@ def _move_slots(saved, live, new_of_live, row_lens):
     sparse = {}
     for name, s in saved["sparse"].items():
         row_len = row_lens[name]
-        new = new_of_live[np.searchsorted(live, s["index"] // row_len)]
+        index = s["index"].astype(np.int64)
+        new = new_of_live[np.searchsorted(live, index // row_len)]
         m = new >= 0
-        sparse[name] = {"index": new[m] * row_len + s["index"][m] % row_len,
+        sparse[name] = {"index": new[m] * row_len + index[m] % row_len,
                         "values": s["values"][m]}
     return {"dense": dense, "sparse": sparse}
 
@@ -300,10 +313,12 @@ def _relocate_detector(det, saved):
     """``saved`` re-placed into ``det``'s table shape; (new saved, message)."""
     now = _detector_shape(det)
     live = saved["live"]
-    lcd = saved["lifecycle"]["dense"]
-    new_of_live = placement(lcd["fps"], lcd["last_seen_ns"], lcd["pinned"], lcd["count"],
+    lc = det.lc
+    col = {name: _column(saved["lifecycle"], name, live, getattr(lc, name).dtype)
+           for name in ("fps", "last_seen_ns", "pinned", "count")}
+    new_of_live = placement(col["fps"], col["last_seen_ns"], col["pinned"], col["count"],
                             now["capacity"], now["ways"])
-    lost_pinned = int(((new_of_live < 0) & (lcd["pinned"] != 0)).sum())
+    lost_pinned = int(((new_of_live < 0) & (col["pinned"] != 0)).sum())
     if lost_pinned:
         raise StateRefused(f"{det.name}.max_keys/table_ways changed: {lost_pinned} keys with "
                            "alerts waiting do not fit the new table")
@@ -328,7 +343,8 @@ def _relocate_detector(det, saved):
 def _relocate_probes(probes, saved):
     now = _probe_shape(probes)
     live = saved["live"]
-    d = saved["slots"]["dense"]
+    d = {name: _column(saved["slots"], name, live, getattr(probes, name).dtype)
+         for name in ("fps", "last_seen_ns", "pinned", "sent_ns")}
     new_of_live = placement(d["fps"], d["last_seen_ns"], d["pinned"], d["sent_ns"],
                             now["capacity"], now["ways"])
     fifo_new = new_of_live[np.searchsorted(live, saved["fifo_slot"])]

@@ -278,37 +278,28 @@ def test_placement_keeps_pinned_then_heaviest_keys():
     assert big.tolist() == [0, 4]      # buckets 0 and 2 of 4 (multiply-shift of the top half)
 
 
-def test_resizing_that_would_drop_a_waiting_alert_is_refused(tmp_path):
-    rows = decode(scan_capture(tmp_path / "scan80.pcap", range(1, 81)))
-    cfg = config("port_scan.threshold=50", "port_scan.report_delay_s=60")
-    old = Engine(cfg)
-    feed(old, rows, 0, rows.n)          # due, but waiting for report_delay_s
+def test_resizing_that_would_drop_a_waiting_alert_is_refused():
+    """10 scanners past the threshold, their alerts waiting (report_delay_s): a
+    port_scan table shrunk to 8 slots cannot hold them and is refused; one of 16
+    slots can, and the alerts are then reported as they would have been."""
+    rows = [syn_row(1_700_000_000_000_000_000 + (s * 5 + p) * 1_000_000, f"203.0.113.{s + 1}",
+                    "10.0.0.2", 1 + p) for s in range(10) for p in range(5)]
+    common = ("port_scan.threshold=5", "port_scan.report_delay_s=60")
+    old = Engine(config(*common, "port_scan.max_keys=16", "port_scan.table_ways=16"))
+    for batch in batches_from_rows(rows, 64):
+        assert old.process(batch) == []
     saved = st.capture_state(old)
-    assert len(saved["detectors"]["port_scan"]["pending"]) == 1
-    # a one-slot table cannot hold the pinned key and whatever else is pinned
-    tiny = config("port_scan.threshold=50", "port_scan.report_delay_s=60",
-                  "port_scan.max_keys=8", "port_scan.table_ways=8")
-    new = Engine(tiny)
-    st.restore_state(new, saved)     # fits: one key
-    det = next(d for d in new.detectors if d.name == "port_scan")
-    assert int(det.lc.meta[0]) == 1 and det.lc.pinned[det.lc.pending[0]] == 1
-    saved["detectors"]["port_scan"]["lifecycle"]["dense"]["pinned"][:] = 1
-    many = dict(saved["detectors"]["port_scan"])
-    # nine pinned keys for one bucket of eight
-    live = many["live"]
-    assert len(live) == 1
-    k = 9
-    many["live"] = live[0] + np.arange(k)
-    many["lifecycle"] = {"dense": {n: np.repeat(a, k, axis=0) for n, a in
-                                   many["lifecycle"]["dense"].items()}, "sparse": {}}
-    many["lifecycle"]["dense"]["fps"] = np.zeros(k, np.uint64)
-    many["table"] = {"dense": {n: np.repeat(a, k, axis=0) for n, a in
-                               many["table"]["dense"].items()},
-                     "sparse": {n: {"index": s["index"][:0], "values": s["values"][:0]}
-                                for n, s in many["table"]["sparse"].items()}}
-    saved["detectors"]["port_scan"] = many
-    with pytest.raises(st.StateRefused, match="alerts waiting do not fit"):
-        st.restore_state(Engine(tiny), saved)
+    assert len(saved["detectors"]["port_scan"]["pending"]) == 10
+    small = Engine(config(*common, "port_scan.max_keys=8", "port_scan.table_ways=8"))
+    with pytest.raises(st.StateRefused, match="port_scan.max_keys/table_ways changed: 2 keys "
+                                              "with alerts waiting do not fit"):
+        st.restore_state(small, saved)
+    assert st._is_fresh(small)
+    larger = Engine(config(*common, "port_scan.max_keys=32", "port_scan.table_ways=16"))
+    st.restore_state(larger, saved)
+    alerts = port_scans(finish(larger))
+    assert sorted(a["src_ip"] for a in alerts) == sorted(f"203.0.113.{s + 1}" for s in range(10))
+    assert port_scans(finish(old)) == alerts
 
 
 # --- checkpoint files --------------------------------------------------------------
