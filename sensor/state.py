@@ -40,7 +40,8 @@ File format (``save_checkpoint`` / ``load_checkpoint``): one msgpack array
 ``version`` (this module's ``VERSION``), ``sensor_version``, ``created_ns``
 (the daemon's wall clock, passed in), ``tables`` (each table's shape),
 ``meta`` (the daemon's: interfaces, config fingerprint), ``payload_bytes``
-and ``payload_blake2b`` (hex digest of ``payload``). ``payload`` is the
+and ``blake2b`` (128-bit BLAKE2b, hex, of the msgpack of the other header
+fields followed by ``payload``). ``payload`` is the
 msgpack of ``capture_state``, numpy arrays as ``{"nd": dtype, "shape": [...],
 "data": raw bytes}``. Files are written atomically (temp file in the same
 directory, fsync, rename, fsync of the directory). A file that is not
@@ -459,8 +460,12 @@ def _decode(obj):
     return obj
 
 
-def _digest(payload):
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+def _digest(header, payload):
+    """Checksum of the header (less this field) and the payload."""
+    fields = {k: v for k, v in header.items() if k != "blake2b"}
+    h = hashlib.blake2b(msgpack.packb(fields, use_bin_type=True), digest_size=16)
+    h.update(payload)
+    return h.hexdigest()
 
 
 def encode_checkpoint(engine, meta=None, created_ns=None):
@@ -468,7 +473,8 @@ def encode_checkpoint(engine, meta=None, created_ns=None):
     payload = msgpack.packb(capture_state(engine), default=_encode, use_bin_type=True)
     header = {"format": FORMAT, "version": VERSION, "sensor_version": _sensor_version(),
               "created_ns": created_ns, "tables": table_shapes(engine), "meta": meta or {},
-              "payload_bytes": len(payload), "payload_blake2b": _digest(payload)}
+              "payload_bytes": len(payload)}
+    header["blake2b"] = _digest(header, payload)
     return msgpack.packb([header, payload], use_bin_type=True)
 
 
@@ -542,8 +548,12 @@ def decode_checkpoint(data, converters=None, current=None):
         raise StateCorrupt(f"not a scan-sensor state file ({type(exc).__name__})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateCorrupt("not a scan-sensor state file (wrong magic)")
+    current = VERSION if current is None else current
+    version = header.get("version")
+    if isinstance(version, int) and version > current:
+        migrate(header, None, converters, current)      # refused: its checksum may differ too
     if not isinstance(payload, bytes) or len(payload) != header.get("payload_bytes") \
-            or _digest(payload) != header.get("payload_blake2b"):
+            or _digest(header, payload) != header.get("blake2b"):
         raise StateCorrupt("checksum mismatch (truncated or damaged)")
     try:
         state = msgpack.unpackb(payload, raw=False, object_hook=_decode, strict_map_key=False)

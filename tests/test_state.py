@@ -484,3 +484,23 @@ def test_a_writer_killed_mid_write_leaves_the_old_file(tmp_path):
     assert result.status == "restored", result.messages
     assert result.messages[0].startswith("removed .state.msgpack.tmp-")
     assert sorted(os.listdir(tmp_path)) == ["first-copy", "state.msgpack"]
+
+
+def test_every_single_bit_flip_in_the_header_is_caught(scanned):
+    """The checksum covers the header too: no flipped bit in it decodes as valid."""
+    _, good = scanned
+    header_len = len(good) - len(msgpack.unpackb(good, raw=False)[1]) - 5
+    for at in range(header_len):
+        for bit in (0x01, 0x80):
+            bad = bytearray(good)
+            bad[at] ^= bit
+            with pytest.raises((st.StateCorrupt, st.StateRefused)):
+                st.decode_checkpoint(bytes(bad))
+
+
+def test_configured_seed_other_than_the_saved_one_is_reported(scanned):
+    engine0, _ = scanned
+    new = Engine(config("sensor.hash_seed=12345"))
+    messages = st.restore_state(new, st.capture_state(engine0))
+    assert int(new.seed) == int(engine0.seed)
+    assert any("sensor.hash_seed 12345 ignored" in m for m in messages)
