@@ -1,4 +1,4 @@
-"""State that survives restarts and reloads (sensor/state.py).
+"""State that survives restarts and reloads (sensor/state.py, sensor/state_tables.py).
 
 The core check: process part of a capture, capture the state (or write a
 checkpoint file), build a fresh Engine from the same config, restore, process
@@ -17,6 +17,7 @@ import pytest
 
 from kernels.batch import COLUMN_NAMES, PacketBatch, new_stats
 from sensor import state as st
+from sensor import state_tables as stt
 from sensor.capture.files import CaptureFile
 from sensor.config import load_config
 from sensor.engine import Engine
@@ -143,10 +144,10 @@ def test_every_per_slot_array_is_saved(obj):
                         id(target.params)}
     if obj == "lc":
         not_per_slot = {id(target.pending), id(target.meta)}
-    owners = {id(st._owner(a)) for a in target.arrays} - not_per_slot
-    saved = {id(a) for _, a in st.slot_arrays(target)}
+    owners = {id(stt._owner(a)) for a in target.arrays} - not_per_slot
+    saved = {id(a) for _, a in stt.slot_arrays(target)}
     assert owners == saved
-    assert all(a.shape[0] == cap for _, a in st.slot_arrays(target))
+    assert all(a.shape[0] == cap for _, a in stt.slot_arrays(target))
 
 
 def test_rate_gate_minute_survives_a_restart():
@@ -234,7 +235,7 @@ def test_a_table_that_means_something_else_is_refused(change, setting):
     new = Engine(config(change))
     with pytest.raises(st.StateRefused, match=setting.replace(".", r"\.")):
         st.restore_state(new, st.capture_state(old))
-    assert st._is_fresh(new)    # nothing was written
+    assert st.is_fresh(new)    # nothing was written
 
 
 def test_resized_tables_are_re_placed():
@@ -270,10 +271,10 @@ def test_placement_keeps_pinned_then_heaviest_keys():
     last_seen = np.array([10, 20, 30, 40, 50, 60])
     pinned = np.array([0, 0, 1, 0, 0, 0], np.uint8)
     weight = np.array([5, 1, 1, 9, 5, 1])
-    new = st.placement(fps, last_seen, pinned, weight, capacity=4, ways=4)
+    new = stt.placement(fps, last_seen, pinned, weight, capacity=4, ways=4)
     assert new.tolist() == [3, -1, 0, 1, 2, -1]   # pinned, 9, 5 (newer: key 4), 5 (key 0)
     # in a larger table each key goes to its hash's bucket
-    big = st.placement(np.array([0, 1 << 63], np.uint64), last_seen[:2], pinned[:2],
+    big = stt.placement(np.array([0, 1 << 63], np.uint64), last_seen[:2], pinned[:2],
                        weight[:2], capacity=8, ways=2)
     assert big.tolist() == [0, 4]      # buckets 0 and 2 of 4 (multiply-shift of the top half)
 
@@ -294,7 +295,7 @@ def test_resizing_that_would_drop_a_waiting_alert_is_refused():
     with pytest.raises(st.StateRefused, match="port_scan.max_keys/table_ways changed: 2 keys "
                                               "with alerts waiting do not fit"):
         st.restore_state(small, saved)
-    assert st._is_fresh(small)
+    assert st.is_fresh(small)
     larger = Engine(config(*common, "port_scan.max_keys=32", "port_scan.table_ways=16"))
     st.restore_state(larger, saved)
     alerts = port_scans(finish(larger))
@@ -364,7 +365,7 @@ def test_corrupt_or_foreign_file_is_moved_aside(scanned, tmp_path, kind):
     assert (tmp_path / "state.msgpack.corrupt-2").read_bytes() == bad
     assert not path.exists()
     assert len(result.messages) == 1 and "starting fresh" in result.messages[0]
-    assert st._is_fresh(engine)
+    assert st.is_fresh(engine)
 
 
 def test_newer_version_is_refused_and_moved_aside(scanned, tmp_path):
