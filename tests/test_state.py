@@ -65,12 +65,20 @@ def finish(engine):
     return [x.to_dict() for x in engine.finish()]
 
 
-def uninterrupted(cfg, rows, seed):
+def uninterrupted(cfg, rows, seed, cut=None):
+    """One engine over all rows (with hash seed ``seed``); with ``cut``, a batch
+    ends at that row, as it does when the daemon stops there. (The ``outcomes``
+    of an alert reported at a batch's end can depend on where that end is: the
+    probe stage runs over the whole batch before the packet rules report.)"""
     engine = Engine(cfg)
     engine.seed = np.uint64(seed)
     for det in engine.detectors:
         det.seed = engine.seed
-    return feed(engine, rows, 0, rows.n) + finish(engine)
+    cuts = [0, rows.n] if cut is None else [0, cut, rows.n]
+    alerts = []
+    for a, b in zip(cuts, cuts[1:]):
+        alerts += feed(engine, rows, a, b)
+    return alerts + finish(engine)
 
 
 def split_run(cfg, rows, at, via_file=None):
@@ -106,7 +114,7 @@ def test_split_capture_gives_the_alerts_of_one_run(capture, workers, tmp_path):
     for k, at in enumerate(points):
         via = tmp_path / f"state-{k}.msgpack" if k % 2 else None
         seed, alerts = split_run(cfg, rows, at, via)
-        assert alerts == uninterrupted(cfg, rows, seed), f"split at row {at} of {rows.n}"
+        assert alerts == uninterrupted(cfg, rows, seed, at), f"split at row {at} of {rows.n}"
     if capture != "benign_clients.pcap":
         assert alerts, "the capture should give alerts"
 
@@ -155,7 +163,7 @@ def test_rate_gate_minute_survives_a_restart():
     rows = decode(shipped("nmap_syn_scan.pcap"))
     cfg = config("alerts.max_per_minute=1")
     seed, alerts = split_run(cfg, rows, rows.n // 2)
-    assert alerts == uninterrupted(cfg, rows, seed)
+    assert alerts == uninterrupted(cfg, rows, seed, rows.n // 2)
     assert any(a["rule"] == "alert_rate_limited" for a in alerts)
 
 
@@ -505,3 +513,60 @@ def test_configured_seed_other_than_the_saved_one_is_reported(scanned):
     messages = st.restore_state(new, st.capture_state(engine0))
     assert int(new.seed) == int(engine0.seed)
     assert any("sensor.hash_seed 12345 ignored" in m for m in messages)
+
+
+# --- random traffic through small tables: evictions, forced reports, FIFO wrap ----------
+from hypothesis import given, settings, strategies as hs           # noqa: E402
+
+from batch_builder import icmp_row, udp_row                        # noqa: E402
+
+SMALL = [f"{rule}.{key}={value}" for rule in
+         ("port_scan", "host_sweep", "port_sweep", "failed_connections", "exposed_host_probe",
+          "stealth_scan", "udp_scan", "trw_scanner", "icmp_sweep")
+         for key, value in (("max_keys", 8), ("table_ways", 4), ("max_listed", 4),
+                            ("max_pending_alerts", 2), ("threshold", 3), ("window_s", 4.0),
+                            ("report_delay_s", 1.0), ("update_interval_s", 2.0),
+                            ("suppress_s", 15.0), ("growth_factor", 2))]
+SMALL += ["probes.max_probes=64", "probes.table_ways=4", "probes.timeout_s=2.0",
+          'net.exposed_hosts=["10.0.0.1"]', "alerts.max_per_minute=5"]
+
+HOSTS = ["203.0.113.1", "203.0.113.2", "198.51.100.9", "10.0.0.1", "10.0.0.2", "10.0.0.3"]
+KINDS = ["syn", "syn", "syn", "rst", "synack", "fin", "udp", "udp", "ping", "unreach"]
+
+
+def random_rows(seed, n):
+    """``n`` rows of scans, sweeps, replies and ICMP between a few hosts (numpy RNG)."""
+    rng = np.random.default_rng(seed)
+    rows, ts = [], 1_700_000_000_000_000_000
+    for _ in range(n):
+        ts += int(rng.exponential(60)) * 1_000_000          # ms gaps, sometimes seconds
+        a, b = rng.choice(HOSTS, 2, replace=False)
+        port = int(rng.integers(1, 40))
+        kind = KINDS[rng.integers(len(KINDS))]
+        if kind == "syn":
+            rows.append(syn_row(ts, a, b, port))
+        elif kind == "rst":
+            rows.append(syn_row(ts, b, a, 40000, sport=port, flags=0x14))
+        elif kind == "synack":
+            rows.append(syn_row(ts, b, a, 40000, sport=port, flags=0x12))
+        elif kind == "fin":
+            rows.append(syn_row(ts, a, b, port, flags=0x01))
+        elif kind == "udp":
+            rows.append(udp_row(ts, a, b, port))
+        elif kind == "ping":
+            rows.append(icmp_row(ts, a, b, 8))
+        else:
+            rows.append(icmp_row(ts, b, a, 3, 3, inner=(a, b, 17, 40000, port)))
+    return next(batches_from_rows(rows, len(rows)))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(hs.integers(0, 2**32), hs.integers(2, 600), hs.floats(0, 1), hs.sampled_from([1, 2]))
+def test_split_random_traffic_through_small_tables(seed, n, where, workers):
+    """Tables of 8 keys and 64 probes under random traffic: evictions, forced reports,
+    updates, rate-limited minutes and a wrapping timeout FIFO all carry over."""
+    rows = random_rows(seed, n)
+    cfg = config(*SMALL, f"sensor.workers={workers}")
+    at = min(rows.n - 1, max(1, int(where * rows.n)))
+    hash_seed, alerts = split_run(cfg, rows, at)
+    assert alerts == uninterrupted(cfg, rows, hash_seed, at)
