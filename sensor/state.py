@@ -173,6 +173,7 @@ class LoadResult:
     messages: list
     moved_to: str = None
     header: dict = None
+    engine_touched: bool = False   # not restored, yet partly written: build a new Engine
 
 
 def move_aside(path, tag):
@@ -186,11 +187,12 @@ def move_aside(path, tag):
         n += 1
 
 
-def load_checkpoint(engine, path, move=True):
+def load_checkpoint(engine, path, move=True, drop_mismatched=False):
     """Restore ``engine`` (fresh) from the checkpoint at ``path``. A corrupt or
     foreign file is moved aside (``.corrupt-N``), a refused one (newer format,
-    other table shapes) too (``.refused-N``) unless ``move`` is false; the
-    engine is then left fresh. Never deletes a file."""
+    tables that mean something else) too (``.refused-N``) unless ``move`` is
+    false; the engine is then left fresh. ``drop_mismatched``: see
+    ``restore_state``. Never deletes a file."""
     path = os.fspath(path)
     leftovers = _remove_temp_files(path)
     try:
@@ -201,13 +203,15 @@ def load_checkpoint(engine, path, move=True):
     if not is_fresh(engine):
         raise ValueError("load_checkpoint needs a freshly built engine")
     header = None
+    touched = False
     try:
         header, state = decode_checkpoint(data)
         try:
-            messages = restore_state(engine, state)
+            messages = restore_state(engine, state, drop_mismatched)
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
             # a well-formed file whose content is not a state (or a bug): the
             # engine may be partly written, the caller must build a new one
+            touched = True
             raise StateCorrupt(f"content is not engine state ({type(exc).__name__}: {exc}); "
                                "build a new engine") from None
     except StateCorrupt as exc:
@@ -219,7 +223,7 @@ def load_checkpoint(engine, path, move=True):
     moved = move_aside(path, tag) if move else None
     where = f"moved to {moved}" if moved else "left in place"
     return LoadResult(status, leftovers + [f"state file {path}: {reason}; {where}, "
-                                           "starting fresh"], moved, header)
+                                           "starting fresh"], moved, header, touched)
 
 
 def _temp_name(path, pid):

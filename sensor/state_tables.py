@@ -30,7 +30,9 @@ a key with an alert waiting does not fit, the state is refused). A table
 whose ``max_listed``, ``window_s``, ``scope`` or ``count`` changed means
 something else now: the whole state is refused with ``StateRefused`` naming
 the setting, before anything is written into the engine (the caller keeps
-the old config, or starts fresh). ``max_pending_alerts`` may change as long
+the old config, or starts fresh), or, with ``drop_mismatched``, that table
+alone starts empty (with a message saying how many keys and waiting alerts
+it had). ``max_pending_alerts`` may change as long
 as the waiting alerts fit.
 A rule disabled in the new config has its table dropped (with a message); a
 rule newly enabled starts empty.
@@ -336,33 +338,43 @@ def is_fresh(engine):
                    for d in engine.detectors)
 
 
-def restore_state(engine, state):
+def restore_state(engine, state, drop_mismatched=False):
     """Put ``state`` (from ``capture_state``) into ``engine``, which must be fresh
-    (just built). Returns messages worth logging. Raises ``StateRefused``, with
-    the engine untouched, when a table's shape or meaning differs."""
+    (just built). Returns messages worth logging. When a table's meaning differs
+    (or a resize would drop a waiting alert), raises ``StateRefused`` naming the
+    settings, with the engine untouched; with ``drop_mismatched`` those tables
+    start empty instead (one message each) and the rest is restored."""
     if not is_fresh(engine):
         raise ValueError("restore_state needs a freshly built engine")
     by_name = {d.name: d for d in engine.detectors}
-    problems = []
+    problems, dropped = [], {}
+    detectors = {}
+    notes = []
     for name, saved in state["detectors"].items():
-        if name in by_name:
-            problems += _check_detector(by_name[name], saved)
-    if problems:
+        det = by_name.get(name)
+        found = _check_detector(det, saved) if det is not None else []
+        if not found and det is not None and _moved(saved["shape"], _detector_shape(det)):
+            # max_keys / table_ways changed: keys re-placed (may still refuse)
+            try:
+                saved, note = _relocate_detector(det, saved)
+                notes.append(note)
+            except StateRefused as exc:
+                found = [str(exc)]
+        if found:
+            problems += found
+            dropped[name] = (found, len(saved["live"]), len(saved["pending"]))
+        else:
+            detectors[name] = saved
+    if problems and not drop_mismatched:
         raise StateRefused("saved state does not fit the configured tables: "
                            + "; ".join(problems))
-    # tables whose max_keys / table_ways changed: re-placed (may still refuse)
-    notes = []
+    for name, (found, keys, waiting) in dropped.items():
+        notes.append(f"{name}: saved table ({keys} keys, {waiting} alerts waiting) dropped, "
+                     f"the rule starts empty: {'; '.join(found)}")
     p_saved = state["probes"]
     if _moved(p_saved["shape"], _probe_shape(engine.probes)):
         p_saved, note = _relocate_probes(engine.probes, p_saved)
         notes.append(note)
-    detectors = {}
-    for name, saved in state["detectors"].items():
-        det = by_name.get(name)
-        if det is not None and _moved(saved["shape"], _detector_shape(det)):
-            saved, note = _relocate_detector(det, saved)
-            notes.append(note)
-        detectors[name] = saved
 
     messages = []
     cfg_seed = engine.cfg["sensor.hash_seed"]

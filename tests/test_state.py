@@ -246,6 +246,25 @@ def test_a_table_that_means_something_else_is_refused(change, setting):
     assert st.is_fresh(new)    # nothing was written
 
 
+def test_mismatched_tables_can_be_dropped_instead():
+    """drop_mismatched=True: the table that means something else starts empty (said
+    so), every other table is restored."""
+    rows = decode(shipped("nmap_syn_scan.pcap"))
+    old = Engine(config())
+    feed(old, rows, 0, rows.n // 2)
+    saved = st.capture_state(old)
+    new = Engine(config("host_sweep.window_s=10.0"))
+    messages = st.restore_state(new, saved, drop_mismatched=True)
+    keys = len(saved["detectors"]["host_sweep"]["live"])
+    assert keys > 0
+    assert any(m.startswith(f"host_sweep: saved table ({keys} keys, 0 alerts waiting) dropped")
+               and "host_sweep.window_s changed" in m for m in messages)
+    by = {d.name: d for d in new.detectors}
+    assert (by["host_sweep"].lc.last_seen_ns != -1).sum() == 0
+    assert (by["failed_connections"].lc.last_seen_ns != -1).sum() == len(
+        saved["detectors"]["failed_connections"]["live"]) > 0
+
+
 def test_resized_tables_are_re_placed():
     """max_keys / table_ways / probes.max_probes changed: keys re-inserted in the new
     layout; the alerts are those of a run with the new sizes throughout."""
@@ -433,7 +452,7 @@ def test_an_older_file_is_converted_on_load(scanned, tmp_path, monkeypatch):
     monkeypatch.setattr(st, "VERSION", 2)
     monkeypatch.setitem(st.CONVERTERS, 1, v1_to_v2)
     monkeypatch.setattr(st, "restore_state",
-                        lambda e, s: real_restore(e, dict(s, seed=s.pop("hash_seed"))))
+                        lambda e, s, *rest: real_restore(e, dict(s, seed=s.pop("hash_seed")), *rest))
     engine = Engine(config())
     result = st.load_checkpoint(engine, path)
     assert result.status == "restored" and result.header["version"] == 2
@@ -570,3 +589,15 @@ def test_split_random_traffic_through_small_tables(seed, n, where, workers):
     at = min(rows.n - 1, max(1, int(where * rows.n)))
     hash_seed, alerts = split_run(cfg, rows, at)
     assert alerts == uninterrupted(cfg, rows, hash_seed, at)
+
+
+def test_a_checksummed_file_that_holds_no_engine_state_is_moved_aside(tmp_path):
+    """Well-formed, right magic and checksum, but the payload is not a state."""
+    payload = msgpack.packb({"seed": 1})
+    header = {"format": st.FORMAT, "version": st.VERSION, "payload_bytes": len(payload)}
+    header["blake2b"] = st._digest(header, payload)
+    path = tmp_path / "state"
+    path.write_bytes(msgpack.packb([header, payload]))
+    result = st.load_checkpoint(Engine(config()), path)
+    assert result.status == "moved_aside" and "content is not engine state" in result.messages[0]
+    assert result.moved_to.endswith("state.corrupt-1")
