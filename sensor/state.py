@@ -31,7 +31,7 @@ import numpy as np
 
 # the API of both modules, from one place
 from sensor.state_tables import (  # noqa: F401
-    StateRefused, capture_state, is_fresh, restore_state, table_shapes,
+    StateRefused, capture_state, is_fresh, restore_state,
 )
 
 FORMAT = "scan-sensor-state"
@@ -73,11 +73,13 @@ def _digest(header, payload):
     return h.hexdigest()
 
 
-def encode_checkpoint(engine, meta=None, created_ns=None):
-    """The bytes of a checkpoint file of ``engine``."""
-    payload = msgpack.packb(capture_state(engine), default=_encode, use_bin_type=True)
+def encode_checkpoint(state, meta=None, created_ns=None):
+    """The bytes of a checkpoint file of ``state`` (from ``capture_state``)."""
+    payload = msgpack.packb(state, default=_encode, use_bin_type=True)
+    tables = {"probes": state["probes"]["shape"]}
+    tables.update((name, d["shape"]) for name, d in state["detectors"].items())
     header = {"format": FORMAT, "version": VERSION, "sensor_version": _sensor_version(),
-              "created_ns": created_ns, "tables": table_shapes(engine), "meta": meta or {},
+              "created_ns": created_ns, "tables": tables, "meta": meta or {},
               "payload_bytes": len(payload)}
     header["blake2b"] = _digest(header, payload)
     return msgpack.packb([header, payload], use_bin_type=True)
@@ -91,10 +93,21 @@ class SaveResult:
 
 
 def save_checkpoint(engine, path, meta=None, *, created_ns=None):
-    """Write ``engine``'s state to ``path`` atomically; ``created_ns`` is the
-    caller's wall clock (this module reads no clock but a duration timer)."""
+    """Write ``engine``'s state to ``path`` atomically, between batches;
+    ``created_ns`` is the caller's wall clock (this module reads no clock but
+    a duration timer)."""
     started = time.perf_counter()
-    data = encode_checkpoint(engine, meta, created_ns)
+    result = write_checkpoint(capture_state(engine), path, meta, created_ns=created_ns)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def write_checkpoint(state, path, meta=None, *, created_ns=None):
+    """``save_checkpoint`` of a state already captured: ``capture_state`` (a copy
+    of the live rows, tens of ms) must run between batches; this part (encode,
+    write, fsync) may then run on another thread while capture goes on."""
+    started = time.perf_counter()
+    data = encode_checkpoint(state, meta, created_ns)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = _temp_name(path, os.getpid())

@@ -146,14 +146,6 @@ def _probe_shape(probes):
     return {"capacity": int(probes.keys.shape[0]), "ways": int(probes.params[kp.PP_WAYS])}
 
 
-def table_shapes(engine):
-    """Shape of every table of ``engine`` (for the checkpoint header)."""
-    shapes = {"probes": _probe_shape(engine.probes)}
-    for det in engine.detectors:
-        shapes[det.name] = _detector_shape(det)
-    return shapes
-
-
 def _capture_detector(det):
     lc, t = det.lc, det.table
     live = _live(lc.last_seen_ns)

@@ -87,6 +87,7 @@ def split_run(cfg, rows, at, via_file=None):
     seed = int(first.seed)
     alerts = feed(first, rows, 0, at)
     second = Engine(cfg)
+    second.warm_up()            # as the daemon does before restoring: changes no state
     if via_file is None:
         messages = st.restore_state(second, st.capture_state(first))
     else:
@@ -337,7 +338,8 @@ def scanned():
     rows = decode(shipped("nmap_syn_scan.pcap"))
     engine = Engine(config())
     feed(engine, rows, 0, rows.n // 2)
-    return engine, st.encode_checkpoint(engine, {"interfaces": ["eth1"]}, 1_700_000_000_000)
+    return engine, st.encode_checkpoint(st.capture_state(engine), {"interfaces": ["eth1"]},
+                                         1_700_000_000_000)
 
 
 def test_checkpoint_header(scanned, tmp_path):
@@ -354,6 +356,19 @@ def test_checkpoint_header(scanned, tmp_path):
     assert header["tables"]["probes"] == {"capacity": 262144, "ways": 8}
     assert header["payload_bytes"] == len(payload)
     assert os.listdir(tmp_path) == ["state.msgpack"]     # no temp file left
+
+
+def test_state_captured_now_can_be_written_later(tmp_path):
+    """write_checkpoint of a captured state (another thread, while processing goes
+    on) writes the state as it was when captured."""
+    rows = decode(shipped("nmap_syn_scan.pcap"))
+    engine = Engine(config())
+    feed(engine, rows, 0, rows.n // 2)
+    captured = st.capture_state(engine)
+    st.save_checkpoint(engine, tmp_path / "now", created_ns=5)
+    feed(engine, rows, rows.n // 2, rows.n)          # the engine goes on meanwhile
+    st.write_checkpoint(captured, tmp_path / "later", created_ns=5)
+    assert (tmp_path / "later").read_bytes() == (tmp_path / "now").read_bytes()
 
 
 def test_missing_file_starts_fresh(tmp_path):
