@@ -113,15 +113,22 @@ def _capture_slots(pairs, live, only=None):
     return {"dense": dense, "sparse": sparse}
 
 
+def _in_range(name, index, size):
+    if len(index) and (index.min() < 0 or index.max() >= size):
+        raise IndexError(f"{name}: saved index outside the table")
+
+
 def _restore_slots(pairs, live, saved):
     for name, arr in pairs:
         if name in saved["dense"]:
+            _in_range(name, live, arr.shape[0])
             arr[live] = saved["dense"][name]
         else:
             s = saved["sparse"][name]
             flat = arr.reshape(-1)
             if not np.shares_memory(flat, arr):
                 raise ValueError(f"{name}: table array is not contiguous")
+            _in_range(name, s["index"], flat.shape[0])
             flat[s["index"]] = s["values"]
 
 
@@ -330,6 +337,24 @@ def is_fresh(engine):
                    for d in engine.detectors)
 
 
+def _check_refs(probes, probe_capacity, by_name, detectors):
+    m = probes["meta"]
+    queued = int(m[kp.PM_TAIL] - m[kp.PM_HEAD])
+    fifo = probes["fifo_slot"]
+    if not (0 <= queued <= probe_capacity and len(fifo) == queued) or (
+            queued and (fifo.min() < 0 or fifo.max() >= probe_capacity)):
+        raise ValueError("probe table: timeout queue does not fit the table")
+    for name, saved in detectors.items():
+        det = by_name.get(name)
+        if det is None:
+            continue
+        capacity, pend, meta = det.lc.keys.shape[0], saved["pending"], saved["meta"]
+        if meta[ks.M_NPENDING] != len(pend) or len(pend) and (
+                pend.min() < 0 or pend.max() >= capacity
+                or not 0 <= meta[ks.M_MIN_DUE_SLOT] < capacity):
+            raise ValueError(f"{name}: waiting alerts do not fit the table")
+
+
 def restore_state(engine, state, drop_mismatched=False):
     """Put ``state`` (from ``capture_state``) into ``engine``, which must be fresh
     (just built). Returns messages worth logging. When a table's meaning differs
@@ -367,6 +392,9 @@ def restore_state(engine, state, drop_mismatched=False):
     if _moved(p_saved["shape"], _probe_shape(engine.probes)):
         p_saved, note = _relocate_probes(engine.probes, p_saved)
         notes.append(note)
+
+    # slot numbers the kernels index with (unchecked there): must lie in the tables
+    _check_refs(p_saved, engine.probes.keys.shape[0], by_name, detectors)
 
     messages = []
     cfg_seed = engine.cfg["sensor.hash_seed"]

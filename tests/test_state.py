@@ -616,3 +616,24 @@ def test_a_checksummed_file_that_holds_no_engine_state_is_moved_aside(tmp_path):
     result = st.load_checkpoint(Engine(config()), path)
     assert result.status == "moved_aside" and "content is not engine state" in result.messages[0]
     assert result.moved_to.endswith("state.corrupt-1")
+
+
+@pytest.mark.parametrize("damage", ["live", "sparse_index", "pending", "fifo"])
+def test_slot_numbers_outside_the_tables_are_rejected(scanned, damage):
+    """The kernels do not bounds-check: a state pointing outside a table must never
+    reach them (a checksum is no protection against a bug or a crafted file)."""
+    engine0, _ = scanned
+    state = st.capture_state(engine0)
+    det = state["detectors"]["port_scan"]
+    if damage == "live":
+        det["live"] = det["live"].copy()
+        det["live"][0] = -1
+    elif damage == "sparse_index":
+        det["lifecycle"]["sparse"]["keys"]["index"][0] = 10**9
+    elif damage == "pending":
+        det["pending"] = np.array([4096])
+        det["meta"][0] = 1
+    else:
+        state["probes"]["fifo_slot"][0] = -5
+    with pytest.raises((ValueError, IndexError)):
+        st.restore_state(Engine(config()), state)
