@@ -174,20 +174,20 @@ class Supervisor:
             self._stop_workers()
             self.sweep_tick(final=True)
             if self.sweep is not None:
-                single.checkpoint(self.sweep, self.state_dir, SWEEP_STATE, self.cfg)
+                self.checkpointer.save(self.sweep, wait=True)
             self.report_stats(final=True)
             self._close()
         return single.EXIT_OK if not self.failures else single.EXIT_RUNTIME
 
     # --- start -----------------------------------------------------------------
     def _start(self):
-        from sensor.engine import Engine
         self.state_dir = single.check_state_dir(self.cfg)
         self.outputs = single.open_outputs(self.args, self.cfg)
         if self.cfg["port_sweep.enabled"]:
-            self.sweep = Engine(self.cfg, rules={"port_sweep"})
-            self.sweep.warm_up()
-            single.restore(self.sweep, self.state_dir, SWEEP_STATE)
+            self.sweep = self._sweep_engine(self.cfg)
+            self.sweep = single.restore(self.sweep, self.state_dir, SWEEP_STATE,
+                                        lambda: self._sweep_engine(self.cfg))
+        self.checkpointer = single.Checkpointer(self.state_dir, SWEEP_STATE, self.cfg)
         if self.state_dir is not None:
             others = [p.name for p in self.state_dir.glob("checkpoint-worker*of*.msgpack")
                       if not p.name.endswith(f"of{self.count}.msgpack")]
@@ -203,6 +203,13 @@ class Supervisor:
             proc.start()
             child.close()
             self.workers.append((proc, parent))
+
+    @staticmethod
+    def _sweep_engine(cfg):
+        from sensor.engine import Engine
+        engine = Engine(cfg, rules={"port_sweep"})
+        engine.warm_up()
+        return engine
 
     def _wait_ready(self, flags):
         ready = set()
@@ -234,7 +241,7 @@ class Supervisor:
                 flags.reload = False
                 self.reload()
             if now >= next_checkpoint and self.sweep is not None:
-                single.checkpoint(self.sweep, self.state_dir, SWEEP_STATE, self.cfg)
+                self.checkpointer.save(self.sweep)
                 next_checkpoint = now + self.cfg["sensor.checkpoint_interval_s"]
             if now >= next_stats:
                 self.report_stats()
@@ -329,7 +336,6 @@ class Supervisor:
 
     # --- reload, stats, stop -------------------------------------------------
     def reload(self):
-        from sensor.engine import Engine
         from sensor.state import StateRefused, capture_state, restore_state
         self.notifier.reloading()
         for proc, _ in self.workers:
@@ -339,8 +345,7 @@ class Supervisor:
             cfg = single.load_run_config(self.args)
             sweep = None
             if cfg["port_sweep.enabled"]:
-                sweep = Engine(cfg, rules={"port_sweep"})
-                sweep.warm_up()
+                sweep = self._sweep_engine(cfg)
                 if self.sweep is not None:
                     for message in restore_state(sweep, capture_state(self.sweep)):
                         single.log(message)
@@ -400,6 +405,8 @@ class Supervisor:
             proc.join(5)
 
     def _close(self):
+        if getattr(self, "checkpointer", None) is not None:
+            self.checkpointer.close()
         if self.sweep is not None:
             self.sweep.close()
         if self.outputs is not None:

@@ -3,7 +3,6 @@ this machine can (tcpreplay --topspeed), the daemon and tcpdump listening at
 once; the daemon must drop no more than tcpdump. The figures are printed
 (``pytest -s``) and are what the README's results table reports from
 ``python -m sensor.bench --live``."""
-import shutil
 
 import pytest
 

@@ -217,11 +217,11 @@ class Daemon:
         self.packet_time_ns = 0         # the engine's packet time: last packet or tick
         self.last_drops = 0
         self.notifier = None
+        self.checkpointer = None
 
     # --- start ---------------------------------------------------------------
     def start(self):
         from kernels.jit import COLD_CACHE
-        from sensor.engine import Engine
         from sensor.notify import Notifier
 
         self.notifier = self.worker or Notifier(warn=log)
@@ -235,9 +235,10 @@ class Daemon:
             log("first start: compiling the packet kernels (about 35 s, once; "
                 "`scan-sensor compile` does it ahead of time)")
             self.notifier.status("compiling the packet kernels")
-        self.engine = Engine(self.cfg, export=self.export)
-        self.engine.warm_up()
-        restore(self.engine, self.state_dir, self.state_name)
+        self.engine = self._new_engine(self.cfg)
+        self.engine = restore(self.engine, self.state_dir, self.state_name,
+                              lambda: self._new_engine(self.cfg))
+        self.checkpointer = Checkpointer(self.state_dir, self.state_name, self.cfg)
         names = ", ".join(self.cfg["capture.interfaces"])
         log(f"capturing on {names} ({type(self.captures[0]).__name__}, "
             f"filter: {self.cfg['capture.filter'] or 'default'})")
@@ -310,7 +311,6 @@ class Daemon:
 
     # --- reload, state, stats ------------------------------------------------
     def reload(self):
-        from sensor.engine import Engine
         from sensor.state import StateRefused, capture_state, restore_state
         self.notifier.reloading()
         log("SIGHUP: reloading the configuration")
@@ -318,9 +318,12 @@ class Daemon:
             cfg = load_run_config(self.args)
             if cfg["capture.interfaces"] != self.cfg["capture.interfaces"]:
                 log("note: the interface list changed; it takes effect on restart")
-            engine = Engine(cfg, export=self.export)
-            engine.warm_up()
-            messages = restore_state(engine, capture_state(self.engine))
+            engine = self._new_engine(cfg)
+            try:
+                messages = restore_state(engine, capture_state(self.engine))
+            except StateRefused:
+                engine.close()
+                raise
         except (ConfigError, StateRefused) as exc:
             log(f"error: new configuration rejected, the old one stays in force: {exc}")
             self.notifier.ready("reload rejected; running with the previous configuration")
@@ -332,8 +335,15 @@ class Daemon:
         log("configuration reloaded; table state kept")
         self.notifier.ready("configuration reloaded")
 
-    def checkpoint(self):
-        checkpoint(self.engine, self.state_dir, self.state_name, self.cfg)
+    def _new_engine(self, cfg):
+        from sensor.engine import Engine
+        engine = Engine(cfg, export=self.export)
+        engine.warm_up()
+        return engine
+
+    def checkpoint(self, wait=False):
+        if self.checkpointer is not None:
+            self.checkpointer.save(self.engine, wait)
 
     def stats(self):
         out = {"uptime_s": round(time.monotonic() - self.started_s, 3), "alerts": self.alerts}
@@ -366,7 +376,7 @@ class Daemon:
             except Exception as exc:       # state and outputs must still be saved
                 log(f"error while stopping: {exc}")
                 self.failures += 1
-            self.checkpoint()
+            self.checkpoint(wait=True)
             self.report_stats(final=True)
         self.close()
 
@@ -374,6 +384,8 @@ class Daemon:
         for cap in self.captures:
             cap.close()
         self.captures = []
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         if self.engine is not None:
             self.engine.close()
         if self.outputs is not None:
@@ -406,25 +418,63 @@ def open_outputs(args, cfg):
         raise StartupError(str(exc)) from None
 
 
-def restore(engine, state_dir, name):
-    """Load the engine's checkpoint, if there is one; say what happened."""
+def restore(engine, state_dir, name, rebuild):
+    """Load the engine's checkpoint, if there is one, and say what happened.
+    Returns the engine to use: ``rebuild()`` gives a fresh one if a refused
+    restore had already touched this one."""
     if state_dir is None:
-        return
+        return engine
     from sensor.state import load_checkpoint
     result = load_checkpoint(engine, state_dir / name)
     for message in result.messages:
-        log(("warning: " if result.status != "restored" else "") + message)
+        log(("warning: " if result.status in ("moved_aside", "refused") else "") + message)
+    if result.engine_touched:
+        engine.close()
+        engine = rebuild()
+    return engine
 
 
-def checkpoint(engine, state_dir, name, cfg):
-    if state_dir is None:
-        return
-    from sensor.state import save_checkpoint
-    try:
-        save_checkpoint(engine, state_dir / name, meta={"interfaces": cfg["capture.interfaces"]},
-                        created_ns=time.time_ns())
-    except OSError as exc:
-        log(f"warning: checkpoint {state_dir / name} not written: {exc}")
+class Checkpointer:
+    """Checkpoints of one engine to ``state_dir/name``. The state is taken between
+    batches (``capture_state`` copies the live slots: tens of ms even for full
+    tables) and the file written on a thread, one write at a time, so a large
+    checkpoint never holds up the capture loop; the last one, at exit, is
+    written before the process ends."""
+
+    def __init__(self, state_dir, name, cfg):
+        self.path = None if state_dir is None else state_dir / name
+        self.meta = {"interfaces": list(cfg["capture.interfaces"])}
+        self.thread = None
+        self.skipped = 0
+
+    def save(self, engine, wait=False):
+        if self.path is None:
+            return
+        import threading
+        from sensor.state import capture_state
+        if self.thread is not None and self.thread.is_alive():
+            if not wait:
+                self.skipped += 1          # the previous one is still being written
+                return
+            self.thread.join()
+        state = capture_state(engine)
+        if wait:
+            self._write(state)
+        else:
+            self.thread = threading.Thread(target=self._write, args=(state,),
+                                           name="scan-sensor-checkpoint", daemon=True)
+            self.thread.start()
+
+    def _write(self, state):
+        from sensor.state import write_checkpoint
+        try:
+            write_checkpoint(state, self.path, self.meta, created_ns=time.time_ns())
+        except OSError as exc:
+            log(f"warning: checkpoint {self.path} not written: {exc.strerror or exc}")
+
+    def close(self):
+        if self.thread is not None:
+            self.thread.join()
 
 
 def report_stats(s, notifier, stats_json, last_drops, final=False):
