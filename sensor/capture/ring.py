@@ -55,6 +55,7 @@ TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 TPACKET3_HDRLEN = 68
 BLOCK_DESC_BYTES = 48
+SO_TIMESTAMPNS = 35                 # asm-generic/socket.h (SO_TIMESTAMPNS_OLD)
 SIOCGIFFLAGS = 0x8913
 IFF_UP = 0x1
 MAX_SNAPLEN = 262144
@@ -196,6 +197,13 @@ class RingCapture:
                                     f"(bring it up: ip link set {self.ifname} up)")
         sock = self._sock
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        # Stamp packets when the stack receives them, for every socket alike: without
+        # it each packet socket reads the clock itself as it queues a copy, so two
+        # sensors (or a sensor and tcpdump) on one link see different nanoseconds,
+        # and alert ids (which include the first packet time) differ. (Packets a
+        # local TCP socket sent through a veth keep their departure time instead,
+        # and are still stamped per socket.)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         bpf.attach(sock, bpf.accept_all(self.snaplen) if program is None
                    else bpf.cap_snaplen(program, self.snaplen))
         self._setup_ring()
