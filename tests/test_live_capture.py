@@ -757,10 +757,9 @@ def test_startup_without_privilege_says_which_capability(net):
 
 def test_libpcap_fallback_gives_the_ring_rows(net):
     from sensor.capture.live_pcap import LivePcapCapture
-    program = bpf.compile_filter(bpf.DEFAULT_FILTER, 256)
-    ring = open_ring(bpf=program)
+    ring = open_ring(bpf=bpf.filter_program(None, 256))
     with netns(NS_B):
-        fallback = LivePcapCapture(IF_B, snaplen=256, bpf=program)
+        fallback = LivePcapCapture(IF_B, snaplen=256, filter_expression=bpf.DEFAULT_FILTER)
     try:
         readers = [Reader(ring), Reader(fallback)]
         run_mixed_traffic()
@@ -792,23 +791,30 @@ def test_libpcap_fallback_startup_errors(net):
 def test_operator_filter_expressions_work_live(net):
     """--filter style expressions compiled for the interface: 'vlan 100' matches the
     tag the kernel stripped (as with tcpdump there), 'udp' keeps only UDP."""
+    from sensor.capture.live_pcap import LivePcapCapture
     with netns(NS_B):
-        vlan_prog = bpf.compile_filter("vlan 100", 256, ifname=IF_B)
+        vlan_prog = bpf.filter_program("vlan 100", 256, ifname=IF_B)
         udp_prog = bpf.compile_filter("udp", 256, ifname=IF_B)
+        fallback = LivePcapCapture(IF_B, filter_expression="vlan 100")
+        with pytest.raises(CaptureSetupError) as bad:
+            LivePcapCapture(IF_B, filter_expression="vlan and and")
         with pytest.raises(ValueError) as info:
-            bpf.compile_filter("vlan and and", 256, ifname=IF_B)
+            bpf.filter_program("vlan and and", 256, ifname=IF_B)
+    assert bad.value.kind == "bad_setting" and "'vlan and and' does not compile" in str(bad.value)
     assert "'vlan and and' does not compile" in str(info.value)
     # compiled for no interface, 'vlan 100' looks for a tag still in the packet only
     assert vlan_prog != bpf.compile_filter("vlan 100", 256)
     vlan_cap, udp_cap = open_ring(bpf=vlan_prog), open_ring(bpf=udp_prog)
     try:
-        readers = [Reader(vlan_cap), Reader(udp_cap)]
+        readers = [Reader(vlan_cap), Reader(udp_cap), Reader(fallback)]
         send_frames(crafted_frames() + [marker_frame()])
         in_ns(NS_A, "nping", "--tcp", "-p", "22", "-c", "2", "--delay", "20ms", B4, timeout=30)
-        (vlan_cols, _), (udp_cols, _) = [r.finish() for r in readers]
+        (vlan_cols, _), (udp_cols, _), (fallback_cols, _) = [r.finish() for r in readers]
     finally:
         vlan_cap.close()
         udp_cap.close()
+        fallback.close()
+    assert [(r["vlan"], r["dport"]) for r in row_dicts(fallback_cols)] == [(100, 22)]
     vlan_rows, udp_rows = row_dicts(vlan_cols), row_dicts(udp_cols)
     assert [(r["vlan"], r["proto"], r["dport"]) for r in vlan_rows] == [(100, 6, 22)]
     assert udp_rows and all(r["proto"] == 17 for r in udp_rows)

@@ -146,20 +146,47 @@ def compile_filter(expression, snaplen=262144, optimize=True, ifname=None):
         handle = _live_handle(lib, ifname, snaplen)
     if not handle:
         raise OSError("pcap_open_dead failed")
-    prog = _BpfProgram()
     try:
-        rc = lib.pcap_compile(handle, ctypes.byref(prog), expression.encode(), 1 if optimize else 0,
-                              PCAP_NETMASK_UNKNOWN)
-        if rc != 0:
-            message = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
-            raise ValueError(f"filter expression {expression!r} does not compile: {message}")
-        try:
-            return [(prog.bf_insns[i].code, prog.bf_insns[i].jt, prog.bf_insns[i].jf,
-                     prog.bf_insns[i].k) for i in range(prog.bf_len)]
-        finally:
-            lib.pcap_freecode(ctypes.byref(prog))
+        return compile_on_handle(handle, expression, optimize)
     finally:
         lib.pcap_close(handle)
+
+
+def compile_on_handle(handle, expression, optimize=True):
+    """Compile ``expression`` for an open libpcap handle (its link type and snap
+    length) -> list of (code, jt, jf, k); ValueError when it does not compile."""
+    lib = libpcap()
+    prog = _BpfProgram()
+    rc = lib.pcap_compile(handle, ctypes.byref(prog), expression.encode(), 1 if optimize else 0,
+                          PCAP_NETMASK_UNKNOWN)
+    if rc != 0:
+        message = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
+        raise ValueError(f"filter expression {expression!r} does not compile: {message}")
+    try:
+        return [(prog.bf_insns[i].code, prog.bf_insns[i].jt, prog.bf_insns[i].jf,
+                 prog.bf_insns[i].k) for i in range(prog.bf_len)]
+    finally:
+        lib.pcap_freecode(ctypes.byref(prog))
+
+
+def filter_program(expression, snaplen, ifname=None):
+    """The program for a capture filter setting: DEFAULT_FILTER (also for None or
+    "") compiled for no interface, as it is written; an operator's expression
+    compiled as tcpdump would on ``ifname`` (``vlan 100`` matching the stripped
+    tag). If ``ifname`` cannot be opened by libpcap, the expression is compiled
+    for no interface: the capture's own open then reports why.
+
+    ValueError (one line, naming the expression) when it does not compile."""
+    if not expression or expression == DEFAULT_FILTER:
+        return compile_filter(DEFAULT_FILTER, snaplen)
+    if ifname is not None:
+        compile_filter(expression, snaplen)          # a syntax error is reported as such
+        try:
+            return compile_filter(expression, snaplen, ifname=ifname)
+        except ValueError as exc:
+            if "cannot compile a filter for" not in str(exc):
+                raise
+    return compile_filter(expression, snaplen)
 
 
 def cap_snaplen(program, snaplen):

@@ -74,12 +74,14 @@ def _lib():
 
 
 class LivePcapCapture:
-    """libpcap live capture on ``ifname`` (see the module docstring). ``bpf``: a
-    program from ``bpf.compile_filter`` (None: everything); ``snaplen`` bytes
-    of each packet are kept."""
+    """libpcap live capture on ``ifname`` (see the module docstring); ``snaplen``
+    bytes of each packet are kept. Filter: ``bpf``, a program from
+    ``bpf.compile_filter``, or ``filter_expression``, compiled here as
+    ``bpf.filter_program`` does (DEFAULT_FILTER as written, an operator's
+    expression on this live handle, as tcpdump compiles it); neither: everything."""
 
-    def __init__(self, ifname, *, snaplen=256, promisc=True, bpf=None, buffer_bytes=16 << 20,
-                 timeout_ms=50):
+    def __init__(self, ifname, *, snaplen=256, promisc=True, bpf=None, filter_expression=None,
+                 buffer_bytes=16 << 20, timeout_ms=50):
         self.ifname = ifname
         self.snaplen = int(snaplen)
         self._lib = _lib()
@@ -87,7 +89,7 @@ class LivePcapCapture:
         self._buf = np.zeros(0, dtype=np.uint8)
         self._fill = 0
         self._handler = _HANDLER(self._on_packet)
-        self._open(promisc, bpf, int(buffer_bytes), int(timeout_ms))
+        self._open(promisc, bpf, filter_expression, int(buffer_bytes), int(timeout_ms))
 
     def _fail(self, rc):
         lib = self._lib
@@ -111,7 +113,7 @@ class LivePcapCapture:
                                      f"(bring it up: ip link set {self.ifname} up)")
         return CaptureSetupError("unavailable", f"libpcap cannot capture on {self.ifname}: {detail}")
 
-    def _open(self, promisc, program, buffer_bytes, timeout_ms):
+    def _open(self, promisc, program, expression, buffer_bytes, timeout_ms):
         lib = self._lib
         try:
             socket.if_nametoindex(self.ifname)
@@ -135,6 +137,8 @@ class LivePcapCapture:
             if lib.pcap_datalink(self._handle) != LINKTYPE_ETHERNET:
                 raise CaptureSetupError("unavailable", f"{self.ifname} is not an Ethernet "
                                         "interface; only Ethernet is captured live")
+            if program is None and expression:
+                program = self._compile(expression)
             if program is not None:
                 self._set_filter(program)
             if lib.pcap_setnonblock(self._handle, 1, errbuf) != 0:
@@ -143,6 +147,14 @@ class LivePcapCapture:
         except BaseException:
             self.close()
             raise
+
+    def _compile(self, expression):
+        try:
+            if expression == bpf_mod.DEFAULT_FILTER:
+                return bpf_mod.compile_filter(expression, self.snaplen)
+            return bpf_mod.compile_on_handle(self._handle, expression)
+        except ValueError as exc:
+            raise CaptureSetupError("bad_setting", str(exc)) from None
 
     def _set_filter(self, program):
         n = len(program)
