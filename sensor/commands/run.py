@@ -168,7 +168,7 @@ def open_capture(ifname, cfg, fanout=None):
     """The live capture adapter for one interface: the AF_PACKET ring where the
     kernel has it (``capture.backend``), else libpcap."""
     import socket
-    from sensor.capture.bpf import DEFAULT_FILTER, compile_filter
+    from sensor.capture.bpf import DEFAULT_FILTER, filter_program
     from sensor.capture.ring import CaptureSetupError, RingCapture
     expression = cfg["capture.filter"] or DEFAULT_FILTER
     backend = cfg["capture.backend"]
@@ -177,7 +177,9 @@ def open_capture(ifname, cfg, fanout=None):
     try:
         if backend == "af_packet":
             try:
-                program = compile_filter(expression, cfg["capture.snaplen"])
+                # an operator's expression is compiled as tcpdump would on the
+                # interface (``vlan 100`` then matches the tag the kernel stripped)
+                program = filter_program(expression, cfg["capture.snaplen"], ifname=ifname)
             except ValueError as exc:
                 raise StartupError(f"`capture.filter`: {exc}", EXIT_USAGE) from None
             return RingCapture(
