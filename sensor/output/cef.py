@@ -72,7 +72,7 @@ def extension_pairs(view, ctx):
         pairs.append(("start", F.epoch_ms(view.first_ns)))
     if view.last_ns is not None:
         pairs.append(("end", F.epoch_ms(view.last_ns)))
-    if f.get("src_ip"):
+    if "src_ip" in f:
         pairs.append(("src", f["src_ip"]))
     target, port = F.single_target(view), F.single_port(view)
     if target is not None:

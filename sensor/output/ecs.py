@@ -31,19 +31,20 @@ Fields (ECS 8.x; types in ``tests/test_formats.py:ECS_TYPES``):
   left out) when shortened.
 """
 import json
+import re
 
 from sensor.alerts import rfc3339
 from sensor.output import fields as F
 from sensor.output import rfc5424
 
 ECS_VERSION = "8.11.0"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_json(value):
     """Lone surrogates -> U+FFFD everywhere in a JSON-able value (JSON escapes controls)."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") \
-            if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else value
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {clean_json(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

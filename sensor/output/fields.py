@@ -198,7 +198,7 @@ def flat_fields(view_):
             out.append((name, encode_counts(value)))
         elif isinstance(value, (list, tuple)):
             if value and all(isinstance(v, dict) for v in value):
-                keys = list(value[0])
+                keys = sorted(value[0], key=lambda k: (k != "ip", k))
                 for key in keys:
                     sub = name if key == "ip" else f"{name}_{key}"
                     out.append((sub, encode_list(scalar_text(v.get(key, "")) for v in value)))
