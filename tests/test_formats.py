@@ -641,3 +641,53 @@ def test_strict_parsers_reject_injection():
     assert parse_cef("CEF:0|a\\|b|p|1|id|n|5|msg=a \\= b\\\\ c\\n k=v")["ext"] == [
         ("msg", "a = b\\ c\n"), ("k", "v")]
     assert cef_module.escape_value("a=b\\c\nd\re|f") == "a\\=b\\\\c\\nd\\re|f"
+
+
+# ---------------------------------------------------------------- SIEM content
+
+SIEM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sensor", "siem")
+
+
+def test_sentinel_parser_reads_what_cef_writes(port_scan):
+    """Every label and AdditionalExtensions key the ASIM parser reads is one cef.py writes."""
+    with open(os.path.join(SIEM, "sentinel", "ASimNetworkSessionScanSensor.kql")) as fh:
+        kql = fh.read()
+    labels = dict((int(n), name) for n, name in
+                  re.findall(r'DeviceCustomString(\d)Label == "(\w+)"', kql))
+    assert labels == {1: "dst_ports", 2: "dst_ips", 3: "sources", 4: "outcomes",
+                      5: "open_ports", 6: "mitre"}
+    assert all(cef_module.CS_SLOTS[name] == n for n, name in labels.items())
+    numbers = dict((name, int(n)) for name, n in
+                   re.findall(r"ScanSensor(\w+) = FieldDeviceCustomNumber(\d)", kql))
+    assert numbers == {"Count": cef_module.CN_SLOTS["count"],
+                       "PortCount": cef_module.CN_SLOTS["dst_port_count"],
+                       "TargetCount": cef_module.CN_SLOTS["dst_ip_count"]}
+    sweep = Alert(**{**port_scan.to_dict(), "rule": "port_sweep", "dst_port": 3389,
+                     "sources": [{"ip": "203.0.113.5", "probes": 4}], "sources_complete": True},
+                  emitted_ns=port_scan.emitted_ns)
+    written = set()
+    for record in (port_scan, sweep):
+        written |= {k for k, _ in parse_cef(parse_3164_header(render("cef", record, CTX))[3])["ext"]}
+    written.add(cef_module.custom_key("truncated"))
+    read = set(re.findall(r";(scanSensor\w+)=", kql))
+    assert read and read <= written, read - written
+    assert 'DeviceVendor == "scan-sensor" and DeviceProduct == "scan-sensor"' in kql
+    assert (CTX.vendor, CTX.product) == ("scan-sensor", "scan-sensor")
+
+
+def test_elastic_pipeline_dissects_the_ecs_message(port_scan):
+    with open(os.path.join(SIEM, "elastic", "ingest-pipeline.json")) as fh:
+        pipeline = json.load(fh)
+    [dissect] = [p["dissect"] for p in pipeline["processors"] if "dissect" in p]
+    keys = re.findall(r"%\{([^}]*)\}", dissect["pattern"])
+    literal = re.split(r"%\{[^}]*\}", dissect["pattern"])
+    regex = "".join(re.escape(lit) + ("(.*)" if i == len(keys) - 1 else "([^ ]*?)")
+                    for i, lit in enumerate(literal[:-1])) + re.escape(literal[-1])
+    message = render("ecs", port_scan, CTX).decode()
+    m = re.fullmatch(regex, message)
+    assert m, dissect["pattern"]
+    got = dict(zip(keys, m.groups()))
+    assert got["log.syslog.msgid"] == "port_scan" and got["log.syslog.hostname"] == "edge-sensor-1"
+    assert json.loads(got["_scan_sensor.json"])["event"]["kind"] == "alert"
+    [js] = [p["json"] for p in pipeline["processors"] if "json" in p]
+    assert js["field"] == "_scan_sensor.json" and js["add_to_root"] is True
