@@ -194,11 +194,12 @@ def check_round_trip(fmt, record, message, ctx=CTX, truncated=None, full=None):
         assert p["vendor"] == clean(ctx.vendor.replace("\n", " ").replace("\r", " "))[:63]
         assert p["e"]["dvchost"] == clean(ctx.hostname, True)
         assert int(p["e"]["rt"]) == message_time_ns(record) // 10**6
+    elif fmt == "leef":
+        assert got == [(k, clean(v).replace("^", "\ufffd")) for k, v in flat(d, truncated)]
+        assert p["standard"]["sev"] == str(CEF_SEV[sev])
+        assert p["delimiter"] == "^"
     else:
         assert got == [(k, clean(v)) for k, v in flat(d, truncated)]
-    if fmt == "leef":
-        assert p["standard"]["sev"] == str(CEF_SEV[sev])
-        assert p["delimiter"] == "\t"
     if fmt in ("rfc5424", "ecs", "json"):
         assert p["hostname"] == header_token(ctx.hostname, 255)
         assert p["app_name"] == header_token(ctx.app_name, 48)
@@ -374,9 +375,9 @@ def test_cef_single_port_and_direction(port_scan):
 def test_leef_port_scan(port_scan):
     m = render("leef", port_scan, CTX)
     assert m.startswith(b"<107>Nov 22 15:11:20 edge-sensor-1 "
-                        b"LEEF:2.0|scan-sensor|scan-sensor|0.1.0|port_scan|x09|"
-                        b"devTime=Nov 22 2026 15:11:20.884 UTC\tdevTimeFormat=MMM dd yyyy HH:mm:ss.SSS z"
-                        b"\tsev=8\tcat=alert\tsrc=10.77.0.1\tdst=10.77.0.2\t")
+                        b"LEEF:2.0|scan-sensor|scan-sensor|0.1.0|port_scan|^|"
+                        b"devTime=Nov 22 2026 15:11:20.884 UTC^devTimeFormat=MMM dd yyyy HH:mm:ss.SSS z"
+                        b"^sev=8^cat=alert^src=10.77.0.1^dst=10.77.0.2^")
 
 
 def test_ecs_port_scan(port_scan):
@@ -430,6 +431,12 @@ def big_alert(port_scan, n_ports=3000, n_ips=200):
     return Alert(**d, emitted_ns=port_scan.emitted_ns)
 
 
+def written(fmt, text):
+    """A value as the text formats write it (before their escaping)."""
+    text = clean(text, keep_newlines=fmt == "cef")
+    return text.replace("^", "\ufffd") if fmt == "leef" else text
+
+
 def range_size(part):
     """Ports in one comma part of range text; a part that is no number or range counts 1."""
     if re.fullmatch(r"\d+(-\d+)?", part):
@@ -464,10 +471,9 @@ def check_truncated(fmt, record, message, max_bytes, ctx=CTX):
             text = dict(got)[name]
             value = text if name in RANGE_TEXT else (text.split(",") if text else [])
         if name in RANGE_TEXT and fmt not in ("ecs", "json"):
-            keep_nl = fmt == "cef"
             parts = d[name].split(",") if d[name] else []
             kept = value.split(",") if value else []
-            assert [clean(x, keep_nl) for x in parts[:len(kept)]] == kept
+            assert [written(fmt, x) for x in parts[:len(kept)]] == kept
             assert truncated.get(name, 0) == sum(range_size(x) for x in parts[len(kept):])
             value = ",".join(parts[:len(kept)])
         elif name in RANGE_TEXT:
@@ -482,8 +488,7 @@ def check_truncated(fmt, record, message, max_bytes, ctx=CTX):
             assert truncated.get(name, 0) == len(d[name]) - len(value)
             value = d[name][:len(value)]
         else:
-            keep_nl = fmt == "cef"
-            assert [item(clean(x, keep_nl)) for x in d[name][:len(value)]] == value
+            assert [item(written(fmt, x)) for x in d[name][:len(value)]] == value
             assert truncated.get(name, 0) == len(d[name]) - len(value)
             value = d[name][:len(value)]
         full[name] = value
@@ -516,7 +521,7 @@ def test_max_bytes_untouched_when_it_fits(fmt, port_scan):
 
 # ---------------------------------------------------------------- hostile strings
 
-HOSTILE = ['"', "]", "[", "|", "=", "\\", "\n", "\r", "\x00", "\t", " ", ",", "%", ":", "\ufeff",
+HOSTILE = ['"', "]", "[", "|", "=", "^", "\\", "\n", "\r", "\x00", "\t", " ", ",", "%", ":", "\ufeff",
            "é", "\u2028", "\x85", "\x7f", "-", "<", ">", "}", "{", "\\n", "\\=", "=x", " k=v",
            '" x="y', '] [evil@1 a="b"', "CEF:0|", "LEEF:2.0|", "%2C", "\udcff", "\udc80"]
 
@@ -637,7 +642,8 @@ def test_strict_parsers_reject_injection():
     with pytest.raises(ParseError):
         parse_cef("CEF:0|a|b|c|d|e|5|msg=a\\|b")
     with pytest.raises(ParseError):
-        parse_leef("LEEF:2.0|a|b|c|d|x09|k=v\tbroken")
+        parse_leef("LEEF:2.0|a|b|c|d|^|k=v^broken")
+    assert parse_leef("LEEF:2.0|a|b|c|d|x09|k=v=w\tj=")["attrs"] == [("k", "v=w"), ("j", "")]
     assert parse_cef("CEF:0|a\\|b|p|1|id|n|5|msg=a \\= b\\\\ c\\n k=v")["ext"] == [
         ("msg", "a = b\\ c\n"), ("k", "v")]
     assert cef_module.escape_value("a=b\\c\nd\re|f") == "a\\=b\\\\c\\nd\\re|f"

@@ -2,16 +2,18 @@
 
 What it writes (RFC 3164 header, as IBM's LEEF documentation shows)::
 
-    <PRI>Mmm dd hh:mm:ss HOSTNAME LEEF:2.0|Vendor|Product|Version|rule|x09|attr<TAB>attr...
+    <PRI>Mmm dd hh:mm:ss HOSTNAME LEEF:2.0|Vendor|Product|Version|rule|^|attr^attr...
 
 * Header: Vendor/Product/Version from the ``FormatContext``, EventID = the rule. LEEF
   defines no escape for ``|`` in the header, so header text has ``|`` replaced by ``_``
   (and controls, non-UTF-8 bytes by U+FFFD); the sensor's own values never contain one.
-* Delimiter: TAB, declared as ``x09`` (LEEF 2.0 allows a character or ``x``/``0x`` hex;
-  TAB is LEEF 1.0's fixed separator, so 1.0-era parsers split correctly too). Every
-  value is cleaned (``fields.clean_text``: TAB and all other controls become U+FFFD), so
-  the delimiter can never occur inside a value and needs no escape. ``=`` inside a
-  value is left as is: an attribute is split at its first ``=`` (keys never hold one).
+* Delimiter: ``^``, declared in the header as ``^`` (LEEF 2.0 allows any character, or
+  ``x``/``0x`` hex; IBM's own example uses ``^``). Not TAB: rsyslog relays rewrite
+  control characters on receive by default (TAB -> ``#011``), which would merge every
+  attribute. LEEF has no escape, so a ``^`` inside a value is replaced by U+FFFD, as
+  are controls and non-UTF-8 bytes (``fields.clean_text``); the sensor's own values
+  (addresses, ports, rule names) never contain one. ``=`` inside a value is left as
+  is: an attribute is split at its first ``=`` (keys never hold one).
 * Attributes, in order: the QRadar predefined ones ``devTime`` (packet time of the
   report) with ``devTimeFormat=MMM dd yyyy HH:mm:ss.SSS z`` (e.g. ``Nov 22 2026
   15:11:15.892 UTC``), ``sev`` (1-10: high 8, medium 5, rate-limit summary 3), ``cat``
@@ -25,8 +27,8 @@ import time
 from sensor.output import fields as F
 from sensor.output import rfc3164
 
-DELIMITER = "\t"
-DELIMITER_FIELD = "x09"
+DELIMITER = "^"
+DELIMITER_FIELD = "^"
 DEV_TIME_FORMAT = "MMM dd yyyy HH:mm:ss.SSS z"
 
 
@@ -39,6 +41,10 @@ def dev_time(ts_ns):
 
 def header_text(text):
     return F.clean_text(text).replace("|", "_")
+
+
+def value_text(value):
+    return F.clean_text(F.scalar_text(value)).replace(DELIMITER, F.REPLACEMENT)
 
 
 def attributes(view):
@@ -57,6 +63,6 @@ def attributes(view):
 
 def render(view, ctx):
     head = "|".join(header_text(v) for v in (ctx.vendor, ctx.product, ctx.version, view.rule))
-    attrs = DELIMITER.join(f"{k}={F.clean_text(F.scalar_text(v))}" for k, v in attributes(view))
+    attrs = DELIMITER.join(f"{k}={value_text(v)}" for k, v in attributes(view))
     syslog = rfc3164.header(ctx, F.severity(view, 0), view.emitted_ns)
     return f"{syslog} LEEF:2.0|{head}|{DELIMITER_FIELD}|{attrs}".encode("utf-8")
