@@ -697,3 +697,102 @@ def test_elastic_pipeline_dissects_the_ecs_message(port_scan):
     assert json.loads(got["_scan_sensor.json"])["event"]["kind"] == "alert"
     [js] = [p["json"] for p in pipeline["processors"] if "json" in p]
     assert js["field"] == "_scan_sensor.json" and js["add_to_root"] is True
+
+
+# ---------------------------------------------------------------- a real syslog parser
+
+def hostile_examples(port_scan):
+    d = port_scan.to_dict()
+    nasty = ['a"b', "back\\slash", "close]bracket", '] [evil@1 x="y"', "eq=ual k=v", "pipe|",
+             "caf\u00e9 \u2603", "bad\udcff\udc80bytes", "nul\x00cr\rlf\nend", "\ufeffbom", ""]
+    out = []
+    for i, text in enumerate(nasty):
+        out.append(Alert(**{**d, "sensor": text, "count_kind": text, "scope": text,
+                            "dst_ips": [text or "x", "10.0.0.1"], "id": f"id-{i}"},
+                         emitted_ns=port_scan.emitted_ns))
+    return out
+
+
+@pytest.fixture
+def rsyslog(tmp_path):
+    """An unprivileged rsyslogd on a loopback UDP port, SD parsed by its mmpstrucdata."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+    exe = shutil.which("rsyslogd")
+    if exe is None:
+        pytest.skip("rsyslogd not installed (Debian package rsyslog)")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    out = tmp_path / "out.log"
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(f'''
+global(workDirectory="{tmp_path}" maxMessageSize="64k" parser.escapeControlCharactersOnReceive="off")
+module(load="imudp")
+module(load="mmpstrucdata")
+template(name="fields" type="list") {{
+  property(name="hostname") constant(value="\\t") property(name="app-name") constant(value="\\t")
+  property(name="msgid") constant(value="\\t") property(name="syslogtag") constant(value="\\t")
+  property(name="$!") constant(value="\\n")
+}}
+ruleset(name="r") {{
+  action(type="mmpstrucdata" sd_name.lowercase="off")
+  action(type="omfile" file="{out}" template="fields")
+}}
+input(type="imudp" address="127.0.0.1" port="{port}" ruleset="r")
+''')
+    proc = subprocess.Popen([exe, "-n", "-f", str(conf), "-i", str(tmp_path / "pid")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send_and_read(messages, timeout_s=20):
+        start = len(out.read_bytes().splitlines()) if out.exists() else 0
+        for m in messages:
+            sock.sendto(m, ("127.0.0.1", port))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            lines = out.read_bytes().splitlines() if out.exists() else []
+            if len(lines) >= start + len(messages):
+                return lines[start:start + len(messages)]
+            time.sleep(0.05)
+        raise AssertionError(f"rsyslog wrote {len(lines) - start} of {len(messages)} lines: "
+                             f"{proc.stdout.read1(4096) if proc.poll() is not None else ''}")
+
+    try:
+        ready = time.monotonic() + 20      # UDP: resend a probe until rsyslog has written one
+        while True:
+            try:
+                send_and_read([b"<13>1 - probe - - - - ready"], timeout_s=0.5)
+                break
+            except AssertionError:
+                if time.monotonic() > ready or proc.poll() is not None:
+                    raise
+        yield send_and_read
+    finally:
+        sock.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_rsyslog_parses_rfc5424_structured_data(rsyslog, port_scan, nmap_alerts):
+    """rsyslog's own parser (mmpstrucdata) reads the same header and SD params as ours."""
+    records = list(nmap_alerts) + hostile_examples(port_scan) + [rate_limited()]
+    messages = [render("rfc5424", r, CTX) for r in records]
+    for record, message, line in zip(records, messages, rsyslog(messages)):
+        host, app, msgid, _tag, sd_json = line.decode("utf-8").split("\t", 4)
+        p = parse_rfc5424(message)
+        assert (host, app, msgid) == (p["hostname"], p["app_name"], p["msgid"])
+        params = json.loads(sd_json)["rfc5424-sd"][CTX.sd_id]
+        assert params == dict(p["sd"][0][1]), record.to_dict()
+
+
+def test_rsyslog_reads_cef_and_leef_as_sentinel_expects(rsyslog, port_scan):
+    """CEF/LEEF in an RFC 3164 header without TAG: HOSTNAME is the sensor, the tag is CEF:/LEEF:."""
+    lines = rsyslog([render("cef", port_scan, CTX), render("leef", port_scan, CTX),
+                     render("rfc3164", port_scan, CTX)])
+    fields = [line.decode("utf-8").split("\t")[:4] for line in lines]
+    assert fields[0][0] == fields[1][0] == fields[2][0] == "edge-sensor-1"
+    assert fields[0][3] == "CEF:" and fields[1][3] == "LEEF:" and fields[2][3] == "scan-sensor:"
