@@ -218,7 +218,7 @@ def parse_cef(content):
         raise ParseError("not CEF:0")
     header, ext = _split_unescaped_pipes(content[len("CEF:0|"):], 6)
     vendor, product, version, sig, name, severity = header
-    if not severity.isdigit() or not 0 <= int(severity) <= 10:
+    if not re.fullmatch("[0-9]{1,2}", severity) or not 0 <= int(severity) <= 10:
         raise ParseError(f"CEF severity {severity!r}")
     return dict(version=0, vendor=vendor, product=product, device_version=version,
                 signature_id=sig, name=name, severity=int(severity), ext=parse_cef_extension(ext))

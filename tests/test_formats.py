@@ -439,7 +439,7 @@ def written(fmt, text):
 
 def range_size(part):
     """Ports in one comma part of range text; a part that is no number or range counts 1."""
-    if re.fullmatch(r"\d+(-\d+)?", part):
+    if re.fullmatch(r"[0-9]+(-[0-9]+)?", part):
         return max(1, len(expand_ports(part)))
     return 1
 
@@ -521,7 +521,7 @@ def test_max_bytes_untouched_when_it_fits(fmt, port_scan):
 
 # ---------------------------------------------------------------- hostile strings
 
-HOSTILE = ['"', "]", "[", "|", "=", "^", "\\", "\n", "\r", "\x00", "\t", " ", ",", "%", ":", "\ufeff",
+HOSTILE = ['"', "]", "[", "|", "=", "^", "\u00b9", "\u0663", "7-\u0663", "\\", "\n", "\r", "\x00", "\t", " ", ",", "%", ":", "\ufeff",
            "é", "\u2028", "\x85", "\x7f", "-", "<", ">", "}", "{", "\\n", "\\=", "=x", " k=v",
            '" x="y', '] [evil@1 a="b"', "CEF:0|", "LEEF:2.0|", "%2C", "\udcff", "\udc80"]
 

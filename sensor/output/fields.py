@@ -40,6 +40,7 @@ import re
 _BAD_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BAD_TEXT_KEEP_NL = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
+_ASCII_NUMBER = re.compile("[0-9]+")   # str.isdigit() also accepts '¹', '٣', ...
 
 RATE_LIMIT_RULE = "alert_rate_limited"
 
@@ -160,26 +161,8 @@ def encode_list(items):
     return ",".join(_pct(i) for i in items)
 
 
-def decode_list(text):
-    if text == "":
-        return []
-    return [unpct(i) for i in text.split(",")]
-
-
 def encode_counts(mapping):
     return ",".join(f"{_pct(k, ':')}:{v}" for k, v in mapping.items())
-
-
-def decode_counts(text):
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.rpartition(":")
-        out[unpct(key)] = int(value)
-    return out
-
-
-def unpct(text):
-    return re.sub("%(25|2C|3A)", lambda m: {"25": "%", "2C": ",", "3A": ":"}[m.group(1)], text)
 
 
 def scalar_text(value):
@@ -234,7 +217,7 @@ def single_port(view_):
     if isinstance(f.get("dst_port"), int) and not isinstance(f.get("dst_port"), bool):
         return f["dst_port"]
     text = str(f.get("dst_ports", ""))
-    if text.isdigit() and f.get("dst_port_count", 1) == 1 and int(text) <= 65535:
+    if _ASCII_NUMBER.fullmatch(text) and f.get("dst_port_count", 1) == 1 and int(text) <= 65535:
         return int(text)
     return None
 
@@ -267,7 +250,7 @@ def _n(count, noun):
 
 def _range_size(part):
     lo, sep, hi = part.partition("-")
-    if lo.isdigit() and (not sep or hi.isdigit()):
+    if _ASCII_NUMBER.fullmatch(lo) and (not sep or _ASCII_NUMBER.fullmatch(hi)):
         return max(1, int(hi or lo) - int(lo) + 1)
     return 1
 

@@ -26,6 +26,8 @@ What it writes::
   BOM (EF BB BF, RFC 5424 MSG-UTF8) only when it contains non-ASCII text, so pure ASCII
   messages (all the sensor itself produces) carry no BOM that a receiver could trip on.
 """
+import re
+
 from sensor.alerts import rfc3339
 from sensor.output import fields as F
 
@@ -56,7 +58,7 @@ def check_sd_name(name):
 def check_sd_id(sd_id):
     name, at, number = sd_id.partition("@")
     check_sd_name(sd_id)
-    if at and (not name or not number.isdigit()):
+    if at and (not name or not re.fullmatch("[0-9]+", number)):
         raise ValueError(f"private SD-ID must be name@<enterprise number>: {sd_id!r}")
     return sd_id
 
