@@ -1,0 +1,245 @@
+"""Delivery of alert records to every configured output at once.
+
+    outputs = Outputs(specs, DeliverySettings.from_config(cfg), sensor_name=...,
+                      state_dir="/var/lib/scan-sensor", log=print_warning)
+    outputs.submit(alerts)           # never blocks: bounded queues, sender threads
+    outputs.stats()                  # {output name: {sent, spooled, retried, ...}}
+    outputs.reconfigure(new_specs)   # SIGHUP: same-name outputs keep their spool
+    left = outputs.close(30.0)       # {output name: messages not delivered}
+
+``Outputs(...)`` opens what must be opened (the jsonl file, the TLS CA and
+client certificate, the spool directories), so a configuration problem is a
+``ValueError`` naming the output before any capture starts.
+
+Delivery guarantee, TCP and TLS (``senders.py``, ``stream.py``, ``spool.py``):
+a message is "sent" when the collector's TCP has acknowledged all its bytes;
+until then it stays in the spool, and after a failed connection everything
+not acknowledged is sent again, in order. Across a collector stop/start (the
+collector closes or resets the connection) every message arrives once, in
+order. What can still go wrong:
+  * lost: a collector that acknowledges bytes and then discards them (killed
+    with data in its socket buffer or its own memory queue), the spool being
+    full (counted as ``dropped``, logged), a power loss within
+    ``spool_fsync_interval_ms`` of an append;
+  * duplicated: a connection that breaks after the collector received a
+    message but before its acknowledgement reached the sensor (a network
+    failure, not a collector restart), a message the collector received only
+    in part (resent whole; a receiver may log the fragment), and after a crash
+    or power loss up to ``spool_fsync_interval_ms`` of acknowledgements.
+    Duplicates carry the same ``id`` and ``seq``.
+UDP: no acknowledgement; "sent" is "handed to the kernel", nothing is spooled.
+JSON lines: written and flushed on the caller's thread, in order.
+"""
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+
+from sensor.output.formats import FormatContext
+from sensor.output.senders import COUNTERS, StreamSender, UdpSender
+from sensor.output.spec import OutputSpec, SpecError, jsonl_spec, parse_output_url, spec_from_table
+from sensor.output.spool import Spool
+from sensor.output.stream import tls_context
+
+__all__ = ["Outputs", "DeliverySettings", "OutputSpec", "SpecError", "parse_output_url",
+           "jsonl_spec", "spec_from_table"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliverySettings:
+    queue_records: int = 10000
+    spool_max_bytes: int = 256 << 20
+    spool_segment_bytes: int = 1 << 20
+    spool_fsync_interval_ms: int = 200
+    udp_max_bytes: int = 1180
+    connect_timeout_s: float = 5.0
+    send_timeout_s: float = 10.0
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 30.0
+    drain_timeout_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(**{f.name: cfg["delivery." + f.name] for f in dataclasses.fields(cls)})
+
+
+class JsonlOutput:
+    """Alerts as JSON lines, written and flushed on the caller's thread."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        if spec.path == "-":
+            self._fh = sys.stdout
+        else:
+            try:
+                self._fh = open(spec.path, "a", encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"{spec.path}: cannot open for writing: "
+                                 f"{exc.strerror or exc}") from None
+        self.counts = dict.fromkeys(COUNTERS, 0)
+
+    def submit(self, records):
+        for record in records:
+            self._fh.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
+            self.counts["sent"] += 1
+        self._fh.flush()
+
+    def stats(self):
+        return dict(self.counts, queued=0)
+
+    def stop(self, timeout_s):
+        pass
+
+    def join(self, timeout=None):
+        if self._fh is not sys.stdout:
+            self._fh.close()
+
+    def backlog(self):
+        return 0
+
+    def start(self):
+        pass
+
+
+class Outputs:
+    def __init__(self, specs, settings=None, *, sensor_name, state_dir=None, log=None,
+                 version="0.1.0"):
+        self.settings = settings or DeliverySettings()
+        self.sensor_name = sensor_name
+        self.version = version
+        self.log = log or (lambda text: print(f"scan-sensor: {text}", file=sys.stderr))
+        self._temp_dir = None
+        if state_dir is None:
+            self.spool_root = None
+        else:
+            self.spool_root = os.path.join(str(state_dir), "spool")
+            try:
+                os.makedirs(self.spool_root, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"state directory {state_dir}: cannot create "
+                                 f"{self.spool_root}: {exc.strerror or exc}") from None
+        self.outputs = {}
+        self._lock = threading.Lock()
+        self._open_all(specs)
+
+    # -- building outputs ----------------------------------------------------------------
+    def _context(self, spec):
+        kw = {"hostname": self.sensor_name, "version": self.version}
+        if spec.app_name:
+            kw["app_name"] = spec.app_name
+        if spec.facility is not None:
+            kw["facility"] = spec.facility
+        return FormatContext(**kw)
+
+    def _spool_dir(self, name):
+        if self.spool_root is None:
+            if self._temp_dir is None:
+                self._temp_dir = tempfile.mkdtemp(prefix="scan-sensor-spool-")
+            return os.path.join(self._temp_dir, name)
+        return os.path.join(self.spool_root, name)
+
+    def _build(self, spec):
+        if spec.kind == "jsonl":
+            return JsonlOutput(spec)
+        ctx = self._context(spec)
+        if spec.kind == "udp":
+            return UdpSender(spec, ctx, self.settings, self.sensor_name, self.log)
+        ssl_context = tls_context(spec) if spec.kind == "tls" else None
+        directory = self._spool_dir(spec.name)
+        try:
+            spool = Spool(directory, spec.name, self.settings.spool_max_bytes,
+                          self.settings.spool_segment_bytes,
+                          self.settings.spool_fsync_interval_ms / 1000, self.log)
+        except OSError as exc:
+            raise ValueError(f"{spec.source}: spool {directory}: {exc.strerror or exc}") from None
+        if spool.backlog:
+            self.log(f"output {spec.name}: {spool.backlog} message(s) spooled by an earlier "
+                     "run will be delivered first")
+        return StreamSender(spec, ctx, self.settings, self.sensor_name, self.log, spool,
+                            ssl_context)
+
+    def _open_all(self, specs):
+        names = [s.name for s in specs]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"two outputs named {sorted(dup)[0]!r}: give one a "
+                             "different name (&name=...)")
+        built = {}
+        try:
+            for spec in specs:
+                if spec.name in self.outputs and self.outputs[spec.name].spec == spec:
+                    continue
+                built[spec.name] = self._build(spec)
+        except BaseException:
+            for out in built.values():
+                if isinstance(out, StreamSender):
+                    out.spool.close()
+                else:
+                    out.join()
+            raise
+        for name, out in built.items():
+            self.outputs[name] = out
+            out.start()
+
+    # -- the caller's API -----------------------------------------------------------------
+    def submit(self, records):
+        """Hand records to every output; never waits on a socket or the disk."""
+        if not records:
+            return
+        with self._lock:
+            for out in self.outputs.values():
+                out.submit(records)
+
+    def stats(self):
+        """{output name: counters}; counters are those of ``COUNTERS`` plus ``queued``
+        (waiting in memory or in the spool), and for TCP/TLS ``connected``,
+        ``reconnects``, ``spool_bytes``, ``spool_damaged``."""
+        with self._lock:
+            outs = list(self.outputs.values())
+        return {out.spec.name: out.stats() for out in outs}
+
+    def reconfigure(self, specs):
+        """Replace the set of outputs (config reload). Outputs whose spec is unchanged
+        keep running; a changed or removed TCP/TLS output stops, leaving what it had
+        not delivered in its spool, which an output of the same name takes over.
+        Raises ValueError (old outputs untouched) if the new set cannot be opened."""
+        specs = list(specs)
+        keep = {s.name for s in specs if s.name in self.outputs
+                and self.outputs[s.name].spec == s}
+        with self._lock:
+            leaving = {n: o for n, o in self.outputs.items() if n not in keep}
+        for out in leaving.values():      # release spools before reopening them
+            out.stop(0.0)
+            out.join()
+        try:
+            with self._lock:
+                for name in leaving:
+                    del self.outputs[name]
+                self._open_all(specs)
+        except BaseException:
+            with self._lock:
+                self._open_all([o.spec for o in leaving.values()])
+            raise
+        for name, out in leaving.items():
+            if name not in self.outputs and out.backlog():
+                self.log(f"output {name} removed with {out.backlog()} message(s) "
+                         "undelivered (kept in its spool)")
+
+    def close(self, timeout_s=None):
+        """Deliver what can be delivered within timeout_s, then stop every output.
+        Returns {output name: messages not delivered} (spooled ones stay in the
+        state directory for the next start; without one they are lost and counted)."""
+        timeout_s = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        with self._lock:
+            outs = dict(self.outputs)
+        for out in outs.values():
+            out.stop(timeout_s)
+        for out in outs.values():
+            out.join()
+        left = {name: out.backlog() for name, out in outs.items()}
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+        return left
