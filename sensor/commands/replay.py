@@ -9,7 +9,7 @@ from sensor.capture.files import CaptureError, CaptureFile
 from sensor.config import load_config
 from sensor.presets import PRESETS
 from sensor.engine import Engine
-from sensor.output.jsonl import JsonlSink
+from sensor.output.delivery import DeliverySettings, Outputs, SpecError, jsonl_spec, parse_output_url
 from sensor.output.summary import render_summary
 
 PROGRESS_MIN_BYTES = 32 << 20
@@ -30,8 +30,17 @@ def register(sub):
                    help="override one setting, e.g. --set port_scan.threshold=20 (repeatable)")
     p.add_argument("--workers", type=int, choices=(1, 2), metavar="N",
                    help="kernel threads, 1 or 2 (same as --set sensor.workers=N)")
-    p.add_argument("--jsonl", metavar="PATH|-", default="-",
-                   help="write alerts as JSON lines to PATH (appended) or - for stdout (default)")
+    p.add_argument("--jsonl", metavar="PATH|-",
+                   help="write alerts as JSON lines to PATH (appended) or - for stdout "
+                        "(the default when no other output is given)")
+    p.add_argument("--syslog", action="append", default=[], metavar="URL",
+                   help="send alerts to a syslog collector: udp://HOST:514, tcp://HOST:514, "
+                        "tls://HOST:6514, with ?format=rfc5424|rfc3164|cef|leef|ecs|json and "
+                        "more options (CONFIG.md, [[output]]); repeatable")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep the TCP/TLS spool in DIR/spool: what is not delivered by the "
+                        "end is kept and sent first by the next run (default: a temporary "
+                        "spool, lost at exit and counted)")
     p.add_argument("--stats-json", metavar="PATH",
                    help="write decode and detector counters as JSON to PATH")
     p.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
@@ -70,21 +79,21 @@ def run(args):
     if COLD_CACHE and sys.stderr.isatty():
         print("scan-sensor: first run: compiling the packet kernels (about 30 s, once)",
               file=sys.stderr)
-    engine = Engine(cfg)
-    engine.warm_up()
+    outputs = open_outputs(args, cfg)
     try:
-        sink = JsonlSink(args.jsonl)
-    except OSError as exc:
-        raise SensorError(str(exc)) from None
+        engine = Engine(cfg)
+        engine.warm_up()
+    except BaseException:
+        outputs.close(0)
+        raise
     bar = _progress_bar(args.files, args.progress)
     all_alerts = []
     failed = False
     started = time.perf_counter()
 
     def emit(alerts):
-        for alert in alerts:
-            sink.write(alert)
-            all_alerts.append(alert)
+        outputs.submit(alerts)
+        all_alerts.extend(alerts)
 
     try:
         for path in args.files:
@@ -123,18 +132,78 @@ def run(args):
         emit(engine.finish())
     except BrokenPipeError:
         # the reader of stdout went away (e.g. `| head`): nothing more can be delivered
+        outputs.close(0)
         sys.stderr.close()
         return EXIT_RUNTIME
+    except BaseException:
+        outputs.close(0)
+        raise
     finally:
         if bar is not None:
             bar.close()
-        sink.close()
+    left = outputs.close(cfg["delivery.drain_timeout_s"])
     seconds = time.perf_counter() - started
     stats = engine.stats()
+    delivery = outputs.stats()
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as fh:
-            json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats}, fh, indent=2)
+            json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats,
+                       "outputs": delivery}, fh, indent=2)
     show_summary = args.summary if args.summary is not None else sys.stderr.isatty()
     if show_summary:
         print(render_summary(all_alerts, stats, len(args.files), seconds), file=sys.stderr)
+        for line in delivery_lines(delivery):
+            print(line, file=sys.stderr)
+    if report_undelivered(left, delivery, args.state_dir):
+        failed = True
     return EXIT_RUNTIME if failed else EXIT_OK
+
+
+def open_outputs(args, cfg):
+    """The outputs of this run: ``--syslog``/``--jsonl`` if given (they replace the
+    config file's ``[[output]]`` list), else the file's list, else JSON lines on stdout."""
+    from sensor.config import ConfigError
+    try:
+        specs = [parse_output_url(url) for url in args.syslog]
+    except SpecError as exc:
+        raise ConfigError(f"--syslog: {exc}") from None
+    if args.jsonl is not None:
+        specs.append(jsonl_spec(args.jsonl))
+    if not specs:
+        specs = list(cfg.outputs) or [jsonl_spec("-")]
+    try:
+        return Outputs(specs, DeliverySettings.from_config(cfg), sensor_name=cfg.sensor_name,
+                       state_dir=args.state_dir, log=_warn)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _warn(text):
+    print(f"scan-sensor: warning: {text}", file=sys.stderr, flush=True)
+
+
+def delivery_lines(delivery):
+    for name, c in delivery.items():
+        yield (f"output {name}: sent {c['sent']:,}, spooled {c['spooled']:,}, retried "
+               f"{c['retried']:,}, dropped {c['dropped']:,}, send errors "
+               f"{c['send_errors']:,}, rate-limited {c['rate_limited']:,}, undelivered "
+               f"{c['queued']:,}")
+
+
+def report_undelivered(left, delivery, state_dir):
+    """One line per output that did not deliver everything; True if any did not."""
+    bad = False
+    for name, c in delivery.items():
+        n = left.get(name, 0)
+        if n:
+            where = (f"kept in {state_dir}/spool/{name}, sent first by the next run"
+                     if state_dir and c.get("spool_bytes") is not None
+                     else "lost (no --state-dir)")
+            print(f"scan-sensor: error: output {name}: {n:,} message(s) not delivered "
+                  f"({where})", file=sys.stderr)
+            bad = True
+        if c["dropped"]:
+            print(f"scan-sensor: error: output {name}: {c['dropped']:,} message(s) dropped "
+                  "(queue or spool full, send errors: see warnings)", file=sys.stderr)
+            bad = True
+    return bad

@@ -244,6 +244,7 @@ class StreamSender(Sender):
         self.failures_in_row = 0
         self.reconnects = 0
         self.spool_backlog = spool.backlog
+        self.spooled_upto = spool.acked_seq
 
     def backlog(self):
         return len(self.queue) + self.spool_backlog
@@ -260,9 +261,9 @@ class StreamSender(Sender):
             return
         messages = [m for m in (self._render(r) for r in records) if m is not None]
         taken = self.spool.append(messages)
+        if not self.connected and self.failures_in_row:   # collector unreachable
+            self._mark_spooled()
         with self.lock:
-            if not self.connected and self.failures_in_row:   # collector unreachable
-                self.counts["spooled"] += taken
             if taken < len(messages):
                 lost = len(messages) - taken
                 self.counts["dropped"] += lost
@@ -270,6 +271,15 @@ class StreamSender(Sender):
                          f"({self.spool.max_bytes} bytes in {self.spool.dir}): {lost} "
                          "message(s) dropped (counted)")
             self.spool_backlog = self.spool.backlog
+
+    def _mark_spooled(self):
+        """Count, once each, the messages held in the spool while the collector is
+        unreachable (``spooled``)."""
+        top = self.spool.next_seq - 1
+        base = max(self.spooled_upto, self.spool.acked_seq)
+        if top > base:
+            self._count("spooled", top - base)
+            self.spooled_upto = top
 
     def _drained(self):
         return not self.queue and self.spool.backlog == 0
@@ -300,6 +310,7 @@ class StreamSender(Sender):
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._count("send_errors")
             self.failures_in_row += 1
+            self._mark_spooled()
             if self.failures_in_row == 1:
                 self.log(f"output {self.spec.name}: cannot connect to "
                          f"{self.spec.host}:{self.spec.port} ({exc}); spooling and retrying")
@@ -372,6 +383,7 @@ class StreamSender(Sender):
         self.log(f"output {self.spec.name}: connection lost ({reason}); {pending} "
                  "message(s) written but not acknowledged will be sent again")
         self.failures_in_row = 1
+        self._mark_spooled()
         self.next_attempt = time.monotonic() + self.backoff_s * random.uniform(0.5, 1.0)
 
     def _finish(self):

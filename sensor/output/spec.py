@@ -172,11 +172,11 @@ def _split_url(url):
         raise SpecError(f"{url}: path {parts.path + parts.fragment!r}: an output URL has "
                         "no path; options go after ?", "url")
     host = parts.hostname
-    if not host:
-        raise SpecError(f"{url}: host: missing", "url")
-    if ":" in host and "[" not in parts.netloc:
+    if parts.netloc.count(":") > 1 and "[" not in parts.netloc:
         raise SpecError(f"{url}: host: write an IPv6 address in brackets, e.g. [::1]:514",
                         "url")
+    if not host:
+        raise SpecError(f"{url}: host: missing", "url")
     try:
         port = parts.port
     except ValueError:
