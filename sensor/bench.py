@@ -1,6 +1,7 @@
 """Benchmark: synthetic captures, then the sensor against tcpdump and a dpkt loop.
 
     python -m sensor.bench [--packets N] [--json PATH] [--keep DIR] [--flood]
+    python -m sensor.bench --live [--packets N] [--workers N]   (root: sensor/bench_live.py)
 
 Writes a synthetic classic pcap (60-byte Ethernet/IPv4/TCP frames, the mix
 below), then measures on the same file, page cache warm:
@@ -195,10 +196,18 @@ def main(argv=None):
     p.add_argument("--dpkt-packets", type=int, default=200_000)
     p.add_argument("--flood", action="store_true",
                    help="stream an all-flood capture through stdin and report peak memory")
+    p.add_argument("--live", action="store_true",
+                   help="replay the capture into a veth at top speed with the daemon and "
+                        "tcpdump listening; report received and dropped packets of both")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --live: also measure the daemon with this many workers")
     p.add_argument("--set", action="append", default=[], help="sensor setting override")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--keep", metavar="DIR", help="keep the capture in DIR")
     args = p.parse_args(argv)
+    if args.live:
+        from sensor import bench_live
+        return bench_live.main(args)
     workdir = args.keep or tempfile.mkdtemp(prefix="scan-sensor-bench-")
     os.makedirs(workdir, exist_ok=True)
     # a fixed hash seed: both worker counts place keys alike and must print the same alerts

@@ -7,14 +7,14 @@ stderr, never a traceback.
 import argparse
 import sys
 
-from sensor.commands import dump_config, replay
+from sensor.commands import compile as compile_cmd, dump_config, replay, run
 from sensor.config import ConfigError
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
-COMMANDS = (replay, dump_config)
+COMMANDS = (replay, run, compile_cmd, dump_config)
 
 
 class SensorError(Exception):

@@ -122,6 +122,56 @@ SETTINGS = [
     Setting("capture.read_chunk_bytes", 4 << 20,
             "Bytes read at a time from compressed files and standard input (plain files "
             "are memory-mapped whole).", min=4096, max=1 << 30),
+    # --- live capture (`scan-sensor run`) ---
+    Setting("capture.interfaces", [],
+            "Interfaces `scan-sensor run` captures on (`-i`, repeatable), e.g. the SPAN or "
+            "TAP port.", item_check=lambda v: None if isinstance(v, str) and v
+            else f"{v!r} is not an interface name"),
+    Setting("capture.backend", "auto",
+            "Live capture mechanism: `af_packet` (Linux memory-mapped TPACKET_V3 ring, decoded "
+            "in place), `libpcap` (portable, clearly slower: one Python call per packet), "
+            "`auto` (af_packet where the kernel has it).",
+            choices=("auto", "af_packet", "libpcap")),
+    Setting("capture.filter", "",
+            "Kernel filter as a tcpdump expression (`--filter`), compiled by libpcap. Empty: "
+            "the default filter, which passes what the rules need (TCP SYN/RST/FIN, odd flag "
+            "combinations and bare ACKs, UDP, ICMP, ICMPv6, ARP) and drops the data "
+            "segments of established flows before they reach the sensor."),
+    Setting("capture.workers", 1,
+            "Capture processes on each interface (`run --workers N`), joined by PACKET_FANOUT "
+            "so that each prober's traffic and the answers to it reach the same process.",
+            min=1, max=64),
+    Setting("capture.ring_bytes", 64 << 20,
+            "AF_PACKET ring size per capture process (locked memory, fixed at start). A "
+            "larger ring rides out longer bursts before the kernel drops packets.",
+            min=1 << 20, max=4 << 30),
+    Setting("capture.block_bytes", 1 << 20,
+            "Size of one ring block (a power of two, a multiple of the page size); the "
+            "sensor decodes a whole block per kernel call.", min=4096, max=64 << 20),
+    Setting("capture.snaplen", 256,
+            "Bytes kept of each frame: headers are all the rules read (Ethernet, VLAN "
+            "tags, IP with options or IPv6 extension headers, TCP/UDP/ICMP with the quoted "
+            "header of ICMP errors).", min=96, max=65535),
+    Setting("capture.block_timeout_ms", 50,
+            "The kernel hands a partly filled ring block to the sensor after this many "
+            "milliseconds, so packets on a quiet link are seen promptly.", min=1, max=1000),
+    Setting("capture.promiscuous", True,
+            "Put the interfaces in promiscuous mode (needed on a SPAN port; needs "
+            "CAP_NET_RAW, and CAP_NET_ADMIN where the kernel asks for it)."),
+    Setting("capture.idle_tick_s", 0.1,
+            "On a quiet link, advance packet time from the clock this often, so alerts "
+            "that fall due are written without waiting for the next packet.",
+            min=0.01, max=10.0),
+    Setting("sensor.state_dir", "",
+            "Directory for detector/probe state checkpoints and the delivery spool "
+            "(`--state-dir`; under systemd, StateDirectory=). Empty: nothing survives a "
+            "restart.", ),
+    Setting("sensor.checkpoint_interval_s", 60.0,
+            "Seconds between state checkpoints (also written on exit). A SIGKILL loses at "
+            "most this much state.", min=1.0, max=86400.0),
+    Setting("sensor.stats_interval_s", 60.0,
+            "Seconds between two stats lines on stderr (and rewrites of `--stats-json`).",
+            min=1.0, max=86400.0),
     Setting("net.home_net", DEFAULT_HOME_NET,
             "Networks that are inside. Decides each alert's `direction` (inbound, outbound, "
             "internal, external) and the rules' direction filters. Default: RFC 1918, RFC "

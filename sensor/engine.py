@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from kernels.batch import PacketBatch, new_stats, stats_dict
-from kernels.classify import classify_rows
+from kernels import alert_slots as ks
+from kernels.batch import COLUMN_NAMES, PacketBatch, new_stats, stats_dict
+from kernels.classify import C_DST_HOME, C_SRC_HOME, classify_rows
+from kernels.rules import DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND
 from kernels import probes as kp
 from sensor.alert_gate import AlertGate
 from sensor.detectors.counter import CounterDetector, port_bitmap
@@ -32,7 +34,13 @@ END_OF_TIME_NS = np.iinfo(np.int64).max // 2
 
 
 class Engine:
-    def __init__(self, cfg):
+    """``rules``: names of the rules to run (default: every enabled rule).
+    ``export``: rules this engine does not count but whose rows it hands out
+    (``take_exports``) for an engine elsewhere to count (``count_exported``):
+    live capture with several workers counts port_sweep, whose probers spread
+    over all workers, in the supervisor (``sensor/supervisor.py``)."""
+
+    def __init__(self, cfg, rules=None, export=()):
         self.cfg = cfg
         self.seed = np.uint64(cfg["sensor.hash_seed"] or (secrets.randbits(63) | 1))
         self.sensor_name = cfg.sensor_name
@@ -51,8 +59,14 @@ class Engine:
                                     int(round(cfg["probes.timeout_s"] * 1e9)))
         self.outcomes = kp.OutcomeBatch(min(self.batch.capacity, 16384))
         self.outcome_classes = np.zeros(self.outcomes.capacity, np.uint16)
+        wanted = [rule for rule in RULES if cfg[rule.name + ".enabled"]
+                  and (rules is None or rule.name in rules)]
         self.detectors = [CounterDetector(rule, cfg, self.seed, self.sensor_name)
-                          for rule in RULES if cfg[rule.name + ".enabled"]]
+                          for rule in wanted]
+        self.exports = []
+        for i, det in enumerate(self.detectors):
+            if det.name in export:
+                self.detectors[i] = RowExport(det, self.exports)
         for det in self.detectors:
             det.probes = self.probes
         self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
@@ -193,6 +207,38 @@ class Engine:
             alerts += det.process(ob, self.outcome_classes, ob.outcome)
         return alerts
 
+    @property
+    def counters(self):
+        """The rules this engine counts itself (not those it exports)."""
+        return [d for d in self.detectors if not isinstance(d, RowExport)]
+
+    def take_exports(self):
+        """Rows collected for exported rules since the last call:
+        [(rule name, reads_outcomes, {column: array}, outcome codes)]."""
+        out, self.exports[:] = list(self.exports), []
+        return out
+
+    def count_exported(self, name, reads_outcomes, columns, outcome):
+        """Count rows another engine exported (``take_exports``) with this
+        engine's rule ``name``; returns the alerts due."""
+        det = next(d for d in self.detectors if d.name == name)
+        n = len(outcome)
+        ob = self.outcomes if reads_outcomes else self.batch
+        alerts = []
+        for start in range(0, n, ob.capacity):
+            end = min(n, start + ob.capacity)
+            for col, values in columns.items():
+                getattr(ob, col)[:end - start] = values[start:end]
+            ob.n = end - start
+            classes = self.outcome_classes if reads_outcomes else self.classes
+            classify_rows(ob.columns, ob.n, self.nets, self.ignored_ports, classes)
+            if reads_outcomes:
+                ob.outcome[:ob.n] = outcome[start:end]
+            codes = ob.outcome if reads_outcomes else self.no_outcome
+            alerts += det.process(ob, classes, codes)
+            alerts += det.advance(int(ob.ts_ns[ob.n - 1]))
+        return self._deliver(alerts)
+
     def _deliver(self, alerts):
         alerts.sort(key=lambda a: a.emitted_ns)
         return self.gate.admit(alerts)
@@ -216,3 +262,41 @@ class Engine:
             out.update(det.stats())
         out["alerts_rate_limited"] = self.gate.total_held
         return out
+
+
+class RowExport:
+    """Stands in for a rule in an engine that exports it: keeps the rows the
+    rule would count (those of its directions) instead of counting them."""
+
+    def __init__(self, det, sink):
+        self.name = det.name
+        self.reads_outcomes = det.reads_outcomes
+        self.mask = int(det.params[ks.P_DIR_MASK])
+        self.sink = sink
+        self.probes = None
+        self.defer_outcomes = False
+
+    def process(self, batch, cls, outcome):
+        n = batch.n
+        c = cls[:n]
+        src_home = (c & C_SRC_HOME) != 0
+        dst_home = (c & C_DST_HOME) != 0
+        direction = np.where(src_home, np.where(dst_home, DIR_INTERNAL, DIR_OUTBOUND),
+                             np.where(dst_home, DIR_INBOUND, DIR_EXTERNAL))
+        keep = np.flatnonzero(direction & self.mask)
+        if keep.size:
+            columns = {name: getattr(batch, name)[keep] for name in COLUMN_NAMES}
+            self.sink.append((self.name, self.reads_outcomes, columns, outcome[keep].copy()))
+        return []
+
+    def advance(self, now_ns):
+        return []
+
+    def flush(self):
+        return []
+
+    def complete_outcomes(self):
+        pass
+
+    def stats(self):
+        return {}

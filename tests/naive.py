@@ -917,3 +917,49 @@ _ROW_NAMES = ("ts_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport",
               "tcp_flags", "icmp_type", "icmp_code", "pkt_flags", "inner_proto", "inner_src_hi",
               "inner_src_lo", "inner_dst_hi", "inner_dst_lo", "inner_sport", "inner_dport",
               "vlan", "wire_len")
+
+
+# --- TPACKET_V3 ring block reference (kernels/walk_ring.py) ---
+#
+# A ring block is a run of tpacket3_hdr records; each record header gives the
+# frame's place (tp_mac from the header), captured and wire length, time, and
+# the VLAN tag the kernel stripped (tp_status bit 16, tp_vlan_tci).
+
+TPACKET3_HDR = struct.Struct("<IIIIIIHHIIHH8x")     # 48 bytes, little-endian host
+TP_STATUS_VLAN_VALID = 16
+
+
+def walk_ring_block(ring, block_end, pkt_off, pkts_left, capacity):
+    """-> (pkt_off, pkts_left, rows, stats): decode records of a block until it is
+    done or ``capacity`` rows are out (then resume at the returned place)."""
+    ring = bytes(ring)
+    rows, stats = [], {name: 0 for name in STATS}
+    while pkts_left > 0 and len(rows) < capacity:
+        if block_end - pkt_off < TPACKET3_HDR.size:
+            stats["bad_record"] += 1
+            return pkt_off, 0, rows, stats
+        (next_offset, sec, nsec, snaplen, wire_len, status, mac, _net, _rxhash, tci,
+         _tpid, _pad) = TPACKET3_HDR.unpack_from(ring, pkt_off)
+        if pkt_off + mac + snaplen > block_end or (
+                pkts_left > 1 and not (TPACKET3_HDR.size <= next_offset < block_end - pkt_off)):
+            stats["bad_record"] += 1
+            return pkt_off, 0, rows, stats
+        stats["records"] += 1
+        frame = ring[pkt_off + mac: pkt_off + mac + snaplen]
+        if status & TP_STATUS_VLAN_VALID:
+            # the stripped tag was the outermost one: it names the VLAN, and the
+            # frame on the wire was 4 bytes longer
+            row, reason = decode_frame(frame, LINKTYPE_ETHERNET, sec * 10**9 + nsec, wire_len + 4)
+            if row is not None:
+                row["vlan"] = tci & 0xFFF
+                row["pkt_flags"] |= PF_HAS_VLAN
+        else:
+            row, reason = decode_frame(frame, LINKTYPE_ETHERNET, sec * 10**9 + nsec, wire_len)
+        if row is None:
+            stats[reason] += 1
+        else:
+            stats["decoded"] += 1
+            rows.append(row)
+        pkts_left -= 1
+        pkt_off += next_offset
+    return pkt_off, pkts_left, rows, stats

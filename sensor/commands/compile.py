@@ -1,0 +1,97 @@
+"""``scan-sensor compile``: fill the kernel cache ahead of time.
+
+The packet kernels are compiled by Numba on first use (about 35 s on a
+2-core machine) and cached on disk (``kernels/jit.py``: a directory under
+``$NUMBA_CACHE_DIR`` named after a hash of the kernel sources). Packaging
+runs this once at install time (and the systemd unit as ``ExecStartPre=``)
+so that neither the first ``replay`` nor the daemon's first start waits for
+the compiler. It compiles every specialisation the commands use: the engine
+kernels, the pcap and pcapng walkers over read-only buffers (memory-mapped
+files and streams), the pcap walker over a writable buffer (the libpcap live
+adapter) and the ring walker.
+"""
+import pathlib
+import struct
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def register(sub):
+    p = sub.add_parser("compile", help="compile the packet kernels into the cache ahead of time",
+                       description="Compile every packet kernel into the on-disk cache (about "
+                                   "35 s the first time, well under a second when current) "
+                                   "and print where the cache is.")
+    p.set_defaults(run=run)
+
+
+# one Ethernet / IPv4 / TCP SYN frame, 54 bytes
+_FRAME = (b"\x02\x00\x00\x00\x00\x02" b"\x02\x00\x00\x00\x00\x01" b"\x08\x00"
+          b"\x45\x00\x00\x28\x00\x01\x00\x00\x40\x06\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02"
+          b"\x30\x39\x00\x50\x00\x00\x00\x00\x00\x00\x00\x00\x50\x02\x20\x00\x00\x00\x00\x00")
+
+
+def sample_pcap():
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    record = struct.pack("<IIII", 1_700_000_000, 0, len(_FRAME), len(_FRAME)) + _FRAME
+    return header + record
+
+
+def sample_pcapng():
+    def block(btype, body):
+        body += b"\0" * (-len(body) % 4)
+        length = 12 + len(body)
+        return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = block(1, struct.pack("<HHI", 1, 0, 65535))
+    ts = 1_700_000_000 * 1_000_000
+    epb = block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(_FRAME),
+                               len(_FRAME)) + _FRAME)
+    return shb + idb + epb
+
+
+def compile_all():
+    """Run every kernel once on tiny input; returns the cache directory."""
+    from kernels.batch import PacketBatch, new_stats
+    from kernels.jit import CACHE_DIR
+    from kernels.walk_pcap import walk_pcap
+    from sensor.capture.files import CaptureFile
+    from sensor.config import load_config
+    from sensor.engine import Engine
+
+    engine = Engine(load_config())
+    engine.warm_up()
+    with tempfile.TemporaryDirectory(prefix="scan-sensor-compile-") as tmp:
+        for name, data in (("s.pcap", sample_pcap()), ("s.pcapng", sample_pcapng())):
+            path = pathlib.Path(tmp) / name
+            path.write_bytes(data)
+            for use_mmap in (True, False):
+                with CaptureFile(str(path), use_mmap=use_mmap) as capture:
+                    for batch in capture.batches(engine.batches, engine.decode_stats):
+                        engine.process(batch)
+    engine.tick(2_000_000_000_000_000_000)
+    engine.finish()
+    # the libpcap live adapter decodes its own (writable) buffer
+    writable = np.frombuffer(bytearray(sample_pcap()), np.uint8)
+    batch = PacketBatch(64)
+    walk_pcap(writable, 24, writable.shape[0], False, False, 1, batch.columns, 0, new_stats())
+    try:
+        from sensor.capture.ring import warm_up as ring_warm_up
+    except ImportError:
+        ring_warm_up = None
+    if ring_warm_up is not None:
+        ring_warm_up()
+    return CACHE_DIR
+
+
+def run(args):
+    from kernels.jit import COLD_CACHE
+    started = time.perf_counter()
+    if COLD_CACHE:
+        print("scan-sensor: compiling the packet kernels (about 35 s)", file=sys.stderr)
+    cache = compile_all()
+    print(f"scan-sensor: kernels ready in "
+          f"{time.perf_counter() - started:.1f} s; cache: {cache}", file=sys.stderr)
+    return 0

@@ -1,0 +1,474 @@
+"""``scan-sensor run -i IFACE``: the live daemon on a SPAN or TAP port.
+
+Theory of operation
+-------------------
+One loop in one process (the engine may run a second kernel thread,
+``sensor.workers``). The loop reads ring blocks into a batch (one kernel call
+per block, decoded in place), hands the batch to ``Engine.process`` -- the
+engine ``replay`` uses, so a live capture and its replay give the same
+alerts -- and submits the alerts to the outputs. The engine does no I/O and
+never reads the clock: this module does both, around it.
+
+Time is packet time. When the link is quiet, ``read`` returns after
+``capture.idle_tick_s`` and the loop gives the engine an *idle tick*: packet
+time advanced from the clock, held back by the ring's block timeout plus a
+margin, so that no packet still waiting in a block the kernel has not yet
+handed over is older than the engine's time. An alert that falls due on a
+quiet link is therefore written within ``idle_tick_s`` + block timeout +
+0.1 s of its due time (0.25 s at the defaults), without waiting for the next
+packet.
+
+Signals only set flags; the loop acts on them between blocks (it wakes at
+least every idle tick):
+
+* SIGTERM, SIGINT: finish the current block, report the alerts due by now,
+  write the state checkpoint, flush the outputs, exit 0. Alerts not yet due
+  and attempts still waiting stay in the checkpoint, so a scan half-done
+  before a restart is one scan after it.
+* SIGHUP: reload the configuration (file, preset, ``--set``) into a new
+  engine and carry the tables over; a configuration that does not load, or
+  whose tables cannot be carried over, is rejected with a message and the
+  old one stays in force.
+
+Every ``sensor.checkpoint_interval_s`` the state is written to the state
+directory (atomically), every ``sensor.stats_interval_s`` one stats line
+goes to stderr (the journal under systemd) and ``--stats-json`` is
+rewritten. Under systemd (``Type=notify``) the daemon sends READY=1 once the
+kernels are loaded and the capture is open, STATUS= with each stats line,
+WATCHDOG=1 from the loop, RELOADING=1 / STOPPING=1 around reloads and exit.
+"""
+import json
+import os
+import pathlib
+import select
+import signal
+import sys
+import time
+
+from sensor.config import ConfigError, load_config
+
+STATE_FILE = "checkpoint.msgpack"
+TICK_MARGIN_NS = 100_000_000      # added to the block timeout: scheduling slack
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def register(sub):
+    p = sub.add_parser(
+        "run", help="capture live on interfaces (SPAN/TAP port) and write alerts as they happen",
+        description="Capture on one or more interfaces (AF_PACKET ring, or libpcap), detect "
+                    "scans in real time and write alerts. SIGTERM/SIGINT stop (state saved), "
+                    "SIGHUP reloads the configuration.")
+    p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE",
+                   dest="interfaces", help="interface to capture on (repeatable)")
+    p.add_argument("-c", "--config", metavar="CONFIG.toml", help="TOML config file")
+    p.add_argument("--preset", metavar="NAME", help="start from a preset (see replay --help)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (repeatable)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="capture processes per interface, joined by PACKET_FANOUT "
+                        "(same as --set capture.workers=N)")
+    p.add_argument("--filter", metavar="EXPR",
+                   help="kernel filter, a tcpdump expression (default: what the rules need)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="directory for state checkpoints and the delivery spool "
+                        "(same as --set sensor.state_dir=DIR)")
+    p.add_argument("--jsonl", metavar="PATH|-", default=None,
+                   help="write alerts as JSON lines to PATH (appended) or - for stdout "
+                        "(the default when no other output is configured)")
+    p.add_argument("--stats-json", metavar="PATH",
+                   help="rewrite counters as JSON to PATH every stats interval and at exit")
+    p.set_defaults(run=run)
+
+
+def load_run_config(args):
+    """The daemon's settings: defaults, preset, file, ``--set``, then the options."""
+    overrides = list(args.set)
+    if args.interfaces:
+        overrides.append("capture.interfaces=" + json.dumps(args.interfaces))
+    if args.workers is not None:
+        overrides.append(f"capture.workers={args.workers}")
+    if args.filter is not None:
+        overrides.append("capture.filter=" + json.dumps(args.filter))
+    if args.state_dir is not None:
+        overrides.append("sensor.state_dir=" + json.dumps(args.state_dir))
+    cfg = load_config(args.config, overrides, args.preset)
+    if not cfg["capture.interfaces"]:
+        raise ConfigError("no interface to capture on: give -i IFACE or set "
+                          "`capture.interfaces`")
+    return cfg
+
+
+LOG_NAME = "scan-sensor"          # a capture worker of --workers N names itself
+
+
+def log(message):
+    """One line on stderr (the journal under systemd); a closed stderr is not fatal."""
+    try:
+        print(f"{LOG_NAME}: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class StartupError(Exception):
+    """The daemon cannot start; ``exit_code`` 2 for configuration, 1 otherwise."""
+
+    def __init__(self, message, exit_code=EXIT_RUNTIME):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Flags:
+    """What the signal handlers ask of the loop."""
+
+    def __init__(self):
+        self.stop = None        # the signal's name, once asked to stop
+        self.reload = False
+
+
+def install_signal_handlers():
+    flags = Flags()
+
+    def on_stop(signum, _frame):
+        flags.stop = signal.Signals(signum).name
+
+    def on_hup(_signum, _frame):
+        flags.reload = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    return flags
+
+
+def run(args):
+    cfg = load_run_config(args)
+    flags = install_signal_handlers()      # before the slow start: a TERM then still stops cleanly
+    if cfg["capture.workers"] > 1:
+        from sensor.supervisor import Supervisor
+        return Supervisor(args, cfg).run(flags)
+    daemon = Daemon(args, cfg)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        log(f"error: {exc}")
+        daemon.close()
+        return exc.exit_code
+    try:
+        daemon.loop(flags)
+    finally:
+        daemon.shutdown()
+    return EXIT_OK if not daemon.failures else EXIT_RUNTIME
+
+
+def _tick_lag_ns(cfg):
+    return int(cfg["capture.block_timeout_ms"]) * 1_000_000 + TICK_MARGIN_NS
+
+
+def open_capture(ifname, cfg, fanout=None):
+    """The live capture adapter for one interface: the AF_PACKET ring where the
+    kernel has it (``capture.backend``), else libpcap."""
+    import socket
+    from sensor.capture.bpf import DEFAULT_FILTER, compile_filter
+    from sensor.capture.ring import CaptureSetupError, RingCapture
+    expression = cfg["capture.filter"] or DEFAULT_FILTER
+    backend = cfg["capture.backend"]
+    if backend == "auto":
+        backend = "af_packet" if hasattr(socket, "AF_PACKET") else "libpcap"
+    try:
+        if backend == "af_packet":
+            try:
+                program = compile_filter(expression, cfg["capture.snaplen"])
+            except ValueError as exc:
+                raise StartupError(f"`capture.filter`: {exc}", EXIT_USAGE) from None
+            return RingCapture(
+                ifname, ring_bytes=cfg["capture.ring_bytes"],
+                block_bytes=cfg["capture.block_bytes"], snaplen=cfg["capture.snaplen"],
+                block_timeout_ms=cfg["capture.block_timeout_ms"],
+                promisc=cfg["capture.promiscuous"], bpf=program, fanout=fanout)
+        from sensor.capture.live_pcap import LivePcapCapture
+        return LivePcapCapture(ifname, snaplen=cfg["capture.snaplen"],
+                               promisc=cfg["capture.promiscuous"], filter_expression=expression,
+                               timeout_ms=cfg["capture.block_timeout_ms"])
+    except CaptureSetupError as exc:
+        raise StartupError(str(exc), exc.exit_code) from None
+
+
+class Daemon:
+    """Captures, engine, outputs and state of one capture process.
+
+    ``worker``: set in each capture process of ``--workers N``
+    (``sensor/supervisor.py``): alerts, exported rows, readiness and stats go to
+    the supervisor through it instead of to outputs, systemd and stderr."""
+
+    def __init__(self, args, cfg, worker=None):
+        self.args = args
+        self.cfg = cfg
+        self.worker = worker
+        self.fanout = worker.fanout if worker else None
+        self.state_name = worker.state_name if worker else STATE_FILE
+        self.export = ("port_sweep",) if worker else ()
+        self.engine = None
+        self.captures = []
+        self.outputs = None
+        self.failures = 0
+        self.alerts = 0
+        self.started_s = time.monotonic()
+        self.last_packet_ns = None
+        self.last_drops = 0
+        self.notifier = None
+
+    # --- start ---------------------------------------------------------------
+    def start(self):
+        from kernels.jit import COLD_CACHE
+        from sensor.engine import Engine
+        from sensor.notify import Notifier
+
+        self.notifier = self.worker or Notifier(warn=log)
+        self.state_dir = check_state_dir(self.cfg)
+        self.outputs = self.worker or open_outputs(self.args, self.cfg)
+        if COLD_CACHE:
+            log("first start: compiling the packet kernels (about 35 s, once; "
+                "`scan-sensor compile` does it ahead of time)")
+            self.notifier.status("compiling the packet kernels")
+        self.engine = Engine(self.cfg, export=self.export)
+        self.engine.warm_up()
+        restore(self.engine, self.state_dir, self.state_name)
+        for ifname in self.cfg["capture.interfaces"]:
+            self.captures.append(open_capture(ifname, self.cfg, self.fanout))
+        names = ", ".join(self.cfg["capture.interfaces"])
+        log(f"capturing on {names} ({type(self.captures[0]).__name__}, "
+            f"filter: {self.cfg['capture.filter'] or 'default'})")
+        self.notifier.ready(f"capturing on {names}")
+
+    # --- loop ----------------------------------------------------------------
+    def loop(self, flags):
+        cfg = self.cfg
+        tick_s = cfg["capture.idle_tick_s"]
+        lag_ns = _tick_lag_ns(cfg)
+        next_checkpoint = time.monotonic() + cfg["sensor.checkpoint_interval_s"]
+        next_stats = time.monotonic() + cfg["sensor.stats_interval_s"]
+        while flags.stop is None:
+            got = self._read_all(tick_s)
+            if not got:
+                self._tick(time.time_ns() - lag_ns)
+            now = time.monotonic()
+            self.notifier.watchdog(now)
+            if flags.reload:
+                flags.reload = False
+                self.reload()
+            if now >= next_checkpoint:
+                self.checkpoint()
+                next_checkpoint = now + self.cfg["sensor.checkpoint_interval_s"]
+            if now >= next_stats:
+                self.report_stats()
+                next_stats = now + self.cfg["sensor.stats_interval_s"]
+        log(f"{flags.stop}: stopping")
+        self.notifier.stopping()
+
+    def _read_all(self, timeout_s):
+        """Read every capture once (waiting at most ``timeout_s`` for the first
+        packet); process each batch as it fills. Returns rows read."""
+        engine = self.engine
+        batch = engine.batch
+        total = 0
+        if len(self.captures) > 1:
+            ready = select.select(self.captures, [], [], timeout_s)[0]
+            timeout_s = 0.0
+        else:
+            ready = self.captures
+        for cap in ready:
+            while True:
+                n = cap.read(batch, engine.decode_stats, timeout_s)
+                timeout_s = 0.0
+                if n == 0:
+                    break
+                total += n
+                self.last_packet_ns = int(batch.ts_ns[n - 1])
+                self._emit(engine.process(batch))
+                if n < batch.capacity:
+                    break
+        return total
+
+    def _tick(self, now_ns):
+        if self.last_packet_ns is not None and now_ns < self.last_packet_ns:
+            now_ns = self.last_packet_ns
+        self._emit(self.engine.tick(now_ns))
+
+    def _emit(self, alerts):
+        if alerts:
+            self.alerts += sum(1 for a in alerts if a.rule != "alert_rate_limited")
+            self.outputs.submit(alerts)
+        if self.engine.exports:
+            self.outputs.submit_rows(self.engine.take_exports())
+
+    # --- reload, state, stats ------------------------------------------------
+    def reload(self):
+        from sensor.engine import Engine
+        from sensor.state import StateRefused, capture_state, restore_state
+        self.notifier.reloading()
+        log("SIGHUP: reloading the configuration")
+        try:
+            cfg = load_run_config(self.args)
+            if cfg["capture.interfaces"] != self.cfg["capture.interfaces"]:
+                log("note: the interface list changed; it takes effect on restart")
+            engine = Engine(cfg, export=self.export)
+            engine.warm_up()
+            messages = restore_state(engine, capture_state(self.engine))
+        except (ConfigError, StateRefused) as exc:
+            log(f"error: new configuration rejected, the old one stays in force: {exc}")
+            self.notifier.ready("reload rejected; running with the previous configuration")
+            return
+        for message in messages:
+            log(message)
+        self.engine.close()
+        self.engine, self.cfg = engine, cfg
+        log("configuration reloaded; table state kept")
+        self.notifier.ready("configuration reloaded")
+
+    def checkpoint(self):
+        checkpoint(self.engine, self.state_dir, self.state_name, self.cfg)
+
+    def stats(self):
+        out = {"uptime_s": round(time.monotonic() - self.started_s, 3), "alerts": self.alerts}
+        out.update(self.engine.stats())
+        drops = packets = 0
+        for cap in self.captures:
+            ks = cap.kernel_stats()
+            packets += ks["packets"]
+            drops += ks["drops"]
+        out["kernel_packets"] = packets
+        out["kernel_drops"] = drops
+        out["outputs"] = self.outputs.stats()
+        return out
+
+    def report_stats(self, final=False):
+        s = self.stats()
+        if self.worker is not None:
+            self.worker.send_stats(s, final)
+            return
+        self.last_drops = report_stats(s, self.notifier, self.args.stats_json,
+                                       self.last_drops, final)
+
+    # --- stop ----------------------------------------------------------------
+    def shutdown(self):
+        """Finish: report what is due, save state, final stats, close everything."""
+        if self.engine is not None and self.captures:
+            try:
+                self._read_all(0.0)
+                self._tick(time.time_ns() - _tick_lag_ns(self.cfg))
+            except Exception as exc:       # state and outputs must still be saved
+                log(f"error while stopping: {exc}")
+                self.failures += 1
+            self.checkpoint()
+            self.report_stats(final=True)
+        self.close()
+
+    def close(self):
+        for cap in self.captures:
+            cap.close()
+        self.captures = []
+        if self.engine is not None:
+            self.engine.close()
+        if self.outputs is not None:
+            self.failures += self.outputs.close()
+            self.outputs = None
+
+
+def check_state_dir(cfg):
+    """The state directory, created if missing; StartupError if it is not writable."""
+    path = cfg["sensor.state_dir"]
+    if not path:
+        return None
+    path = pathlib.Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"state directory {path} is not writable: "
+                           f"{exc.strerror or exc}", EXIT_USAGE) from None
+    return path
+
+
+def open_outputs(args, cfg):
+    from sensor.output.jsonl import JsonlSink
+    try:
+        return AlertOutputs([JsonlSink(args.jsonl or "-")])
+    except OSError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def restore(engine, state_dir, name):
+    """Load the engine's checkpoint, if there is one; say what happened."""
+    if state_dir is None:
+        return
+    from sensor.state import load_checkpoint
+    result = load_checkpoint(engine, state_dir / name)
+    for message in result.messages:
+        log(("warning: " if result.status != "restored" else "") + message)
+
+
+def checkpoint(engine, state_dir, name, cfg):
+    if state_dir is None:
+        return
+    from sensor.state import save_checkpoint
+    try:
+        save_checkpoint(engine, state_dir / name, meta={"interfaces": cfg["capture.interfaces"]},
+                        created_ns=time.time_ns())
+    except OSError as exc:
+        log(f"warning: checkpoint {state_dir / name} not written: {exc}")
+
+
+def report_stats(s, notifier, stats_json, last_drops, final=False):
+    """One stats line (stderr, systemd STATUS=), a kernel-drop warning, --stats-json.
+    Returns the drop count reported so far."""
+    skipped = s["records"] - s["decoded"]
+    evictions = sum(v for k, v in s.items() if k.endswith("_evictions")
+                    and k != "probes_evictions" and isinstance(v, int))
+    line = (f"{'final ' if final else ''}stats: {s['kernel_packets']:,} packets received, "
+            f"{s['kernel_drops']:,} dropped by the kernel, {s['decoded']:,} decoded, "
+            f"{skipped:,} skipped; {s['alerts']:,} alerts; probes {s['probes_tracked']:,} "
+            f"tracked, {s['probes_evictions']:,} evicted; rule tables {evictions:,} evictions")
+    log(line)
+    notifier.status(line)
+    if s["kernel_drops"] > last_drops:
+        log(f"warning: the kernel dropped {s['kernel_drops'] - last_drops:,} packets since "
+            f"the last report (raise capture.ring_bytes, or add --workers)")
+        last_drops = s["kernel_drops"]
+    if stats_json:
+        write_json_atomically(stats_json, s)
+    return last_drops
+
+
+class AlertOutputs:
+    """Several sinks at once (until the delivery module lands: JSON lines only)."""
+
+    def __init__(self, sinks):
+        self.sinks = sinks
+
+    def submit(self, records):
+        for sink in self.sinks:
+            for record in records:
+                sink.write(record)
+
+    def submit_rows(self, exports):
+        raise AssertionError("rows are exported only to a supervisor")
+
+    def stats(self):
+        return {getattr(s, "path", "?"): {"sent": s.written} for s in self.sinks}
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
+        return 0
+
+
+def write_json_atomically(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log(f"warning: --stats-json {path}: {exc.strerror or exc}")
