@@ -301,6 +301,9 @@ def jsonl_idents(path):
 
 
 def test_outage_during_a_burst_every_alert_delivered_once_in_order(collector, tmp_path):
+    # compile the kernels first if the cache is cold, so the paced feed below is
+    # read as it is written
+    assert run_sensor("replay", shipped("nmap_syn_scan.pcap"), timeout=300).returncode == 0
     pcap = write_burst_pcap(tmp_path / "burst.pcap")
     data = pcap.read_bytes()
     sent_jsonl = tmp_path / "alerts.jsonl"
@@ -433,3 +436,35 @@ def test_damaged_spool_segment_is_reported_and_the_rest_delivered(collector, tmp
     assert len(got) >= 38                                          # only damaged ones lost
     assert stats["siem"]["spool_damaged"] >= 2
     assert any(f"{path} at byte" in line for line in log), log
+
+
+def test_reconfigure_keeps_what_the_old_outputs_held(collector, tmp_path):
+    port = collector.port
+    collector.stop()
+    old = parse_output_url(f"tcp://127.0.0.1:{port}?name=siem&app_name=before")
+    outs = Outputs([old], FAST, sensor_name="edge-7", state_dir=tmp_path / "state",
+                   log=lambda text: None)
+    first = [alert(i) for i in range(10)]
+    outs.submit(first)
+    deadline = time.monotonic() + 10
+    while outs.stats()["siem"]["spooled"] < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    with pytest.raises(ValueError, match="not a usable CA file"):
+        outs.reconfigure([old, parse_output_url(f"tls://localhost:{port}?ca={junk}")])
+    assert list(outs.stats()) == ["siem"]               # the old set still runs
+    new = [parse_output_url(f"tcp://127.0.0.1:{port}?name=siem&app_name=after"),
+           parse_output_url(f"udp://127.0.0.1:{port}?app_name=udp-added")]
+    outs.reconfigure(new)
+    second = [alert(i) for i in range(10, 15)]
+    outs.submit(second)
+    collector.start()
+    left = outs.close(10)
+    assert set(left.values()) == {0}
+    got = collector.wait_for(20)
+    tcp = [m for m in got if m["inputname"] == "imtcp"]
+    assert [ident(m) for m in tcp] == [(a.id, 1) for a in first + second]
+    assert {m["app_name"] for m in tcp[:10]} == {"before"}    # spooled as rendered then
+    assert {m["app_name"] for m in tcp[10:]} == {"after"}
+    assert len([m for m in got if m["app_name"] == "udp-added"]) <= 5

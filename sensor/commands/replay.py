@@ -39,8 +39,9 @@ def register(sub):
                         "more options (CONFIG.md, [[output]]); repeatable")
     p.add_argument("--state-dir", metavar="DIR",
                    help="keep the TCP/TLS spool in DIR/spool: what is not delivered by the "
-                        "end is kept and sent first by the next run (default: a temporary "
-                        "spool, lost at exit and counted)")
+                        "end is kept and sent first by the next run (same as --set "
+                        "sensor.state_dir=DIR; default: a temporary spool, lost at exit "
+                        "and counted)")
     p.add_argument("--stats-json", metavar="PATH",
                    help="write decode and detector counters as JSON to PATH")
     p.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
@@ -74,6 +75,8 @@ def run(args):
     overrides = list(args.set)
     if args.workers is not None:
         overrides.append(f"sensor.workers={args.workers}")
+    if args.state_dir is not None:
+        overrides.append("sensor.state_dir=" + json.dumps(args.state_dir))
     cfg = load_config(args.config, overrides, args.preset)
     from kernels.jit import COLD_CACHE
     if COLD_CACHE and sys.stderr.isatty():
@@ -154,7 +157,7 @@ def run(args):
         print(render_summary(all_alerts, stats, len(args.files), seconds), file=sys.stderr)
         for line in delivery_lines(delivery):
             print(line, file=sys.stderr)
-    if report_undelivered(left, delivery, args.state_dir):
+    if report_undelivered(left, delivery, cfg["sensor.state_dir"] or None):
         failed = True
     return EXIT_RUNTIME if failed else EXIT_OK
 
@@ -173,7 +176,7 @@ def open_outputs(args, cfg):
         specs = list(cfg.outputs) or [jsonl_spec("-")]
     try:
         return Outputs(specs, DeliverySettings.from_config(cfg), sensor_name=cfg.sensor_name,
-                       state_dir=args.state_dir, log=_warn)
+                       state_dir=cfg["sensor.state_dir"] or None, log=_warn)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
