@@ -45,9 +45,9 @@ def require_rsyslog(tls=False):
         pytest.skip("openssl not installed (needed to make the test CA)")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(address="127.0.0.1"):
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
@@ -77,11 +77,13 @@ def make_pki(directory):
 
 
 class Collector:
-    def __init__(self, workdir, kind="plain", port=None, cert=None, key=None, ca=None):
+    def __init__(self, workdir, kind="plain", port=None, cert=None, key=None, ca=None,
+                 address="127.0.0.1"):
         self.dir = str(workdir)
+        self.address = address
         os.makedirs(self.dir, exist_ok=True)
         self.kind = kind
-        self.port = port or free_port()
+        self.port = port or free_port(address)
         self.out = os.path.join(self.dir, "received.jsonl")
         self.conf = os.path.join(self.dir, "rsyslog.conf")
         self.pidfile = os.path.join(self.dir, "rsyslogd.pid")
@@ -113,9 +115,9 @@ class Collector:
         lines.append(f'ruleset(name="capture") {{ action(type="omfile" file="{self.out}" '
                      'template="Fields") }')
         if self.kind == "plain":
-            lines.append(f'input(type="imudp" address="127.0.0.1" port="{self.port}" '
+            lines.append(f'input(type="imudp" address="{self.address}" port="{self.port}" '
                          'ruleset="capture")')
-        lines.append(f'input(type="imtcp" address="127.0.0.1" port="{self.port}" '
+        lines.append(f'input(type="imtcp" address="{self.address}" port="{self.port}" '
                      'ruleset="capture")')
         return "\n".join(lines) + "\n"
 
@@ -129,7 +131,7 @@ class Collector:
                 raise RuntimeError(f"rsyslogd exited ({self.proc.returncode}): "
                                    + open(os.path.join(self.dir, "rsyslogd.stderr")).read())
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.address, self.port), timeout=0.5).close()
                 time.sleep(0.1)       # imudp binds in the same start-up
                 return self
             except OSError:

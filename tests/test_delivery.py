@@ -7,6 +7,7 @@ STRUCTURED-DATA, MSG) is what the tests check.
 import json
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -468,3 +469,22 @@ def test_reconfigure_keeps_what_the_old_outputs_held(collector, tmp_path):
     assert {m["app_name"] for m in tcp[:10]} == {"before"}    # spooled as rendered then
     assert {m["app_name"] for m in tcp[10:]} == {"after"}
     assert len([m for m in got if m["app_name"] == "udp-added"]) <= 5
+
+
+def test_ipv6_literal_hosts(tmp_path):
+    require_rsyslog()
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        c = Collector(tmp_path / "rsyslog6", address="::1").start()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        specs = [parse_output_url(f"tcp://[::1]:{c.port}?app_name=v6-tcp"),
+                 parse_output_url(f"udp://[::1]:{c.port}?app_name=v6-udp")]
+        left, _ = deliver(specs, [alert(1)], tmp_path / "state")
+        assert set(left.values()) == {0}
+        got = c.wait_for(2)
+    finally:
+        c.stop()
+    assert sorted(m["app_name"] for m in got) == ["v6-tcp", "v6-udp"]

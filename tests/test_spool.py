@@ -102,3 +102,22 @@ def test_unknown_version_segment_is_reported_and_kept(tmp_path):
     assert any("version 99" in line for line in log)
     spool.close()
     assert foreign.exists()
+
+
+def test_damaged_last_message_does_not_stay_in_the_backlog(tmp_path):
+    spool = Spool(tmp_path, "o", max_bytes=1 << 20)
+    spool.append(messages(5))
+    spool.close()
+    (seg,) = segment_files(tmp_path)
+    data = bytearray((tmp_path / seg).read_bytes())
+    data[-3] ^= 0x01
+    (tmp_path / seg).write_bytes(bytes(data))
+    spool = Spool(tmp_path, "o", max_bytes=1 << 20)
+    got = spool.read(10)
+    assert [m for _, m in got] == messages(4)
+    assert spool.read(10) == [] and spool.unread == 0
+    spool.ack(got[-1][0])
+    assert spool.backlog == 0            # numbering goes on after the last valid message
+    assert spool.append(messages(1, start=5)) == 1
+    assert spool.read(10)[0][0] == 5
+    spool.close()

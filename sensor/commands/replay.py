@@ -9,7 +9,8 @@ from sensor.capture.files import CaptureError, CaptureFile
 from sensor.config import load_config
 from sensor.presets import PRESETS
 from sensor.engine import Engine
-from sensor.output.delivery import DeliverySettings, Outputs, SpecError, jsonl_spec, parse_output_url
+from sensor.output.delivery import (DeliverySettings, Outputs, SpecError, jsonl_spec,
+                                    parse_output_url, summary_lines)
 from sensor.output.summary import render_summary
 
 PROGRESS_MIN_BYTES = 32 << 20
@@ -155,7 +156,7 @@ def run(args):
     show_summary = args.summary if args.summary is not None else sys.stderr.isatty()
     if show_summary:
         print(render_summary(all_alerts, stats, len(args.files), seconds), file=sys.stderr)
-        for line in delivery_lines(delivery):
+        for line in summary_lines(delivery):
             print(line, file=sys.stderr)
     if report_undelivered(left, delivery, cfg["sensor.state_dir"] or None):
         failed = True
@@ -183,14 +184,6 @@ def open_outputs(args, cfg):
 
 def _warn(text):
     print(f"scan-sensor: warning: {text}", file=sys.stderr, flush=True)
-
-
-def delivery_lines(delivery):
-    for name, c in delivery.items():
-        yield (f"output {name}: sent {c['sent']:,}, spooled {c['spooled']:,}, retried "
-               f"{c['retried']:,}, dropped {c['dropped']:,}, send errors "
-               f"{c['send_errors']:,}, rate-limited {c['rate_limited']:,}, undelivered "
-               f"{c['queued']:,}")
 
 
 def report_undelivered(left, delivery, state_dir):

@@ -45,7 +45,7 @@ from sensor.output.spool import Spool
 from sensor.output.stream import tls_context
 
 __all__ = ["Outputs", "DeliverySettings", "OutputSpec", "SpecError", "parse_output_url",
-           "jsonl_spec", "spec_from_table"]
+           "jsonl_spec", "spec_from_table", "summary_lines"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,15 @@ class DeliverySettings:
     @classmethod
     def from_config(cls, cfg):
         return cls(**{f.name: cfg["delivery." + f.name] for f in dataclasses.fields(cls)})
+
+
+def summary_lines(stats):
+    """One human-readable line per output, from ``Outputs.stats()``."""
+    for name, c in stats.items():
+        yield (f"output {name}: sent {c['sent']:,}, spooled {c['spooled']:,}, retried "
+               f"{c['retried']:,}, dropped {c['dropped']:,}, send errors "
+               f"{c['send_errors']:,}, rate-limited {c['rate_limited']:,}, undelivered "
+               f"{c['queued']:,}")
 
 
 class JsonlOutput:

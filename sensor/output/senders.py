@@ -337,6 +337,8 @@ class StreamSender(Sender):
         while self.in_flight and self.in_flight[0][0] <= acked:
             last = self.in_flight.popleft()[1]
             n += 1
+        if not self.in_flight and not self.spool.unread and self.spool.backlog:
+            last = self.spool.next_seq - 1       # what is left was lost to damage (reported)
         if last is not None:
             self.spool.ack(last)
             with self.lock:
@@ -348,7 +350,8 @@ class StreamSender(Sender):
         self._settle()
         in_flight_bytes = (self.in_flight[-1][0] - self.link.acked()) if self.in_flight else 0
         batch = []
-        if in_flight_bytes < MAX_IN_FLIGHT_BYTES and self.link.writable(0.05):
+        if (self.spool.unread and in_flight_bytes < MAX_IN_FLIGHT_BYTES
+                and self.link.writable(0.05)):
             batch = self.spool.read(READ_BATCH)
         retried = 0
         for seq, message in batch:

@@ -236,25 +236,37 @@ class Spool:
         self._cursor = (0, None)
         self._read_seq = self.acked_seq
 
+    @property
+    def unread(self):
+        """Messages after the read cursor (spooled, not yet read since the last rewind)."""
+        return max(0, self.next_seq - 1 - self._read_seq)
+
     def read(self, max_count, max_bytes=1 << 20):
         """Up to max_count (seq, message) after the read cursor, in order."""
         out, size = [], 0
         while len(out) < max_count and size < max_bytes:
             index, offset = self._cursor
             if index >= len(self.segments):
+                self._read_seq = self.next_seq - 1     # all read; the rest was damaged
                 break
             first, path, seg_size = self.segments[index]
             with open(path, "rb") as fh:
-                buf = fh.read()
-            if offset is None:
-                version, offset = read_header(buf)
-                if version is None:
-                    self._report(path, 0, offset)
-                    self._cursor = (index + 1, None)
-                    continue
-            entries, damage = parse_entries(buf, offset)
+                if offset is None:
+                    buf = fh.read()
+                    version, offset = read_header(buf)
+                    if version is None:
+                        self._report(path, 0, offset)
+                        self._cursor = (index + 1, None)
+                        continue
+                    buf = buf[offset:]
+                else:
+                    fh.seek(offset)
+                    buf = fh.read()
+            entries, damage = parse_entries(buf, 0)
             for off, reason in damage:
-                self._report(path, off, reason)
+                self._report(path, offset + off, reason)
+            entries = [(seq, message, offset + end) for seq, message, end in entries]
+            buf_end = offset + len(buf)
             end = offset
             for seq, message, entry_end in entries:
                 if len(out) >= max_count or size >= max_bytes:
@@ -266,13 +278,15 @@ class Spool:
                 size += len(message)
                 self._read_seq = seq
             else:
-                end = len(buf)
+                end = buf_end
             active = index == len(self.segments) - 1 and self._fd is not None
-            if end >= len(buf) and not active:
+            if end >= buf_end and not active:
                 self._cursor = (index + 1, None)
             else:
                 self._cursor = (index, end)
-                if end >= len(buf):
+                if end >= buf_end:
+                    if index == len(self.segments) - 1:
+                        self._read_seq = self.next_seq - 1
                     break
         return out
 
