@@ -275,11 +275,13 @@ SETTINGS += [
             "often, and at exit: a power loss can lose this much of the newest spooled "
             "messages and resend this much of the last delivered. 0: after every batch.",
             min=0, max=60000),
-    Setting("delivery.udp_max_bytes", 1180,
-            "Largest UDP datagram: the format shortens its evidence lists (marked "
-            "truncated, with counts) to fit. 1180 is RFC 5426's size every IPv6 receiver "
-            "must accept and fits any IPv6 path MTU; 480 is the IPv4 minimum; receivers "
-            "should accept 2048. Per output: `&max_bytes=`.", min=480, max=65507),
+    Setting("delivery.udp_max_bytes", 2048,
+            "Largest UDP datagram (one message each, RFC 5426): the format shortens its "
+            "evidence lists (marked truncated, with counts) to fit. 2048 is the size RFC "
+            "5426 section 3.2 says every receiver should accept; set 1180 (the size every "
+            "IPv6 receiver must accept, no fragmentation on any IPv6 path) or 480 (the "
+            "IPv4 minimum) where datagrams must not be fragmented. Per output: "
+            "`&max_bytes=`.", min=480, max=65507),
     Setting("delivery.connect_timeout_s", 5.0,
             "Seconds to wait for a TCP/TLS connection (and TLS handshake).",
             min=0.1, max=600),
@@ -439,7 +441,7 @@ table (not both for one option):
 | `framing` | TCP/TLS: `octet` (RFC 6587 octet counting), `lf` | `octet` |
 | `facility` | `0`-`23` or a name (`audit`, `local0`, ...) | the format's (13, log audit) |
 | `app_name` | RFC 5424 APP-NAME | `scan-sensor` |
-| `rate` | messages per minute of packet time, then one `output_rate_limited` summary; 0 = no limit | `0` |
+| `rate` | messages per minute of packet time, then one `alert_rate_limited` summary (with `output` = this output's name); 0 = no limit | `0` |
 | `max_bytes` | UDP: largest datagram | `delivery.udp_max_bytes` |
 | `name` | name in stats and of the spool directory | from the URL |
 | `ca` | TLS: CA file (PEM) the collector's certificate must chain to | system CAs |

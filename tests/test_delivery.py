@@ -175,7 +175,7 @@ def test_rate_limit_holds_back_and_sends_one_summary(collector, tmp_path):
     later = alert(99, emitted_ns=t0 + MINUTE_NS + 1)
     left, stats = deliver([spec], burst + [later], tmp_path / "state")
     got = collector.wait_for(7)
-    assert [m["msgid"] for m in got] == ["port_scan"] * 5 + ["output_rate_limited", "port_scan"]
+    assert [m["msgid"] for m in got] == ["port_scan"] * 5 + ["alert_rate_limited", "port_scan"]
     assert [ident(m) for m in got[:5]] == [(a.id, 1) for a in burst[:5]]
     assert ident(got[6]) == (later.id, 1)
     assert re.search(r'suppressed_total\D{1,4}7\b', got[5]["rawmsg"])

@@ -54,7 +54,7 @@ class DeliverySettings:
     spool_max_bytes: int = 256 << 20
     spool_segment_bytes: int = 1 << 20
     spool_fsync_interval_ms: int = 200
-    udp_max_bytes: int = 1180
+    udp_max_bytes: int = 2048
     connect_timeout_s: float = 5.0
     send_timeout_s: float = 10.0
     reconnect_min_s: float = 0.1

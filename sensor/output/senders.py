@@ -18,7 +18,9 @@ sender's own thread, so packet processing never waits on a collector.
 Rate limit (``&rate=N``): at most N messages per minute of *packet time* (the
 alert's emission time, like ``alerts.max_per_minute``), so a replay holds back
 exactly what live capture would; when a minute with held-back messages is
-over, one ``output_rate_limited`` record says how many, per rule.
+over, one summary record says how many, per rule: the same ``alert_rate_limited``
+record as the engine's ``alerts.max_per_minute`` gate (so every format renders it as
+a summary), plus ``output`` naming the output that held them back.
 """
 import collections
 import random
@@ -73,7 +75,7 @@ class RateGate:
         if not self.held:
             return []
         record = RateLimited(
-            rule="output_rate_limited", sensor=self.sensor_name, output=self.output_name,
+            rule="alert_rate_limited", sensor=self.sensor_name, output=self.output_name,
             minute_start=rfc3339(self.minute * MINUTE_NS), max_per_minute=self.cap,
             suppressed=dict(self.held), suppressed_total=sum(self.held.values()),
             example_sources=list(self.sources))
