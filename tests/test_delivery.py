@@ -157,15 +157,23 @@ def test_tls_refuses_a_certificate_for_another_name(pki, tmp_path):
 def test_udp_datagrams_keep_to_the_size_limit(collector, tmp_path):
     big = alert(1, dst_ips=[f"10.1.{i // 250}.{i % 250}" for i in range(300)],
                 dst_ip_count=300, dst_ports=",".join(str(p) for p in range(1, 2000, 2)))
-    spec = parse_output_url(f"udp://127.0.0.1:{collector.port}?max_bytes=480")
+    spec = parse_output_url(f"udp://127.0.0.1:{collector.port}?max_bytes=1000")
     left, stats = deliver([spec], [big, alert(2)], tmp_path / "state")
     got = collector.wait_for(2)
     assert len(got) == 2
-    assert all(len(m["rawmsg"].encode()) <= 480 for m in got)
+    assert all(len(m["rawmsg"].encode()) <= 1000 for m in got)
     assert got[1]["msgid"] == "port_scan" and got[0]["hostname"] == "edge-7"
     if not STUB_FORMATS:   # the format shortened it, with a marker: the sender cut nothing
         assert stats[spec.name]["truncated_by_sender"] == 0
-        assert "truncated" in got[0]["rawmsg"]
+        assert 'truncated="dst_ips:' in got[0]["structured_data"]
+        assert f'id="{big.id}"' in got[0]["structured_data"]
+        # a limit no shortening can meet: the message is dropped, counted and logged,
+        # never sent cut in the middle
+        log = []
+        tiny = parse_output_url(f"udp://127.0.0.1:{collector.port}?max_bytes=480&name=tiny")
+        left, stats = deliver([tiny], [big], tmp_path / "state", log=log.append)
+        assert stats["tiny"]["dropped"] == 1 and stats["tiny"]["sent"] == 0
+        assert any("cannot render" in line for line in log)
 
 
 def test_rate_limit_holds_back_and_sends_one_summary(collector, tmp_path):

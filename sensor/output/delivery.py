@@ -91,10 +91,14 @@ class JsonlOutput:
         self.counts = dict.fromkeys(COUNTERS, 0)
 
     def submit(self, records):
-        for record in records:
-            self._fh.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
-            self.counts["sent"] += 1
-        self._fh.flush()
+        """Hand records to every output; never waits on a socket or the disk."""
+        if not records:
+            return
+        with self._lock:
+            for out in self.outputs.values():
+                out.submit(records)
+            if self._held is not None:         # reconfigure() in progress
+                self._held.extend(records)
 
     def stats(self):
         return dict(self.counts, queued=0)
@@ -132,6 +136,7 @@ class Outputs:
                                  f"{self.spool_root}: {exc.strerror or exc}") from None
         self.outputs = {}
         self._lock = threading.Lock()
+        self._held = None
         self._open_all(specs)
 
     # -- building outputs ----------------------------------------------------------------
@@ -170,7 +175,8 @@ class Outputs:
         return StreamSender(spec, ctx, self.settings, self.sensor_name, self.log, spool,
                             ssl_context)
 
-    def _open_all(self, specs):
+    def _build_all(self, specs, skip=()):
+        """Build (not start) an output per spec whose name is not in skip."""
         names = [s.name for s in specs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -179,9 +185,8 @@ class Outputs:
         built = {}
         try:
             for spec in specs:
-                if spec.name in self.outputs and self.outputs[spec.name].spec == spec:
-                    continue
-                built[spec.name] = self._build(spec)
+                if spec.name not in skip:
+                    built[spec.name] = self._build(spec)
         except BaseException:
             for out in built.values():
                 if isinstance(out, StreamSender):
@@ -189,6 +194,10 @@ class Outputs:
                 else:
                     out.join()
             raise
+        return built
+
+    def _open_all(self, specs):
+        built = self._build_all(specs)
         for name, out in built.items():
             self.outputs[name] = out
             out.start()
@@ -211,31 +220,46 @@ class Outputs:
         return {out.spec.name: out.stats() for out in outs}
 
     def reconfigure(self, specs):
-        """Replace the set of outputs (config reload). Outputs whose spec is unchanged
-        keep running; a changed or removed TCP/TLS output stops, leaving what it had
-        not delivered in its spool, which an output of the same name takes over.
-        Raises ValueError (old outputs untouched) if the new set cannot be opened."""
+        """Replace the set of outputs (config reload), losing nothing queued.
+
+        Outputs whose spec is unchanged keep running. A changed or removed output
+        stops first; a TCP/TLS one leaves what it has not delivered in its spool,
+        and a new output of the same name takes the spool over (spooled messages
+        keep the format they were rendered in). Records submitted meanwhile are
+        held and handed to the new outputs. If the new set cannot be opened
+        (ValueError), the old outputs are restored, with their spools.
+        """
         specs = list(specs)
-        keep = {s.name for s in specs if s.name in self.outputs
-                and self.outputs[s.name].spec == s}
         with self._lock:
+            keep = {s.name for s in specs if s.name in self.outputs
+                    and self.outputs[s.name].spec == s}
             leaving = {n: o for n, o in self.outputs.items() if n not in keep}
-        for out in leaving.values():      # release spools before reopening them
+            for name in leaving:
+                del self.outputs[name]
+            self._held = []
+        for out in leaving.values():           # release the spools before reopening
             out.stop(0.0)
             out.join()
         try:
-            with self._lock:
-                for name in leaving:
-                    del self.outputs[name]
-                self._open_all(specs)
+            built = self._build_all(specs, skip=keep)
         except BaseException:
-            with self._lock:
-                self._open_all([o.spec for o in leaving.values()])
+            built = self._build_all([o.spec for o in leaving.values()])
+            self._install(built)
             raise
+        self._install(built)
         for name, out in leaving.items():
-            if name not in self.outputs and out.backlog():
+            if name not in built and out.backlog():
                 self.log(f"output {name} removed with {out.backlog()} message(s) "
                          "undelivered (kept in its spool)")
+
+    def _install(self, built):
+        with self._lock:
+            held, self._held = self._held, None
+            for name, out in built.items():
+                self.outputs[name] = out
+                if held:
+                    out.submit(held)
+                out.start()
 
     def close(self, timeout_s=None):
         """Deliver what can be delivered within timeout_s, then stop every output.
