@@ -496,3 +496,19 @@ def test_ipv6_literal_hosts(tmp_path):
     finally:
         c.stop()
     assert sorted(m["app_name"] for m in got) == ["v6-tcp", "v6-udp"]
+
+
+def test_replay_without_state_dir_says_what_was_lost(tmp_path):
+    port = free_port()                          # no collector
+    proc = run_sensor("replay", shipped("nmap_syn_scan.pcap"), "--syslog",
+                      f"tcp://127.0.0.1:{port}", "--set", "delivery.drain_timeout_s=0.5",
+                      "--set", "delivery.connect_timeout_s=0.2", "--summary")
+    assert proc.returncode == 1
+    assert proc.stdout == ""                    # --syslog given: no JSON lines on stdout
+    name = f"tcp-127.0.0.1-{port}-rfc5424"
+    n = len(run_sensor("replay", shipped("nmap_syn_scan.pcap")).stdout.splitlines())
+    assert n >= 1
+    assert (f"scan-sensor: error: output {name}: {n} message(s) not delivered "
+            "(lost: no --state-dir to keep them in)") in proc.stderr
+    assert f"output {name}: sent 0, spooled {n}," in proc.stderr
+    assert "Traceback" not in proc.stderr

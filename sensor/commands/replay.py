@@ -194,7 +194,7 @@ def report_undelivered(left, delivery, state_dir):
         if n:
             where = (f"kept in {state_dir}/spool/{name}, sent first by the next run"
                      if state_dir and c.get("spool_bytes") is not None
-                     else "lost (no --state-dir)")
+                     else "lost: no --state-dir to keep them in")
             print(f"scan-sensor: error: output {name}: {n:,} message(s) not delivered "
                   f"({where})", file=sys.stderr)
             bad = True
