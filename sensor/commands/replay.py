@@ -71,7 +71,7 @@ def _progress_bar(files, enabled):
 
 
 def run(args):
-    from sensor.cli import EXIT_OK, EXIT_RUNTIME, SensorError
+    from sensor.cli import EXIT_OK, EXIT_RUNTIME
 
     overrides = list(args.set)
     if args.workers is not None:

@@ -12,22 +12,32 @@ client certificate, the spool directories), so a configuration problem is a
 ``ValueError`` naming the output before any capture starts.
 
 Delivery guarantee, TCP and TLS (``senders.py``, ``stream.py``, ``spool.py``):
-a message is "sent" when the collector's TCP has acknowledged all its bytes;
-until then it stays in the spool, and after a failed connection everything
-not acknowledged is sent again, in order. Across a collector stop/start (the
-collector closes or resets the connection) every message arrives once, in
-order. What can still go wrong:
+every message goes to the output's spool first and is sent from it in order; it
+counts as ``sent`` (and leaves the spool) only when the collector's TCP has
+acknowledged every byte of it (``tcpi_bytes_acked``). After a failed connection
+everything not acknowledged is sent again, in order, on the next one; after a
+restart of the sensor the spool (in the state directory) is sent first.
+So across a collector stop/start every message arrives exactly once, in order,
+provided the collector processes what its TCP acknowledged before it closed --
+rsyslog does (measured: on SIGTERM under a full-rate stream, the messages it
+wrote equalled the messages whose bytes were acknowledged, every time; and
+tests/test_delivery.py stops and restarts it during a burst). What can still
+go wrong, and when:
   * lost: a collector that acknowledges bytes and then discards them (killed
-    with data in its socket buffer or its own memory queue), the spool being
-    full (counted as ``dropped``, logged), a power loss within
-    ``spool_fsync_interval_ms`` of an append;
-  * duplicated: a connection that breaks after the collector received a
-    message but before its acknowledgement reached the sensor (a network
-    failure, not a collector restart), a message the collector received only
-    in part (resent whole; a receiver may log the fragment), and after a crash
-    or power loss up to ``spool_fsync_interval_ms`` of acknowledgements.
-    Duplicates carry the same ``id`` and ``seq``.
-UDP: no acknowledgement; "sent" is "handed to the kernel", nothing is spooled.
+    with -9 holding messages in its memory queue, or a relay that drops on
+    overload); the spool full (counted as ``dropped``, logged); the in-memory
+    queue full (same); a power loss within ``spool_fsync_interval_ms`` of an
+    append; messages still spooled at exit when there is no state directory
+    (counted and reported by the caller).
+  * duplicated (same ``id`` and ``seq``, so a SIEM can drop them): a connection
+    that breaks after the collector received a message but before its
+    acknowledgement reached the sensor (a network failure, not a collector
+    restart); a message the collector had received only in part (sent again
+    whole; a receiver may log the fragment); after a crash or power loss, up
+    to ``spool_fsync_interval_ms`` of acknowledgements not yet on disk.
+  * reordered: never by the sender; a relay between sensor and SIEM may.
+UDP: no acknowledgement; "sent" is "handed to the kernel", nothing is spooled,
+a collector that is down loses the datagrams unseen; send errors are counted.
 JSON lines: written and flushed on the caller's thread, in order.
 """
 import dataclasses
