@@ -9,8 +9,7 @@ from sensor.capture.files import CaptureError, CaptureFile
 from sensor.config import load_config
 from sensor.presets import PRESETS
 from sensor.engine import Engine
-from sensor.output.delivery import (DeliverySettings, Outputs, SpecError, jsonl_spec,
-                                    parse_output_url, summary_lines)
+from sensor.output.delivery import open_outputs, summary_lines
 from sensor.output.summary import render_summary
 
 PROGRESS_MIN_BYTES = 32 << 20
@@ -83,7 +82,7 @@ def run(args):
     if COLD_CACHE and sys.stderr.isatty():
         print("scan-sensor: first run: compiling the packet kernels (about 30 s, once)",
               file=sys.stderr)
-    outputs = open_outputs(args, cfg)
+    outputs = open_outputs(cfg, args.syslog, args.jsonl, log=_warn)
     try:
         engine = Engine(cfg)
         engine.warm_up()
@@ -161,25 +160,6 @@ def run(args):
     if report_undelivered(left, delivery, cfg["sensor.state_dir"] or None):
         failed = True
     return EXIT_RUNTIME if failed else EXIT_OK
-
-
-def open_outputs(args, cfg):
-    """The outputs of this run: ``--syslog``/``--jsonl`` if given (they replace the
-    config file's ``[[output]]`` list), else the file's list, else JSON lines on stdout."""
-    from sensor.config import ConfigError
-    try:
-        specs = [parse_output_url(url) for url in args.syslog]
-    except SpecError as exc:
-        raise ConfigError(f"--syslog: {exc}") from None
-    if args.jsonl is not None:
-        specs.append(jsonl_spec(args.jsonl))
-    if not specs:
-        specs = list(cfg.outputs) or [jsonl_spec("-")]
-    try:
-        return Outputs(specs, DeliverySettings.from_config(cfg), sensor_name=cfg.sensor_name,
-                       state_dir=cfg["sensor.state_dir"] or None, log=_warn)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _warn(text):

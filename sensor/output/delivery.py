@@ -55,7 +55,7 @@ from sensor.output.spool import Spool
 from sensor.output.stream import tls_context
 
 __all__ = ["Outputs", "DeliverySettings", "OutputSpec", "SpecError", "parse_output_url",
-           "jsonl_spec", "spec_from_table", "summary_lines"]
+           "jsonl_spec", "spec_from_table", "summary_lines", "open_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,27 @@ class DeliverySettings:
     @classmethod
     def from_config(cls, cfg):
         return cls(**{f.name: cfg["delivery." + f.name] for f in dataclasses.fields(cls)})
+
+
+def open_outputs(cfg, syslog_urls=(), jsonl=None, log=None):
+    """The outputs of a run, opened: ``--syslog`` URLs and ``--jsonl`` if given (they
+    replace the config file's ``[[output]]`` list), else that list, else JSON lines on
+    stdout. Spool under ``sensor.state_dir`` (a temporary one if empty). Any problem
+    is a ``ConfigError`` naming the option or key (exit code 2, before capture)."""
+    from sensor.config import ConfigError
+    try:
+        specs = [parse_output_url(url) for url in syslog_urls]
+    except SpecError as exc:
+        raise ConfigError(f"--syslog: {exc}") from None
+    if jsonl is not None:
+        specs.append(jsonl_spec(jsonl))
+    if not specs:
+        specs = list(cfg.outputs) or [jsonl_spec("-")]
+    try:
+        return Outputs(specs, DeliverySettings.from_config(cfg), sensor_name=cfg.sensor_name,
+                       state_dir=cfg["sensor.state_dir"] or None, log=log)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def summary_lines(stats):
