@@ -18,9 +18,12 @@ PROGRESS_MIN_BYTES = 32 << 20
 def register(sub):
     p = sub.add_parser(
         "replay", help="detect scans in pcap/pcapng files (gzip ok, - for stdin)",
-        description="Read capture files in order as one stream of packet time and write "
-                    "alerts as JSON lines. Damaged files are reported (with the byte offset) "
-                    "and the rest is still read.")
+        description="Read capture files in order as one stream of packet time and send "
+                    "the alerts to the outputs (--syslog, --jsonl, [[output]]; JSON lines "
+                    "on stdout when none is given). Damaged files are reported (with the "
+                    "byte offset) and the rest is still read. At the end the outputs get "
+                    "delivery.drain_timeout_s to deliver; exit status 1 if anything was "
+                    "not delivered.")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="pcap or pcapng file, optionally gzip-compressed; - reads standard input")
     p.add_argument("-c", "--config", metavar="CONFIG.toml", help="TOML config file")
