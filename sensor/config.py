@@ -295,6 +295,12 @@ SETTINGS += [
             min=0.01, max=3600),
     Setting("delivery.reconnect_max_s", 30.0,
             "Longest wait between reconnection attempts.", min=0.01, max=3600),
+    Setting("delivery.ack_hold_ms", 500,
+            "A TCP/TLS message acknowledged by the collector's TCP stays in the spool this "
+            "long more. If the collector closes the connection meanwhile, it had read it "
+            "(delivered once); if it resets the connection (it closed with bytes it had not "
+            "read), the held messages are sent again: possibly twice (same id and seq), "
+            "never lost. 0: acknowledged is delivered.", min=0, max=60000),
     Setting("delivery.drain_timeout_s", 30.0,
             "At exit (end of a replay, daemon stop), seconds to wait for the outputs to "
             "deliver what they hold; what is left stays in the spool of the state "

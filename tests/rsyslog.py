@@ -159,12 +159,17 @@ class Collector:
         except FileNotFoundError:
             return []
 
-    def wait_for(self, n, timeout_s=20.0):
-        """The first n messages once there are n (or what there is at timeout)."""
+    def wait_for(self, n, timeout_s=20.0, quiet_s=0.3):
+        """The messages once there are at least n and none came for quiet_s (or what
+        there is at timeout)."""
         deadline = time.monotonic() + timeout_s
+        count, since = -1, time.monotonic()
         while True:
             got = self.messages()
-            if len(got) >= n or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if len(got) != count:
+                count, since = len(got), now
+            if (len(got) >= n and now - since >= quiet_s) or now >= deadline:
                 return got
             time.sleep(0.05)
 

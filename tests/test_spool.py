@@ -121,3 +121,26 @@ def test_damaged_last_message_does_not_stay_in_the_backlog(tmp_path):
     assert spool.append(messages(1, start=5)) == 1
     assert spool.read(10)[0][0] == 5
     spool.close()
+
+
+def test_one_process_at_a_time(tmp_path):
+    import subprocess
+    import sys
+    import pytest
+    from sensor.output.spool import SpoolBusy
+    spool = Spool(tmp_path, "o", max_bytes=1 << 20)
+    code = ("import sys; from sensor.output.spool import Spool, SpoolBusy\n"
+            "try:\n    Spool(sys.argv[1], 'o', 1 << 20)\nexcept SpoolBusy as e:\n"
+            "    print(e); sys.exit(3)\n")
+    from conftest import ROOT
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 3 and "in use by another scan-sensor process" in proc.stdout
+    spool.close()
+    Spool(tmp_path, "o", max_bytes=1 << 20).close()      # free again
+    with pytest.raises(SpoolBusy):
+        a = Spool(tmp_path, "o", max_bytes=1 << 20)
+        try:
+            Spool(tmp_path, "o", max_bytes=1 << 20)       # flock is per open file too
+        finally:
+            a.close()

@@ -51,7 +51,7 @@ import threading
 from sensor.output.formats import FormatContext
 from sensor.output.senders import COUNTERS, StreamSender, UdpSender
 from sensor.output.spec import OutputSpec, SpecError, jsonl_spec, parse_output_url, spec_from_table
-from sensor.output.spool import Spool
+from sensor.output.spool import Spool, SpoolBusy
 from sensor.output.stream import tls_context
 
 __all__ = ["Outputs", "DeliverySettings", "OutputSpec", "SpecError", "parse_output_url",
@@ -70,6 +70,7 @@ class DeliverySettings:
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 30.0
     drain_timeout_s: float = 30.0
+    ack_hold_ms: int = 500
 
     @classmethod
     def from_config(cls, cfg):
@@ -194,6 +195,8 @@ class Outputs:
             spool = Spool(directory, spec.name, self.settings.spool_max_bytes,
                           self.settings.spool_segment_bytes,
                           self.settings.spool_fsync_interval_ms / 1000, self.log)
+        except SpoolBusy as exc:
+            raise ValueError(f"{spec.source}: {exc}") from None
         except OSError as exc:
             raise ValueError(f"{spec.source}: spool {directory}: {exc.strerror or exc}") from None
         if spool.backlog:

@@ -34,7 +34,8 @@ from sensor.alerts import rfc3339
 from sensor.output.formats import render
 from sensor.output.stream import PeerClosed, StreamLink, frame
 
-COUNTERS = ("sent", "spooled", "retried", "dropped", "send_errors", "rate_limited")
+COUNTERS = ("sent", "spooled", "retried", "dropped", "send_errors", "rate_limited",
+            "resent_after_reset")
 READ_BATCH = 256
 MAX_IN_FLIGHT_BYTES = 1 << 20
 
@@ -136,6 +137,8 @@ class Sender(threading.Thread):
         with self.lock:
             out = dict(self.counts)
             out["queued"] = self.backlog()
+        if self.error is not None:
+            out["error"] = repr(self.error)
         return out
 
     # -- sender's thread ----------------------------------------------------------------
@@ -240,6 +243,8 @@ class StreamSender(Sender):
                                settings.send_timeout_s)
         self.connected = False
         self.in_flight = collections.deque()     # (end offset, seq), in order
+        self.held = collections.deque()          # (monotonic time acked, seq): on hold
+        self.hold_s = settings.ack_hold_ms / 1000
         self.max_written_seq = spool.acked_seq
         self.backoff_s = settings.reconnect_min_s
         self.next_attempt = 0.0
@@ -327,19 +332,25 @@ class StreamSender(Sender):
         self.backoff_s = self.settings.reconnect_min_s
         self.spool.rewind()
         self.in_flight.clear()
+        self.held.clear()
         with self.lock:
             self.connected = True
             self.reconnects += 1
 
-    def _settle(self):
-        """Release what the peer has acknowledged."""
+    def _settle(self, release_all=False):
+        """Move what the peer's TCP acknowledged to the hold; release (count as sent,
+        drop from the spool) what has been held ``ack_hold_ms`` (all if release_all)."""
+        now = time.monotonic()
         acked = self.link.acked()
+        while self.in_flight and self.in_flight[0][0] <= acked:
+            self.held.append((now, self.in_flight.popleft()[1]))
         last = None
         n = 0
-        while self.in_flight and self.in_flight[0][0] <= acked:
-            last = self.in_flight.popleft()[1]
+        while self.held and (release_all or self.held[0][0] <= now - self.hold_s):
+            last = self.held.popleft()[1]
             n += 1
-        if not self.in_flight and not self.spool.unread and self.spool.backlog:
+        if (not self.in_flight and not self.held and not self.spool.unread
+                and self.spool.backlog):
             last = self.spool.next_seq - 1       # what is left was lost to damage (reported)
         if last is not None:
             self.spool.ack(last)
@@ -368,25 +379,42 @@ class StreamSender(Sender):
         if not batch:
             if self.in_flight:
                 self.link.check_peer(0.002)      # poll for acknowledgements
+            elif self.held:
+                self.link.check_peer(min(0.05, self.hold_s))
             else:
                 self._wait(0.5)
 
     def _lost(self, exc):
-        """The connection failed: keep what was acknowledged, resend the rest later."""
+        """The connection failed: keep what the collector took, resend the rest later.
+
+        A collector that closed the connection (FIN, TLS close_notify) had read every
+        byte it acknowledged (a TCP stack closing with unread bytes resets instead):
+        what is on hold is delivered. One that reset it may have dropped bytes it had
+        acknowledged: what is on hold (acknowledged within ``ack_hold_ms``) is sent
+        again, so it is not lost -- and may arrive twice."""
         try:
             self._settle()
+            clean = self.link.peer_closed_cleanly()
         except OSError:
-            pass
+            clean = False
+        if clean:
+            self._settle(release_all=True)
+        resent = len(self.held)
         pending = len(self.in_flight)
         self.in_flight.clear()
+        self.held.clear()
         self.link.close()
         self.spool.rewind()
         with self.lock:
             self.connected = False
             self.counts["send_errors"] += 1
+            self.counts["resent_after_reset"] += resent
         reason = str(exc) if isinstance(exc, PeerClosed) else repr(exc)
         self.log(f"output {self.spec.name}: connection lost ({reason}); {pending} "
-                 "message(s) written but not acknowledged will be sent again")
+                 "message(s) written but not acknowledged will be sent again"
+                 + (f", and {resent} acknowledged in the last {self.settings.ack_hold_ms} "
+                    "ms before the collector reset the connection (possibly twice)"
+                    if resent else ""))
         self.failures_in_row = 1
         self._mark_spooled()
         self.next_attempt = time.monotonic() + self.backoff_s * random.uniform(0.5, 1.0)
@@ -395,9 +423,9 @@ class StreamSender(Sender):
         try:
             self._spool_queue()
         finally:
-            if self.connected:
+            if self.connected:               # we close it: the collector is alive
                 try:
-                    self._settle()
+                    self._settle(release_all=True)
                 except OSError:
                     pass
                 self.link.close()

@@ -4,6 +4,7 @@ Layout, under ``<state_dir>/spool/<output-name>/``::
 
     seg-<first seq, 16 digits>.spool    append-only segments
     acked                               msgpack {"version": 1, "acked_seq": N}
+    lock                                flock'ed by the process using the spool
 
 A segment is a sequence of msgpack objects: a header map
 ``{"magic": "scan-sensor-spool", "version": 1, "output": NAME, "created_ns": T}``
@@ -28,6 +29,7 @@ Capacity: the segments of one spool never exceed ``max_bytes`` in total; a
 message that does not fit is refused (``append`` returns how many it took),
 and the caller counts, logs and reports it.
 """
+import fcntl
 import os
 import time
 import zlib
@@ -105,6 +107,10 @@ def read_header(buf):
     return version, got[1]
 
 
+class SpoolBusy(OSError):
+    """Another process holds this spool (``lock`` is flock'ed while a Spool is open)."""
+
+
 class Spool:
     def __init__(self, directory, name, max_bytes, segment_bytes=1 << 20,
                  fsync_interval_s=0.2, log=None):
@@ -115,6 +121,13 @@ class Spool:
         self.fsync_interval_s = fsync_interval_s
         self.log = log or (lambda text: None)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolBusy(f"spool {self.dir} is in use by another scan-sensor "
+                            "process") from None
         self.acked_seq = self._read_acked()
         self.segments = []          # [first_seq, path, size_bytes], oldest first
         self.damaged = 0            # damage reports (each one stretch or one message)
@@ -328,7 +341,11 @@ class Spool:
         self._last_sync = now
 
     def close(self):
+        if self._lock_fd is None:
+            return
         self.maybe_sync(force=True)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        os.close(self._lock_fd)       # releases the flock
+        self._lock_fd = None

@@ -22,6 +22,7 @@ import struct
 import termios
 
 TCP_INFO_BYTES_ACKED = 120          # offset of tcpi_bytes_acked in struct tcp_info (u64)
+TCP_INFO_BYTES_RECEIVED = 128      # tcpi_bytes_received (u64); a FIN counts as one
 TCP_INFO_LEN = 232
 
 
@@ -73,6 +74,7 @@ class StreamLink:
             self.sock = sock
             self._base = self._stream_offset()
             self._written = 0
+            self._rx_base = self._received()
         except BaseException:
             sock.close()
             raise
@@ -80,6 +82,16 @@ class StreamLink:
     def _acked_abs(self):
         info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
         return struct.unpack_from("Q", info, TCP_INFO_BYTES_ACKED)[0]
+
+    def _received(self):
+        info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+        return struct.unpack_from("Q", info, TCP_INFO_BYTES_RECEIVED)[0]
+
+    def peer_closed_cleanly(self):
+        """After a failure: did the collector close (FIN, or TLS close_notify) rather
+        than reset? A reset without a close means it closed with bytes it had
+        acknowledged but not read (RFC 1122 4.2.2.13; Linux does so): those are lost."""
+        return self._received() > self._rx_base
 
     def _outq(self):
         buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
@@ -119,6 +131,7 @@ class StreamLink:
         try:
             data = self.sock.recv(4096)
         except (ssl.SSLWantReadError, BlockingIOError, socket.timeout):
+            self._rx_base = self._received()     # e.g. TLS 1.3 session tickets, consumed
             return
         except ssl.SSLError as exc:
             raise ConnectionError(f"TLS: {exc}") from None
