@@ -295,7 +295,7 @@ SETTINGS += [
             min=0.01, max=3600),
     Setting("delivery.reconnect_max_s", 30.0,
             "Longest wait between reconnection attempts.", min=0.01, max=3600),
-    Setting("delivery.ack_hold_ms", 500,
+    Setting("delivery.ack_hold_ms", 200,
             "A TCP/TLS message acknowledged by the collector's TCP stays in the spool this "
             "long more. If the collector closes the connection meanwhile, it had read it "
             "(delivered once); if it resets the connection (it closed with bytes it had not "

@@ -313,6 +313,7 @@ def assert_delivered(got, expected, counters):
     first_seen = list(dict.fromkeys(got))
     assert first_seen == expected, ([x for x in expected if x not in got][:5], counters)
     extra = len(got) - len(expected)
+    print("delivered: repeats", extra, "resent_after_reset", counters["resent_after_reset"])
     assert extra <= counters["resent_after_reset"], counters
     if counters["resent_after_reset"] == 0:
         assert got == expected
