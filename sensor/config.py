@@ -253,6 +253,60 @@ SETTINGS += [
             "(or `unknown` when the sensor has seen no reply at all: a one-directional "
             "capture). Zeek uses 5 s.", min=0.001, max=3600),
 ]
+# --- delivery: outputs, queues, spool (issue 10) -------------------------------------
+SECTIONS["delivery"] = (
+    "How alerts reach the outputs (`--syslog URL`, `--jsonl PATH`, `[[output]]` tables): "
+    "a bounded queue per output, sender threads, and for TCP/TLS an on-disk spool under "
+    "`<state dir>/spool/<output name>/`. A message counts as sent when the collector's "
+    "TCP has acknowledged it; what was not acknowledged is sent again, in order.")
+SETTINGS += [
+    Setting("delivery.queue_records", 10000,
+            "Records waiting in memory per output before its sender takes them (to the "
+            "socket, or to the spool for TCP/TLS). Past it records are dropped and counted "
+            "(`dropped`); the packet loop never waits.", min=16, max=10_000_000),
+    Setting("delivery.spool_max_bytes", 256 << 20,
+            "Disk used by one TCP/TLS output's spool at most. A message that does not fit "
+            "is dropped, counted and logged.", min=65536, max=1 << 40),
+    Setting("delivery.spool_segment_bytes", 1 << 20,
+            "Size at which a spool segment is closed and a new one started; a segment is "
+            "deleted once all its messages are delivered.", min=4096, max=1 << 30),
+    Setting("delivery.spool_fsync_interval_ms", 200,
+            "Spool data (and the record of what was delivered) is fsync'ed at most this "
+            "often, and at exit: a power loss can lose this much of the newest spooled "
+            "messages and resend this much of the last delivered. 0: after every batch.",
+            min=0, max=60000),
+    Setting("delivery.udp_max_bytes", 2048,
+            "Largest UDP datagram (one message each, RFC 5426): the format shortens its "
+            "evidence lists (marked truncated, with counts) to fit. 2048 is the size RFC "
+            "5426 section 3.2 says every receiver should accept; set 1180 (the size every "
+            "IPv6 receiver must accept, no fragmentation on any IPv6 path) or 480 (the "
+            "IPv4 minimum) where datagrams must not be fragmented. Per output: "
+            "`&max_bytes=`.", min=480, max=65507),
+    Setting("delivery.connect_timeout_s", 5.0,
+            "Seconds to wait for a TCP/TLS connection (and TLS handshake).",
+            min=0.1, max=600),
+    Setting("delivery.send_timeout_s", 10.0,
+            "Seconds a TCP/TLS write may wait for room in the connection; longer and the "
+            "connection is given up and what it had not acknowledged is sent again on a "
+            "new one.", min=0.1, max=600),
+    Setting("delivery.reconnect_min_s", 0.1,
+            "First wait before reconnecting to a TCP/TLS collector; each failure doubles "
+            "it up to `reconnect_max_s` (each wait drawn from 50-100 % of the step).",
+            min=0.01, max=3600),
+    Setting("delivery.reconnect_max_s", 30.0,
+            "Longest wait between reconnection attempts.", min=0.01, max=3600),
+    Setting("delivery.ack_hold_ms", 200,
+            "A TCP/TLS message acknowledged by the collector's TCP stays in the spool this "
+            "long more. If the collector closes the connection meanwhile, it had read it "
+            "(delivered once); if it resets the connection (it closed with bytes it had not "
+            "read), the held messages are sent again: possibly twice (same id and seq), "
+            "never lost. 0: acknowledged is delivered.", min=0, max=60000),
+    Setting("delivery.drain_timeout_s", 30.0,
+            "At exit (end of a replay, daemon stop), seconds to wait for the outputs to "
+            "deliver what they hold; what is left stays in the spool of the state "
+            "directory (replay: exit status 1 and a count).", min=0, max=86400),
+]
+# --- end of delivery --------------------------------------------------------------------
 SETTINGS = tuple(SETTINGS)
 SETTING_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -287,7 +341,8 @@ def _type_name(t):
 class Config:
     """Validated settings; read as ``cfg["port_scan.threshold"]``."""
 
-    def __init__(self, values=None):
+    def __init__(self, values=None, outputs=()):
+        self.outputs = list(outputs)     # OutputSpec per [[output]] table, in order
         self._values = {s.key: s.default for s in SETTINGS}
         if values:
             self._values.update(values)
@@ -366,13 +421,71 @@ def load_config(path=None, overrides=(), preset=None):
             raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        outputs = parse_output_tables(table.pop("output", []), str(path))
         values.update(_flatten(table, str(path)))
+    else:
+        outputs = []
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
-    cfg = Config(values)
+    cfg = Config(values, outputs)
     cfg.validate_relations()
     return cfg
+
+
+# --- delivery: [[output]] tables (issue 10) --------------------------------------------
+OUTPUT_TABLES_DOC = """\
+Each `[[output]]` table is one destination; several may be given, all receive every
+alert. `url = "udp://HOST:514"`, `"tcp://HOST:514"` or `"tls://HOST:6514"` (an IPv6
+host in brackets: `"tcp://[2001:db8::5]:514"`), or `jsonl = "PATH"` (`"-"`: standard
+output). Options go in the URL's query (`?format=cef&framing=lf`) or as keys of the
+table (not both for one option):
+
+| key | values | default |
+|---|---|---|
+| `format` | `rfc5424`, `rfc3164`, `cef`, `leef`, `ecs`, `json` | `rfc5424` |
+| `framing` | TCP/TLS: `octet` (RFC 6587 octet counting), `lf` | `octet` |
+| `facility` | `0`-`23` or a name (`audit`, `local0`, ...) | the format's (13, log audit) |
+| `app_name` | RFC 5424 APP-NAME | `scan-sensor` |
+| `rate` | messages per minute of packet time, then one `alert_rate_limited` summary (with `output` = this output's name); 0 = no limit | `0` |
+| `max_bytes` | UDP: largest datagram | `delivery.udp_max_bytes` |
+| `name` | name in stats and of the spool directory | from the URL |
+| `ca` | TLS: CA file (PEM) the collector's certificate must chain to | system CAs |
+| `cert`, `key` | TLS: client certificate and key (PEM) | none |
+| `verify` | TLS: `yes`/`no`: check the collector's host name (`no` still checks the chain) | `yes` |
+
+On the command line, `--syslog URL` (repeatable) and `--jsonl PATH` replace the file's
+`[[output]]` list. Without any output, alerts go to standard output as JSON lines.
+
+```toml
+[[output]]
+url = "tls://siem.example.net:6514?format=cef"
+ca = "/etc/scan-sensor/ca.pem"
+
+[[output]]
+jsonl = "/var/log/scan-sensor/alerts.jsonl"
+```
+"""
+
+
+def parse_output_tables(tables, origin):
+    """``[[output]]`` tables -> OutputSpecs; errors name ``output[N].key`` (1-based)."""
+    from sensor.output.spec import SpecError, spec_from_table
+    if not isinstance(tables, list):
+        raise ConfigError(f"{origin}: `output` must be a list of tables: write [[output]]")
+    specs = []
+    for i, table in enumerate(tables, 1):
+        try:
+            specs.append(spec_from_table(table))
+        except SpecError as exc:
+            raise ConfigError(f"{origin}: `output[{i}].{exc.part}`: {exc}") from None
+    names = [s.name for s in specs]
+    for i, name in enumerate(names, 1):
+        if names.index(name) != i - 1:
+            raise ConfigError(f"{origin}: `output[{i}].name`: {name!r} is also output "
+                              f"[{names.index(name) + 1}]; give one a different name")
+    return specs
+# --- end of delivery --------------------------------------------------------------------
 
 
 def _toml_value(value):
@@ -425,6 +538,7 @@ def config_reference_markdown():
                 rng = f"{s.min if s.min is not None else ''} .. {s.max if s.max is not None else ''}"
             out.append(f"| `{s.key}` | `{_toml_value(s.default)}` | {rng} | {s.help} |")
         out.append("")
+    out += ["## [[output]]", "", OUTPUT_TABLES_DOC]
     return "\n".join(out)
 
 

@@ -9,7 +9,7 @@ from sensor.capture.files import CaptureError, CaptureFile
 from sensor.config import load_config
 from sensor.presets import PRESETS
 from sensor.engine import Engine
-from sensor.output.jsonl import JsonlSink
+from sensor.output.delivery import open_outputs, summary_lines
 from sensor.output.summary import render_summary
 
 PROGRESS_MIN_BYTES = 32 << 20
@@ -18,9 +18,12 @@ PROGRESS_MIN_BYTES = 32 << 20
 def register(sub):
     p = sub.add_parser(
         "replay", help="detect scans in pcap/pcapng files (gzip ok, - for stdin)",
-        description="Read capture files in order as one stream of packet time and write "
-                    "alerts as JSON lines. Damaged files are reported (with the byte offset) "
-                    "and the rest is still read.")
+        description="Read capture files in order as one stream of packet time and send "
+                    "the alerts to the outputs (--syslog, --jsonl, [[output]]; JSON lines "
+                    "on stdout when none is given). Damaged files are reported (with the "
+                    "byte offset) and the rest is still read. At the end the outputs get "
+                    "delivery.drain_timeout_s to deliver; exit status 1 if anything was "
+                    "not delivered.")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="pcap or pcapng file, optionally gzip-compressed; - reads standard input")
     p.add_argument("-c", "--config", metavar="CONFIG.toml", help="TOML config file")
@@ -30,8 +33,18 @@ def register(sub):
                    help="override one setting, e.g. --set port_scan.threshold=20 (repeatable)")
     p.add_argument("--workers", type=int, choices=(1, 2), metavar="N",
                    help="kernel threads, 1 or 2 (same as --set sensor.workers=N)")
-    p.add_argument("--jsonl", metavar="PATH|-", default="-",
-                   help="write alerts as JSON lines to PATH (appended) or - for stdout (default)")
+    p.add_argument("--jsonl", metavar="PATH|-",
+                   help="write alerts as JSON lines to PATH (appended) or - for stdout "
+                        "(the default when no other output is given)")
+    p.add_argument("--syslog", action="append", default=[], metavar="URL",
+                   help="send alerts to a syslog collector: udp://HOST:514, tcp://HOST:514, "
+                        "tls://HOST:6514, with ?format=rfc5424|rfc3164|cef|leef|ecs|json and "
+                        "more options (CONFIG.md, [[output]]); repeatable")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep the TCP/TLS spool in DIR/spool: what is not delivered by the "
+                        "end is kept and sent first by the next run (same as --set "
+                        "sensor.state_dir=DIR; default: a temporary spool, lost at exit "
+                        "and counted)")
     p.add_argument("--stats-json", metavar="PATH",
                    help="write decode and detector counters as JSON to PATH")
     p.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
@@ -60,31 +73,33 @@ def _progress_bar(files, enabled):
 
 
 def run(args):
-    from sensor.cli import EXIT_OK, EXIT_RUNTIME, SensorError
+    from sensor.cli import EXIT_OK, EXIT_RUNTIME
 
     overrides = list(args.set)
     if args.workers is not None:
         overrides.append(f"sensor.workers={args.workers}")
+    if args.state_dir is not None:
+        overrides.append("sensor.state_dir=" + json.dumps(args.state_dir))
     cfg = load_config(args.config, overrides, args.preset)
     from kernels.jit import COLD_CACHE
     if COLD_CACHE and sys.stderr.isatty():
         print("scan-sensor: first run: compiling the packet kernels (about 30 s, once)",
               file=sys.stderr)
-    engine = Engine(cfg)
-    engine.warm_up()
+    outputs = open_outputs(cfg, args.syslog, args.jsonl, log=_warn)
     try:
-        sink = JsonlSink(args.jsonl)
-    except OSError as exc:
-        raise SensorError(str(exc)) from None
+        engine = Engine(cfg)
+        engine.warm_up()
+    except BaseException:
+        outputs.close(0)
+        raise
     bar = _progress_bar(args.files, args.progress)
     all_alerts = []
     failed = False
     started = time.perf_counter()
 
     def emit(alerts):
-        for alert in alerts:
-            sink.write(alert)
-            all_alerts.append(alert)
+        outputs.submit(alerts)
+        all_alerts.extend(alerts)
 
     try:
         for path in args.files:
@@ -123,18 +138,51 @@ def run(args):
         emit(engine.finish())
     except BrokenPipeError:
         # the reader of stdout went away (e.g. `| head`): nothing more can be delivered
+        outputs.close(0)
         sys.stderr.close()
         return EXIT_RUNTIME
+    except BaseException:
+        outputs.close(0)
+        raise
     finally:
         if bar is not None:
             bar.close()
-        sink.close()
+    left = outputs.close(cfg["delivery.drain_timeout_s"])
     seconds = time.perf_counter() - started
     stats = engine.stats()
+    delivery = outputs.stats()
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as fh:
-            json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats}, fh, indent=2)
+            json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats,
+                       "outputs": delivery}, fh, indent=2)
     show_summary = args.summary if args.summary is not None else sys.stderr.isatty()
     if show_summary:
         print(render_summary(all_alerts, stats, len(args.files), seconds), file=sys.stderr)
+        for line in summary_lines(delivery):
+            print(line, file=sys.stderr)
+    if report_undelivered(left, delivery, cfg["sensor.state_dir"] or None):
+        failed = True
     return EXIT_RUNTIME if failed else EXIT_OK
+
+
+def _warn(text):
+    print(f"scan-sensor: warning: {text}", file=sys.stderr, flush=True)
+
+
+def report_undelivered(left, delivery, state_dir):
+    """One line per output that did not deliver everything; True if any did not."""
+    bad = False
+    for name, c in delivery.items():
+        n = left.get(name, 0)
+        if n:
+            where = (f"kept in {state_dir}/spool/{name}, sent first by the next run"
+                     if state_dir and c.get("spool_bytes") is not None
+                     else "lost: no --state-dir to keep them in")
+            print(f"scan-sensor: error: output {name}: {n:,} message(s) not delivered "
+                  f"({where})", file=sys.stderr)
+            bad = True
+        if c["dropped"]:
+            print(f"scan-sensor: error: output {name}: {c['dropped']:,} message(s) dropped "
+                  "(queue or spool full, send errors: see warnings)", file=sys.stderr)
+            bad = True
+    return bad
