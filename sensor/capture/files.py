@@ -105,7 +105,7 @@ class CaptureFile:
     Attributes set while reading: ``size_bytes`` (None for streams),
     ``bytes_done`` (progress), ``warnings`` (CaptureWarning list),
     ``format`` ("pcap" / "pcapng"), ``compressed``, ``mapped`` (the file is
-    read through a memory map), ``skipped_bytes`` (passed over to
+    read through a memory map), ``carried_bytes``, ``skipped_bytes`` (passed over to
     resynchronise after corrupt records), ``bad_records``.
 
     ``use_mmap=False`` reads a regular file through the chunked stream path
@@ -128,12 +128,18 @@ class CaptureFile:
         self.bad_records = 0
         self._raw = None
         self._window = None
+        self._carried_bytes = 0
         self._generators = weakref.WeakSet()
         self._open()
 
     @property
     def mapped(self):
         return self._window is not None and self._window.mapped
+
+    @property
+    def carried_bytes(self):
+        """Bytes moved within the read buffer so far (kept tails, growth): linear in the input."""
+        return self._carried_bytes + (self._window.moved_bytes if self._window else 0)
 
     # --- opening -----------------------------------------------------------
     def _open(self):
@@ -169,6 +175,7 @@ class CaptureFile:
         for gen in list(self._generators):
             gen.close()
         if self._window is not None:
+            self._carried_bytes += self._window.moved_bytes
             self._window.close()
             self._window = None
         if self._raw is not None and self.path != "-":

@@ -86,6 +86,7 @@ class ByteWindow:
         self.base = 0
         self.eof = False
         self.lease_broken = False
+        self.moved_bytes = 0            # bytes carried to the front or into a grown buffer
         self.mapped = False
         self._map = None
         self._leased = False
@@ -139,8 +140,10 @@ class ByteWindow:
             grown = np.empty(max(2 * cap, want + self.chunk_bytes), dtype=np.uint8)
             grown[:keep] = self.buf[pos:self.fill]
             self.buf = grown
-        elif pos:
+            self.moved_bytes += keep
+        elif pos and keep:
             self.buf[:keep] = self.buf[pos:self.fill]
+            self.moved_bytes += keep
         self.base += pos
         self.fill = keep
         cap = self.buf.shape[0]
