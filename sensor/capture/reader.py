@@ -17,7 +17,7 @@ import struct
 from kernels.batch import S_BAD_RECORD, S_LINKTYPE, S_TRUNC_RECORD
 from kernels.walk_pcap import WALK_BAD, WALK_NEED_MORE, last_record_sec, walk_pcap
 from kernels.walk_pcapng import (
-    BT_SHB, SEC_IDBS, SEC_LT_FIRST, SEC_LT_OTHERS, SEC_NO_IFACE, SEC_ORDER,
+    BT_SHB, MAX_BLOCK_BYTES, SEC_IDBS, SEC_LT_FIRST, SEC_LT_OTHERS, SEC_NO_IFACE, SEC_ORDER,
     SEC_TS_OVERFLOW, PcapngState, walk_pcapng,
 )
 from sensor.capture.files import MAX_DAMAGE_REPORTS, CaptureError, CaptureWarning
@@ -37,6 +37,7 @@ class _Reader:
         self.header = None
         self.ng = PcapngState()
         self.ref_sec = -1                 # seconds of the last pcap record walked
+        self.last_run = None              # (start, end) in buf of the last walker call that moved
         self.linktype_before = int(stats[S_LINKTYPE])
 
     # --- reading ---------------------------------------------------------------
@@ -62,7 +63,37 @@ class _Reader:
             swap = self.ng.section[SEC_ORDER] == 1
         return max(12, struct.unpack(">I" if swap else "<I", bytes(buf[pos + 4:pos + 8]))[0])
 
+    def _settle_ref_sec(self):
+        """Bring ``ref_sec`` up to date from the last walker run, before its bytes
+        are dropped or a resync needs it (not per batch: it re-walks headers)."""
+        if self.header is not None and self.last_run is not None:
+            start, end = self.last_run
+            self.ref_sec = int(last_record_sec(self.w.buf, start, end, self.header[0]))
+        self.last_run = None
+
     # --- damage ----------------------------------------------------------------
+    def _why(self, pos):
+        """What is wrong with the record the walker called corrupt at ``pos``."""
+        if self.header is not None:
+            return "captured length above 262144"
+        buf = bytes(self.w.buf[pos:pos + 12])
+        if struct.unpack("<I", buf[:4])[0] == BT_SHB:
+            if buf[8:12] not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                return "section header with an unknown byte-order magic"
+            order = "<" if buf[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+        elif self.ng.section[SEC_ORDER] < 0:
+            return "a block before any section header"
+        else:
+            order = ">" if self.ng.section[SEC_ORDER] == 1 else "<"
+        blen = struct.unpack(order + "I", buf[4:8])[0]
+        if blen < 12 or blen % 4 or blen > MAX_BLOCK_BYTES:
+            return f"block length {blen}"
+        if self.w.fill - pos >= blen:
+            tail = struct.unpack(order + "I", bytes(self.w.buf[pos + blen - 4:pos + blen]))[0]
+            if tail != blen:
+                return f"block length {blen}, its trailing copy {tail}"
+        return "its contents do not fit its length"
+
     def _report_damage(self, message, skipped=0, stopped=False):
         cf = self.cf
         cf.bad_records += 1
@@ -76,6 +107,7 @@ class _Reader:
         """Find the next plausible record after the corrupt one at ``bad``;
         return its position, or raise _Stop when there is none."""
         w, cf = self.w, self.cf
+        self._settle_ref_sec()
         bad_at = w.base + bad
         q = bad + 1
         while True:
@@ -90,7 +122,7 @@ class _Reader:
                 at = w.base + found
                 self._report_damage(
                     f"corrupt record header at {cf._where(bad_at)} ({why}); skipped "
-                    f"{at - bad_at} bytes to the next plausible record, at byte offset {at}; "
+                    f"{at - bad_at} bytes to the next plausible record, at {cf._where(at)}; "
                     f"the rest of the file was decoded", skipped=at - bad_at)
                 return found
             if w.eof:
@@ -123,6 +155,7 @@ class _Reader:
                 return None
         if pos == w.fill:
             return None
+        self._settle_ref_sec()
         if self.header is not None:
             found, _, _ = find_pcap_record(w.buf, pos + 1, w.fill, True, self.header[0],
                                            self.header[1], self.ref_sec)
@@ -134,7 +167,8 @@ class _Reader:
             self._report_damage(
                 f"corrupt record header at {cf._where(at)} (its length runs past the end of "
                 f"the file); skipped {found - pos} bytes to the next plausible record, at byte "
-                f"offset {w.base + found}; the rest of the file was decoded", skipped=found - pos)
+                f"offset {w.base + found}{' of the decompressed data' if cf.compressed else ''}; "
+                f"the rest of the file was decoded", skipped=found - pos)
             return found
         if self.header is None and self.ng.section[SEC_ORDER] < 0:
             raise CaptureError(f"{cf.name}: pcapng file cut short inside its first section "
@@ -191,6 +225,8 @@ class _Reader:
         pos = 24 if header is not None else 0
         try:
             while True:
+                if w.mapped and w.lease_broken:
+                    self._settle_ref_sec()       # the map is left for a read buffer
                 pos = w.check_lease(pos)
                 buf, fill, start = w.buf, w.fill, pos
                 if header is not None:
@@ -198,7 +234,7 @@ class _Reader:
                     pos, rows, status = walk_pcap(buf, pos, fill, big, nano, linktype, cols, 0,
                                                   stats)
                     if pos > start:
-                        self.ref_sec = int(last_record_sec(buf, start, pos, big))
+                        self.last_run = (start, pos)
                 else:
                     pos, rows, status = walk_pcapng(buf, pos, fill, self.ng.arrays, cols, 0,
                                                     stats)
@@ -211,14 +247,14 @@ class _Reader:
                     batch.n = 0
                     cols = batch.columns
                 if status == WALK_BAD:
-                    pos = self._resync(pos, "length or type out of range" if header is None
-                                       else "captured length above 262144")
+                    pos = self._resync(pos, self._why(pos))
                 elif status == WALK_NEED_MORE or pos == w.fill:
                     if w.eof:
                         pos = self._at_end(pos)
                         if pos is None:
                             break
                     else:
+                        self._settle_ref_sec()
                         pos = self._more(pos, self._need(pos))
         except _Stop:
             pass
