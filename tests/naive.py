@@ -402,6 +402,19 @@ def pcapng_resync(data, start, order):
     return None
 
 
+def last_record_sec(data, start, stop, little):
+    """Reference of kernels.walk_pcap.last_record_sec: the seconds field of the
+    last record of the run of records from ``start`` that begins before ``stop``."""
+    order = "<" if little else ">"
+    sec, pos = -1, start
+    while stop - pos >= 16:
+        sec, _frac, caplen, _wire = struct.unpack(order + "IIII", data[pos:pos + 16])
+        if caplen > PCAP_MAX_RECORD:
+            break
+        pos += 16 + caplen
+    return sec
+
+
 def walk_pcap(data):
     if len(data) < 24:
         raise NotACapture("pcap file header cut short")

@@ -7,9 +7,12 @@ import gzip
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 import pytest
 
@@ -171,6 +174,28 @@ def test_truncating_a_file_open_for_writing_during_replay(tmp_path, big_capture)
             proc.wait()
     finally:
         writer.close()
+
+
+def test_last_record_sec_matches_reference():
+    """The resync time reference (kernels/walk_pcap.last_record_sec) against naive.py."""
+    import naive
+    from hypothesis import given, settings, strategies as st
+    from kernels.walk_pcap import last_record_sec
+
+    record = st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=40),
+                       st.sampled_from([None, 262145, 2**32 - 1]))
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @given(records=st.lists(record, max_size=8), big=st.booleans(), cut=st.integers(0, 400))
+    def check(records, big, cut):
+        e = ">" if big else "<"
+        data = b"".join(struct.pack(e + "IIII", sec, 0, len(f) if bad is None else bad, len(f)) + f
+                        for sec, f, bad in records)
+        stop = min(cut, len(data))
+        buf = np.frombuffer(data + b"\0" * 4, dtype=np.uint8)
+        assert int(last_record_sec(buf, 0, stop, big)) == naive.last_record_sec(data, 0, stop, not big)
+
+    check()
 
 
 # ------------------------------------------------- item 12: pcapng silent drops
