@@ -11,6 +11,10 @@ Returns (pos, rows, status):
   WALK_BAD       the record header at ``pos`` is corrupt (captured length
                  above ``MAX_RECORD_BYTES``); decoding this file stops
 
+``last_record_sec`` walks record headers only (no decode) and gives the
+seconds field of the last record of a run: the time reference for
+resynchronising after a corrupt record (``sensor/capture/resync.py``).
+
 Memory: none beyond the batch and stats it is given.
 """
 import numpy as np
@@ -80,3 +84,18 @@ def walk_pcap(buf, pos, end, swap, nanosecond, linktype, cols, row, stats):
             row += 1
         pos += 16 + caplen
     return pos, row, WALK_OK
+
+
+@kernel
+def last_record_sec(buf, start, stop, swap):
+    """Seconds field of the last record starting in ``buf[start:stop]``, where
+    records follow each other from ``start`` (a record boundary); -1 if none."""
+    sec = np.int64(-1)
+    pos = start
+    while stop - pos >= 16:
+        sec = u32_at(buf, pos, swap)
+        caplen = u32_at(buf, pos + 8, swap)
+        if caplen > MAX_RECORD_BYTES:
+            break
+        pos += 16 + caplen
+    return sec

@@ -7,7 +7,13 @@ are counted (``other_blocks``) and skipped.
 
 Walker state lives in arrays the caller owns, so a stream can be fed in
 chunks: ``section`` = [byte_order (-1 none yet, 0 little, 1 big),
-interface count, last timestamp ns]; per interface: link type, time units per
+interface count, last timestamp ns, packets naming an interface with no
+Interface Description in their section, packets whose time does not fit
+int64 ns (years 1677-2262; their ``ts_ns`` wraps as the reference's
+``to_int64`` does), the first link type whose packets were not decoded (-1
+none), whether packets of another such link type followed (0/1), Interface
+Description Blocks read in all sections]; the
+caller reports all but the first three. Per interface: link type, time units per
 second, whether units are a power of two (and its exponent), offset seconds.
 
 Returns (pos, rows, status) with the same statuses as ``walk_pcap``; WALK_BAD
@@ -45,13 +51,21 @@ BT_EPB = 6
 SEC_ORDER = 0
 SEC_NIF = 1
 SEC_LAST_TS = 2
+SEC_NO_IFACE = 3
+SEC_TS_OVERFLOW = 4
+SEC_LT_FIRST = 5
+SEC_LT_OTHERS = 6
+SEC_IDBS = 7
+
+# packet times are int64 ns: whole seconds must stay within +-(2**63 - 1) // 10**9
+MAX_TS_S = 9_223_372_035
 
 
 class PcapngState:
     """Per-stream walker state (arrays handed to the kernel)."""
 
     def __init__(self):
-        self.section = np.array([-1, 0, 0], dtype=np.int64)
+        self.section = np.array([-1, 0, 0, 0, 0, -1, 0, 0], dtype=np.int64)
         self.if_linktype = np.zeros(MAX_INTERFACES, dtype=np.int64)
         self.if_snaplen = np.zeros(MAX_INTERFACES, dtype=np.int64)
         self.if_units = np.zeros(MAX_INTERFACES, dtype=np.int64)
@@ -84,6 +98,17 @@ def ticks_to_ns(ts_hi, ts_lo, units, pow2):
     a = (frac >> 30) * 1_000_000_000
     b = (frac & ((1 << 30) - 1)) * 1_000_000_000
     return sec * 1_000_000_000 + ((a + (b >> 30)) >> (pow2 - 30))
+
+
+@inline
+def ts_overflows(ts_hi, ts_lo, units, offset_s):
+    """True when ticks / units + offset_s seconds is outside int64 ns."""
+    ticks = (np.uint64(ts_hi) << np.uint64(32)) | np.uint64(ts_lo)
+    sec_u = ticks // np.uint64(units)
+    if sec_u > np.uint64(MAX_TS_S) or offset_s > MAX_TS_S or offset_s < -MAX_TS_S:
+        return True
+    total = np.int64(sec_u) + offset_s
+    return total > MAX_TS_S or total < -MAX_TS_S
 
 
 @inline
@@ -163,6 +188,7 @@ def walk_pcapng(buf, pos, end, state, cols, row, stats):
             if blen < 20:
                 return pos, row, WALK_BAD
             read_idb(buf, pos, blen, swap, state)
+            section[SEC_IDBS] += 1
         elif btype == BT_EPB or btype == BT_PB or btype == BT_SPB:
             if btype == BT_SPB:
                 if blen < 16:
@@ -192,15 +218,24 @@ def walk_pcapng(buf, pos, end, state, cols, row, stats):
                 if iface < section[SEC_NIF] and iface < MAX_INTERFACES:
                     ts_ns = (ticks_to_ns(ts_hi, ts_lo, if_units[iface], if_pow2[iface])
                              + if_offset_s[iface] * 1_000_000_000)
+                    if ts_overflows(ts_hi, ts_lo, if_units[iface], if_offset_s[iface]):
+                        section[SEC_TS_OVERFLOW] += 1
                 section[SEC_LAST_TS] = ts_ns
             stats[S_RECORDS] += 1
             if iface >= section[SEC_NIF] or iface >= MAX_INTERFACES:
                 stats[S_LINKTYPE] += 1
+                section[SEC_NO_IFACE] += 1
             else:
                 (skip, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, tcp_flags,
                  icmp_type, icmp_code, pkt_flags, inner_proto, i_src_hi, i_src_lo, i_dst_hi,
                  i_dst_lo, i_sport, i_dport, vlan) = parse_frame(buf, data, caplen,
                                                                  if_linktype[iface])
+                if skip == S_LINKTYPE:
+                    lt = if_linktype[iface]
+                    if section[SEC_LT_FIRST] < 0:
+                        section[SEC_LT_FIRST] = lt
+                    elif lt != section[SEC_LT_FIRST]:
+                        section[SEC_LT_OTHERS] = 1
                 if skip != 0:
                     stats[skip] += 1
                 else:

@@ -327,8 +327,9 @@ def decode_frame(frame, linktype, ts_ns, wire_len):
 #
 # A walker yields ("frame", linktype, ts_ns, wire_len, bytes) for every packet
 # record, ("unsupported_linktype",) for a packet on an unknown interface,
-# ("other_blocks",) and finally ("bad_record",) or ("truncated_record",) when
-# the file is damaged. Everything before the damage is kept.
+# ("other_blocks",), ("bad_record",) for each corrupt record (the walk goes on
+# at the next plausible record, or ends when there is none) and finally
+# ("truncated_record",) when the file ends inside a record.
 
 PCAP_MAX_RECORD = 262144          # libpcap's MAXIMUM_SNAPLEN
 PCAPNG_MAX_BLOCK = 16 * 1024 * 1024
@@ -341,27 +342,110 @@ PCAP_MAGICS = {                   # magic read big-endian -> (little-endian file
 PCAPNG_SHB = 0x0A0D0D0A
 
 
+# Resynchronising after a corrupt record (sensor/capture/resync.py): the first
+# later offset where a record plausibly starts; the walk goes on from there.
+RESYNC_WINDOW_S = 86400
+PCAPNG_KNOWN_BLOCKS = {PCAPNG_SHB, 1, 2, 3, 4, 5, 6, 9, 10, 0xBAD, 0x40000BAD}
+
+
+def pcap_plausible(data, p, order, nano, ref_sec):
+    """(sec, caplen) of a believable record header at ``p``, else None."""
+    if len(data) - p < 16:
+        return None
+    sec, frac, caplen, wire_len = struct.unpack(order + "IIII", data[p:p + 16])
+    if not 0 < caplen <= wire_len <= PCAP_MAX_RECORD:
+        return None
+    if frac >= (10**9 if nano else 10**6):
+        return None
+    if ref_sec >= 0 and abs(sec - ref_sec) > RESYNC_WINDOW_S:
+        return None
+    return sec, caplen
+
+
+def pcap_resync(data, start, order, nano, ref_sec):
+    """A plausible header whose frame fits and which is followed by another
+    plausible header."""
+    for q in range(start, len(data)):
+        head = pcap_plausible(data, q, order, nano, ref_sec)
+        if head is None:
+            continue
+        sec, caplen = head
+        after = q + 16 + caplen
+        if pcap_plausible(data, after, order, nano, sec):
+            return q
+    return None
+
+
+def pcapng_resync(data, start, order):
+    """A block of a known type (before any section: a Section Header) whose
+    length is sane, inside the data, and repeated at its end."""
+    for q in range(start, len(data) - 11):
+        if struct.unpack("<I", data[q:q + 4])[0] == PCAPNG_SHB:
+            bom = data[q + 8:q + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                block_order = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                block_order = ">"
+            else:
+                continue
+        elif order is None:
+            continue
+        else:
+            block_order = order
+            if struct.unpack(order + "I", data[q:q + 4])[0] not in PCAPNG_KNOWN_BLOCKS:
+                continue
+        blen = struct.unpack(block_order + "I", data[q + 4:q + 8])[0]
+        if blen < 12 or blen % 4 or blen > PCAPNG_MAX_BLOCK or q + blen > len(data):
+            continue
+        if struct.unpack(block_order + "I", data[q + blen - 4:q + blen])[0] == blen:
+            return q
+    return None
+
+
+def last_record_sec(data, start, stop, little):
+    """Reference of kernels.walk_pcap.last_record_sec: the seconds field of the
+    last record of the run of records from ``start`` that begins before ``stop``."""
+    order = "<" if little else ">"
+    sec, pos = -1, start
+    while stop - pos >= 16:
+        sec, _frac, caplen, _wire = struct.unpack(order + "IIII", data[pos:pos + 16])
+        if caplen > PCAP_MAX_RECORD:
+            break
+        pos += 16 + caplen
+    return sec
+
+
 def walk_pcap(data):
     if len(data) < 24:
         raise NotACapture("pcap file header cut short")
     little, nano = PCAP_MAGICS[header(dpkt.pcap.FileHdr, data).magic]
     file_hdr = header(dpkt.pcap.LEFileHdr if little else dpkt.pcap.FileHdr, data)
     rec_cls = dpkt.pcap.LEPktHdr if little else dpkt.pcap.PktHdr
+    order = "<" if little else ">"
     linktype = file_hdr.linktype & 0xFFFF        # upper bits: FCS length flags
     pos = 24
+    ref_sec = -1                                  # seconds of the last record walked
     while pos < len(data):
-        if len(data) - pos < 16:
-            yield ("truncated_record",)
-            return
-        rec = header(rec_cls, data[pos:])
+        rec = header(rec_cls, data[pos:]) if len(data) - pos >= 16 else None
+        if rec is None or (rec.caplen <= PCAP_MAX_RECORD and len(data) - pos - 16 < rec.caplen):
+            # runs past the end: cut off while written, unless a record follows
+            q = pcap_resync(data, pos + 1, order, nano, ref_sec)
+            if q is None:
+                yield ("truncated_record",)
+                return
+            yield ("bad_record",)
+            pos = q
+            continue
         if rec.caplen > PCAP_MAX_RECORD:
             yield ("bad_record",)
-            return
-        if len(data) - pos - 16 < rec.caplen:
-            yield ("truncated_record",)
-            return
+            q = pcap_resync(data, pos + 1, order, nano, ref_sec)
+            if q is None:
+                return
+            pos = q
+            continue
         ts_ns = rec.tv_sec * 10**9 + rec.tv_usec * (1 if nano else 1000)
         yield ("frame", linktype, ts_ns, rec.len, data[pos + 16:pos + 16 + rec.caplen])
+        ref_sec = rec.tv_sec
         pos += 16 + rec.caplen
 
 
@@ -409,75 +493,94 @@ def walk_pcapng(data, max_interfaces=1024):
     last_ts = 0             # for Simple Packet Blocks, which carry no time
     pos = 0
     while pos < len(data):
-        if len(data) - pos < 12:
+        event, pos_next, state = _pcapng_block(data, pos, order, interfaces, last_ts,
+                                               max_interfaces)
+        if event == "bad":
+            yield ("bad_record",)
+            q = pcapng_resync(data, pos + 1, order)
+            if q is None:
+                return
+            pos = q
+            continue
+        if event == "short":
+            q = pcapng_resync(data, pos + 1, order)
+            if q is not None:
+                yield ("bad_record",)
+                pos = q
+                continue
+            if order is None:
+                raise NotACapture("pcapng file cut short inside its first section header")
             yield ("truncated_record",)
             return
-        if struct.unpack("<I", data[pos:pos + 4])[0] == PCAPNG_SHB:   # same in both orders
-            bom = data[pos + 8:pos + 12]
-            if bom == b"\x4d\x3c\x2b\x1a":
-                block_order = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                block_order = ">"
-            else:
-                yield ("bad_record",)
-                return
-            btype = PCAPNG_SHB
-        elif order is None:
-            yield ("bad_record",)
-            return
+        order, interfaces, last_ts = state
+        if event is not None:
+            yield event
+        pos = pos_next
+
+
+def _pcapng_block(data, pos, order, interfaces, last_ts, max_interfaces):
+    """One block at ``pos`` -> (event or "bad"/"short"/None, next pos, (order, interfaces, last_ts))."""
+    state = (order, interfaces, last_ts)
+    if len(data) - pos < 12:
+        return "short", pos, state
+    if struct.unpack("<I", data[pos:pos + 4])[0] == PCAPNG_SHB:   # same in both orders
+        bom = data[pos + 8:pos + 12]
+        if bom == b"\x4d\x3c\x2b\x1a":
+            block_order = "<"
+        elif bom == b"\x1a\x2b\x3c\x4d":
+            block_order = ">"
         else:
-            block_order = order
-            btype = struct.unpack(order + "I", data[pos:pos + 4])[0]
-        blen = struct.unpack(block_order + "I", data[pos + 4:pos + 8])[0]
-        if blen < 12 or blen % 4 or blen > PCAPNG_MAX_BLOCK:
-            yield ("bad_record",)
-            return
-        if len(data) - pos < blen:
-            yield ("truncated_record",)
-            return
-        block = data[pos:pos + blen]
-        if struct.unpack(block_order + "I", block[-4:])[0] != blen:
-            yield ("bad_record",)
-            return
-        if btype == PCAPNG_SHB:
-            order, interfaces = block_order, []
-        elif btype == 1:                                   # Interface Description
-            if blen < 20:
-                yield ("bad_record",)
-                return
-            interfaces.append(read_idb(block, order))
-        elif btype in (2, 6):                              # obsolete Packet, Enhanced Packet
-            if blen < 32:
-                yield ("bad_record",)
-                return
-            if btype == 6:
-                if_id, ts_hi, ts_lo, caplen, wire_len = struct.unpack(order + "5I", block[8:28])
-            else:
-                if_id, _drops, ts_hi, ts_lo, caplen, wire_len = struct.unpack(order + "HH4I", block[8:28])
-            if caplen > blen - 32:
-                yield ("bad_record",)
-                return
-            known = if_id < min(len(interfaces), max_interfaces)
-            last_ts = interfaces[if_id].ts_ns((ts_hi << 32) | ts_lo) if known else 0
-            if known:
-                yield ("frame", interfaces[if_id].linktype, last_ts, wire_len, block[28:28 + caplen])
-            else:
-                yield ("unsupported_linktype",)
-        elif btype == 3:                                   # Simple Packet
-            if blen < 16:
-                yield ("bad_record",)
-                return
-            wire_len = struct.unpack(order + "I", block[8:12])[0]
-            if interfaces:
-                caplen = min(wire_len, blen - 16)
-                if interfaces[0].snaplen:
-                    caplen = min(caplen, interfaces[0].snaplen)
-                yield ("frame", interfaces[0].linktype, last_ts, wire_len, block[12:12 + caplen])
-            else:
-                yield ("unsupported_linktype",)
+            return "bad", pos, state
+        btype = PCAPNG_SHB
+    elif order is None:
+        return "bad", pos, state
+    else:
+        block_order = order
+        btype = struct.unpack(order + "I", data[pos:pos + 4])[0]
+    blen = struct.unpack(block_order + "I", data[pos + 4:pos + 8])[0]
+    if blen < 12 or blen % 4 or blen > PCAPNG_MAX_BLOCK:
+        return "bad", pos, state
+    if len(data) - pos < blen:
+        return "short", pos, state
+    block = data[pos:pos + blen]
+    if struct.unpack(block_order + "I", block[-4:])[0] != blen:
+        return "bad", pos, state
+    event = None
+    if btype == PCAPNG_SHB:
+        order, interfaces = block_order, []
+    elif btype == 1:                                   # Interface Description
+        if blen < 20:
+            return "bad", pos, state
+        interfaces = interfaces + [read_idb(block, order)]
+    elif btype in (2, 6):                              # obsolete Packet, Enhanced Packet
+        if blen < 32:
+            return "bad", pos, state
+        if btype == 6:
+            if_id, ts_hi, ts_lo, caplen, wire_len = struct.unpack(order + "5I", block[8:28])
         else:
-            yield ("other_blocks",)
-        pos += blen
+            if_id, _drops, ts_hi, ts_lo, caplen, wire_len = struct.unpack(order + "HH4I", block[8:28])
+        if caplen > blen - 32:
+            return "bad", pos, state
+        known = if_id < min(len(interfaces), max_interfaces)
+        last_ts = interfaces[if_id].ts_ns((ts_hi << 32) | ts_lo) if known else 0
+        if known:
+            event = ("frame", interfaces[if_id].linktype, last_ts, wire_len, block[28:28 + caplen])
+        else:
+            event = ("unsupported_linktype",)
+    elif btype == 3:                                   # Simple Packet
+        if blen < 16:
+            return "bad", pos, state
+        wire_len = struct.unpack(order + "I", block[8:12])[0]
+        if interfaces:
+            caplen = min(wire_len, blen - 16)
+            if interfaces[0].snaplen:
+                caplen = min(caplen, interfaces[0].snaplen)
+            event = ("frame", interfaces[0].linktype, last_ts, wire_len, block[12:12 + caplen])
+        else:
+            event = ("unsupported_linktype",)
+    else:
+        event = ("other_blocks",)
+    return event, pos + blen, (order, interfaces, last_ts)
 
 
 def gunzip(data):

@@ -59,7 +59,7 @@ def test_shipped_capture_matches_reference(path, references):
         return
     got = kernel_decode(path)
     assert_same_decode(got, want, f"{path.name}: kernel vs reference")
-    if path.parent.name != "edge":
+    if path.parent.name not in ("edge", "hostile"):
         assert got.stats["records"] > 0, f"{path.name} holds no packets"
         assert got.stats["decoded"] > 0, f"{path.name}: nothing decoded: {got.stats}"
 

@@ -1,17 +1,26 @@
 """Capture files as batches: classic pcap, pcapng, gzip of either, or standard input.
 
-A regular file is memory-mapped and handed to the walker kernel whole (no
-copy). Gzip files, standard input and other non-regular paths (FIFOs,
-``<(...)`` process substitution), and any file opened with
-``use_mmap=False``, are read in chunks of at most ``chunk_bytes`` into a
-rolling buffer (a chunk is whatever is available, so a live pipe is decoded
-as packets arrive); the walker reports how far it got and the unread tail is
-carried into the next chunk, so a record split across chunks is never lost.
+Bytes come from a ``ByteWindow`` (``sensor/capture/source.py``): a regular
+file is memory-mapped whole under a read lease (zero-copy; a truncation
+waits until we have switched to reading, so a shrinking file never faults),
+everything else (gzip, standard input, FIFOs, ``<(...)``, a file that cannot
+be leased, ``use_mmap=False``) is read in chunks of at most ``chunk_bytes``
+into a rolling buffer; a chunk is whatever is available, so a live pipe is
+decoded as packets arrive. The walker reports how far it got and how much the
+next record needs; the tail is kept, so a record split across chunks is never
+lost and never copied more than once per growth of the buffer.
+
+Damage is reported, never fatal for the rest of the file: after a corrupt
+record the reader resynchronises on the next plausible record
+(``sensor/capture/resync.py``) and counts the bytes skipped. Each report is a
+``CaptureWarning`` whose ``level`` says how it should be shown: ``"error"``
+when data in the middle of the file was lost (exit status 1), ``"warning"``
+when everything was read but something was not decoded (a file cut off
+mid-record, packets on an undecoded link type).
 
 This module only moves bytes: it holds no detection logic.
 """
 import gzip
-import mmap
 import os
 import stat
 import struct
@@ -19,12 +28,8 @@ import sys
 import weakref
 import zlib
 
-import numpy as np
-
-from kernels.walk_pcap import WALK_BAD, WALK_NEED_MORE, walk_pcap
-from kernels.walk_pcapng import PcapngState, walk_pcapng
 from kernels.decode_frame import SUPPORTED_LINKTYPES
-from kernels.batch import S_BAD_RECORD, S_TRUNC_RECORD
+from sensor.capture.source import ByteWindow
 
 PCAP_MAGICS = {
     # magic as read little-endian -> (big_endian_file, nanosecond)
@@ -35,6 +40,8 @@ PCAP_MAGICS = {
 }
 PCAPNG_SHB = 0x0A0D0D0A
 GZIP_MAGIC = b"\x1f\x8b"
+# corrupt records reported one by one per file; the rest in one summary line
+MAX_DAMAGE_REPORTS = 20
 
 
 class CaptureError(Exception):
@@ -42,13 +49,32 @@ class CaptureError(Exception):
 
 
 class CaptureWarning:
-    """Something in a file was damaged. ``stopped``: decoding of the file stopped there
-    (what came before was kept); otherwise the rest of it was read."""
+    """Something in a file was damaged or not decoded.
 
-    def __init__(self, path, message, stopped=False):
+    ``level``: ``"error"`` when data in the middle of the file was lost (a
+    corrupt record skipped, decoding stopped at damage, the file shrinking
+    while read): the exit status is 1 and it should be shown as an error;
+    ``"warning"`` when everything present was read (a file that ends
+    mid-record, packets on an undecoded link type, impossible times).
+    ``ended``: decoding of the file ended there (what came before was kept).
+    ``skipped_bytes``: bytes passed over to resynchronise."""
+
+    def __init__(self, path, message, level="warning", ended=False, skipped_bytes=0):
         self.path = path
         self.message = message
-        self.stopped = stopped
+        self.level = "error" if ended else level
+        self.ended = ended
+        self.skipped_bytes = skipped_bytes
+
+    @property
+    def is_error(self):
+        return self.level == "error"
+
+    @property
+    def stopped(self):
+        """The old name replay.py reads to set exit status 1: now true for
+        every error-level report (use ``is_error``)."""
+        return self.is_error
 
     def __str__(self):
         return f"{self.path}: {self.message}"
@@ -58,12 +84,29 @@ def _display_name(path):
     return "<stdin>" if path == "-" else str(path)
 
 
+class _Prefixed:
+    """A stream whose first bytes were already read (format detection on a pipe)."""
+
+    def __init__(self, head, raw):
+        self.head = head
+        self.raw = raw
+
+    def read(self, n=-1):
+        if self.head:
+            out = self.head if n < 0 else self.head[:n]
+            self.head = self.head[len(out):]
+            return out
+        return self.raw.read(n)
+
+
 class CaptureFile:
     """One capture input; iterate ``batches(batch, stats)`` to decode it.
 
     Attributes set while reading: ``size_bytes`` (None for streams),
     ``bytes_done`` (progress), ``warnings`` (CaptureWarning list),
-    ``format`` ("pcap" / "pcapng"), ``compressed``.
+    ``format`` ("pcap" / "pcapng"), ``compressed``, ``mapped`` (the file is
+    read through a memory map), ``carried_bytes``, ``skipped_bytes`` (passed over to
+    resynchronise after corrupt records), ``bad_records``.
 
     ``use_mmap=False`` reads a regular file through the chunked stream path
     instead of mapping it (tests use it to check both paths agree).
@@ -81,11 +124,22 @@ class CaptureFile:
         self.warnings = []
         self.format = None
         self.compressed = False
+        self.skipped_bytes = 0
+        self.bad_records = 0
         self._raw = None
-        self._mmap = None
-        self._stream = None
+        self._window = None
+        self._carried_bytes = 0
         self._generators = weakref.WeakSet()
         self._open()
+
+    @property
+    def mapped(self):
+        return self._window is not None and self._window.mapped
+
+    @property
+    def carried_bytes(self):
+        """Bytes moved within the read buffer so far (kept tails, growth): linear in the input."""
+        return self._carried_bytes + (self._window.moved_bytes if self._window else 0)
 
     # --- opening -----------------------------------------------------------
     def _open(self):
@@ -97,35 +151,33 @@ class CaptureFile:
                 st = os.fstat(self._raw.fileno())
                 if stat.S_ISREG(st.st_mode):
                     self.size_bytes = st.st_size
-            if self.size_bytes is not None:
-                head = self._raw.read(4)
-                self._raw.seek(0)
-            else:
-                # a pipe cannot seek back: look at the head without consuming it
-                head = self._raw.peek(4)[:4] if hasattr(self._raw, "peek") else b""
+            # BufferedReader.read(n) returns fewer than n bytes only at the end,
+            # so a pipe whose first write is 1 byte is still detected right
+            head = self._raw.read(2)
         except OSError as exc:
             raise CaptureError(f"{self.name}: cannot open: {exc.strerror or exc}") from None
+        except AttributeError:
+            raise CaptureError(f"{self.name}: cannot open: standard input is closed") from None
         if head[:2] == GZIP_MAGIC:
             self.compressed = True
-            self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
-        elif not self.size_bytes or not self.use_mmap:
-            self._stream = self._raw
+            stream = gzip.GzipFile(fileobj=_Prefixed(head, self._raw), mode="rb")
+            self._window = ByteWindow(stream, self.chunk_bytes)
+        elif self.size_bytes is not None:
+            self._raw.seek(0)
+            self._window = ByteWindow(self._raw, self.chunk_bytes, fd=self._raw.fileno(),
+                                      map_it=self.use_mmap)
         else:
-            self._mmap = mmap.mmap(self._raw.fileno(), 0, access=mmap.ACCESS_READ)
+            self._window = ByteWindow(self._raw, self.chunk_bytes, head=head)
 
     def close(self):
         # a batches() generator suspended at a yield holds a view of the map
-        # (mmap.close() would raise BufferError): finish it first
+        # (closing it would raise BufferError): finish it first
         for gen in list(self._generators):
             gen.close()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                # the traceback of an exception being handled still holds the
-                # view; the map is released with it
-                pass
-            self._mmap = None
+        if self._window is not None:
+            self._carried_bytes += self._window.moved_bytes
+            self._window.close()
+            self._window = None
         if self._raw is not None and self.path != "-":
             self._raw.close()
         self._raw = None
@@ -137,29 +189,26 @@ class CaptureFile:
         self.close()
 
     # --- reading -----------------------------------------------------------
-    def _chunks(self):
-        """Yield (buffer, at_eof) pairs; for mmap one buffer holding the whole file."""
-        if self._mmap is not None:
-            yield np.frombuffer(self._mmap, dtype=np.uint8), True
-            return
-        read = getattr(self._stream, "read1", self._stream.read)
-        total = 0
-        while True:
-            try:
-                data = read(self.chunk_bytes)
-            except EOFError:
-                # gzip stream cut short (written by a capture that was killed, or
-                # copied while being written): decode what came out of it
-                self.warnings.append(CaptureWarning(
-                    self.name, f"compressed data ends early, after {total} decompressed "
-                    f"bytes; what came before was decoded"))
-                yield b"", True
-                return
-            except (OSError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
-                raise CaptureError(f"{self.name}: read failed after {total} bytes"
-                                   f"{' (decompressed)' if self.compressed else ''}: {exc}") from None
-            total += len(data)
-            yield data, not data
+    def _more(self, pos, need, total_before):
+        """Read more into the window -> (new pos, CaptureWarning or None)."""
+        window = self._window
+        try:
+            return window.more(pos, need), None
+        except EOFError:
+            # gzip stream cut short (written by a capture that was killed, or
+            # copied while being written): decode what came out of it. more()
+            # moved the kept bytes to the front before reading, so pos is 0.
+            window.eof = True
+            done = window.base + window.fill
+            if done == 0:
+                raise CaptureError(f"{self.name}: gzip data ends before any capture data "
+                                   f"(the compressed stream is cut short)") from None
+            return 0, CaptureWarning(
+                self.name, f"compressed data ends early, after {done} decompressed bytes; "
+                f"what came before it was decoded")
+        except (OSError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
+            raise CaptureError(f"{self.name}: read failed after {total_before} bytes"
+                               f"{' (decompressed)' if self.compressed else ''}: {exc}") from None
 
     def _parse_header(self, head):
         if not head:
@@ -193,79 +242,21 @@ class CaptureFile:
         yielded stays untouched until the generator has been resumed
         ``len(list)`` times, so a pipelined caller can decode the next batch
         while it still works on this one.
-        Counters are added to ``stats``. Damage that stops decoding of this
-        file is reported as a CaptureWarning (kept in ``self.warnings``); what
-        was decoded before it is kept. ``close()`` ends an unfinished generator.
+        Counters are added to ``stats``. Damage is reported as CaptureWarnings
+        (kept in ``self.warnings``); what was decoded around it is kept.
+        ``close()`` ends an unfinished generator.
         """
-        gen = self._batches(batch, stats)
+        gen = _Reader(self, batch, stats).run()
         self._generators.add(gen)
         return gen
 
-    def _batches(self, batch, stats):
-        buffers = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-        turn = 0
-        batch = buffers[0]
-        batch.n = 0
-        cols = batch.columns
-        pending = b""
-        header = None
-        started = False
-        ng_state = PcapngState()
-        consumed_before = 0   # bytes of the stream before the current buffer
-        for data, at_eof in self._chunks():
-            if isinstance(data, np.ndarray):
-                buf = data
-            else:
-                if pending:
-                    data = pending + data
-                buf = np.frombuffer(data, dtype=np.uint8)
-            pos = 0
-            end = buf.shape[0]
-            if not started:
-                if end < 24 and not at_eof:
-                    pending = bytes(buf)
-                    continue
-                header = self._parse_header(bytes(buf[:24]))
-                started = True
-                pos = 24 if header is not None else 0
-            while True:
-                if header is not None:
-                    big, nano, linktype = header
-                    pos, rows, status = walk_pcap(buf, pos, end, big, nano, linktype, cols, 0, stats)
-                else:
-                    pos, rows, status = walk_pcapng(buf, pos, end, ng_state.arrays, cols, 0, stats)
-                self.bytes_done = consumed_before + pos
-                if rows:
-                    batch.n = rows
-                    yield batch
-                    turn = (turn + 1) % len(buffers)
-                    batch = buffers[turn]
-                    batch.n = 0
-                    cols = batch.columns
-                if status == WALK_BAD:
-                    stats[S_BAD_RECORD] += 1
-                    where = consumed_before + pos
-                    self.warnings.append(CaptureWarning(
-                        self.name, f"corrupt record header at byte offset {where}"
-                        f"{' of the decompressed data' if self.compressed else ''}; "
-                        f"the rest of this file ({self._remaining(where)}) was not decoded",
-                        stopped=True))
-                    return
-                if status == WALK_NEED_MORE or pos == end:
-                    break
-            if at_eof:
-                if pos < end:
-                    stats[S_TRUNC_RECORD] += 1
-                    self.warnings.append(CaptureWarning(
-                        self.name, f"file ends in the middle of a record at byte offset "
-                        f"{consumed_before + pos} ({end - pos} trailing bytes ignored)"))
-                break
-            pending = bytes(buf[pos:end])
-            consumed_before += pos
-        if not started:
-            raise CaptureError(f"{self.name}: empty file")
-
     def _remaining(self, where):
         if self.size_bytes is not None and not self.compressed:
-            return f"{self.size_bytes - where} bytes"
+            return f"{max(0, self.size_bytes - where)} bytes"
         return "unknown size"
+
+    def _where(self, offset):
+        return f"byte offset {offset}{' of the decompressed data' if self.compressed else ''}"
+
+
+from sensor.capture.reader import _Reader   # noqa: E402  (the loop, split out for size)
