@@ -354,6 +354,12 @@ class Supervisor:
                        f"stays in force: {exc}")
             self.notifier.ready("reload rejected; running with the previous configuration")
             return
+        specs = single.output_specs(self.args, cfg)
+        if specs is not None:
+            try:
+                self.outputs.reconfigure(specs)
+            except ValueError as exc:
+                single.log(f"error: new outputs rejected, the old ones stay: {exc}")
         if cfg["capture.workers"] != self.count:
             single.log("note: capture.workers changed; it takes effect on restart")
         self.sweep, self.cfg = sweep, cfg
@@ -410,5 +416,6 @@ class Supervisor:
         if self.sweep is not None:
             self.sweep.close()
         if self.outputs is not None:
-            self.failures += self.outputs.close()
+            self.failures += single.close_outputs(self.outputs, self.cfg,
+                                                  getattr(self, "state_dir", None))
             self.outputs = None

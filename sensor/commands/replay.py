@@ -132,8 +132,8 @@ def run(args):
                     print(f"scan-sensor: error: {exc}", file=sys.stderr)
                     failed = True
                 for warning in capture.warnings:
-                    print(f"scan-sensor: warning: {warning}", file=sys.stderr)
-                    if warning.stopped:
+                    print(f"scan-sensor: {warning.level}: {warning}", file=sys.stderr)
+                    if warning.is_error:
                         failed = True
         emit(engine.finish())
     except BrokenPipeError:

@@ -72,6 +72,10 @@ def register(sub):
     p.add_argument("--state-dir", metavar="DIR",
                    help="directory for state checkpoints and the delivery spool "
                         "(same as --set sensor.state_dir=DIR)")
+    p.add_argument("--syslog", action="append", default=[], metavar="URL",
+                   help="send alerts to a syslog collector: udp://HOST:514, tcp://HOST:514, "
+                        "tls://HOST:6514, with ?format=rfc5424|rfc3164|cef|leef|ecs|json and "
+                        "more options (CONFIG.md, [[output]]); repeatable")
     p.add_argument("--jsonl", metavar="PATH|-", default=None,
                    help="write alerts as JSON lines to PATH (appended) or - for stdout "
                         "(the default when no other output is configured)")
@@ -330,6 +334,15 @@ class Daemon:
             log(f"error: new configuration rejected, the old one stays in force: {exc}")
             self.notifier.ready("reload rejected; running with the previous configuration")
             return
+        specs = output_specs(self.args, cfg)
+        if specs is not None and self.worker is None:
+            try:
+                self.outputs.reconfigure(specs)
+            except ValueError as exc:
+                engine.close()
+                log(f"error: new configuration rejected, the old one stays in force: {exc}")
+                self.notifier.ready("reload rejected; running with the previous configuration")
+                return
         for message in messages:
             log(message)
         self.engine.close()
@@ -391,7 +404,8 @@ class Daemon:
         if self.engine is not None:
             self.engine.close()
         if self.outputs is not None:
-            self.failures += self.outputs.close()
+            if self.worker is None:
+                self.failures += close_outputs(self.outputs, self.cfg, self.state_dir)
             self.outputs = None
 
 
@@ -413,11 +427,37 @@ def check_state_dir(cfg):
 
 
 def open_outputs(args, cfg):
-    from sensor.output.jsonl import JsonlSink
+    """The outputs (``sensor/output/delivery.py``): ``--syslog``/``--jsonl``, else the
+    config file's ``[[output]]`` list, else JSON lines on stdout."""
+    from sensor.output.delivery import open_outputs as open_delivery
     try:
-        return AlertOutputs([JsonlSink(args.jsonl or "-")])
-    except OSError as exc:
-        raise StartupError(str(exc)) from None
+        return open_delivery(cfg, args.syslog, args.jsonl, log=lambda t: log(f"warning: {t}"))
+    except ConfigError as exc:
+        raise StartupError(str(exc), EXIT_USAGE) from None
+
+
+def output_specs(args, cfg):
+    """What a reload changes the outputs to: the file's list, unless the command line
+    named the outputs (they replace the file's list and stay)."""
+    from sensor.output.delivery import jsonl_spec
+    if args.syslog or args.jsonl is not None:
+        return None
+    return list(cfg.outputs) or [jsonl_spec("-")]
+
+
+def close_outputs(outputs, cfg, state_dir):
+    """Drain the outputs (bounded); say what was left. Returns failures (what was lost)."""
+    left = outputs.close(cfg["delivery.drain_timeout_s"])
+    lost = 0
+    for name, n in (left or {}).items():
+        if n and state_dir is not None:
+            log(f"output {name}: {n:,} message(s) not delivered yet, kept in "
+                f"{state_dir}/spool/{name} for the next start")
+        elif n:
+            log(f"error: output {name}: {n:,} message(s) not delivered and lost "
+                f"(no state directory to spool them in)")
+            lost += 1
+    return lost
 
 
 def restore(engine, state_dir, name, rebuild):
@@ -491,6 +531,9 @@ def report_stats(s, notifier, stats_json, last_drops, final=False):
             f"tracked, {s['probes_evictions']:,} evicted; rule tables {evictions:,} evictions")
     log(line)
     notifier.status(line)
+    from sensor.output.delivery import summary_lines
+    for out_line in summary_lines(s.get("outputs", {})):
+        log(out_line)
     if s["kernel_drops"] > last_drops:
         log(f"warning: the kernel dropped {s['kernel_drops'] - last_drops:,} packets since "
             f"the last report (raise capture.ring_bytes, or add --workers)")
@@ -498,29 +541,6 @@ def report_stats(s, notifier, stats_json, last_drops, final=False):
     if stats_json:
         write_json_atomically(stats_json, s)
     return last_drops
-
-
-class AlertOutputs:
-    """Several sinks at once (until the delivery module lands: JSON lines only)."""
-
-    def __init__(self, sinks):
-        self.sinks = sinks
-
-    def submit(self, records):
-        for sink in self.sinks:
-            for record in records:
-                sink.write(record)
-
-    def submit_rows(self, exports, packet_time_ns):
-        raise AssertionError("rows are exported only to a supervisor")
-
-    def stats(self):
-        return {getattr(s, "path", "?"): {"sent": s.written} for s in self.sinks}
-
-    def close(self):
-        for sink in self.sinks:
-            sink.close()
-        return 0
 
 
 def write_json_atomically(path, data):
