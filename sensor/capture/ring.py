@@ -367,3 +367,13 @@ class RingCapture:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def warm_up():
+    """Compile (or load from the cache) the ring walker with the types ``read`` uses,
+    on an empty block: the daemon calls it before READY, ``scan-sensor compile`` at
+    install time, so the first ring block never waits for the compiler."""
+    from kernels.batch import PacketBatch, new_stats
+    ring = np.zeros(BLOCK_DESC_BYTES, np.uint8)
+    walk_ring_block(ring, int(BLOCK_DESC_BYTES), int(BLOCK_DESC_BYTES), 0,
+                    PacketBatch(64).columns, 0, new_stats())

@@ -242,6 +242,9 @@ class Daemon:
                 "`scan-sensor compile` does it ahead of time)")
             self.notifier.status("compiling the packet kernels")
         self.engine = self._new_engine(self.cfg)
+        if any(type(cap).__name__ == "RingCapture" for cap in self.captures):
+            from sensor.capture.ring import warm_up
+            warm_up()
         self.engine = restore(self.engine, self.state_dir, self.state_name,
                               lambda: self._new_engine(self.cfg))
         self.checkpointer = Checkpointer(self.state_dir, self.state_name, self.cfg)
@@ -276,6 +279,12 @@ class Daemon:
                 next_stats = now + self.cfg["sensor.stats_interval_s"]
         log(f"{flags.stop}: stopping")
         self.notifier.stopping()
+
+    def _drain(self):
+        """At exit: process everything the kernel has handed over (bounded)."""
+        for _ in range(100_000):
+            if not self._read_all(0.0):
+                return
 
     def _read_all(self, timeout_s):
         """Read every capture once (waiting at most ``timeout_s`` for the first
@@ -386,7 +395,7 @@ class Daemon:
         """Finish: report what is due, save state, final stats, close everything."""
         if self.engine is not None and self.captures:
             try:
-                self._read_all(0.0)
+                self._drain()
                 self._tick(time.time_ns() - _tick_lag_ns(self.cfg))
             except Exception as exc:       # state and outputs must still be saved
                 log(f"error while stopping: {exc}")
