@@ -6,6 +6,7 @@ import sys
 import time
 
 from sensor.capture.files import CaptureError, CaptureFile
+from sensor.output.delivery import SYSLOG_OPTION_HELP
 from sensor.config import load_config
 from sensor.presets import PRESETS
 from sensor.engine import Engine
@@ -37,9 +38,7 @@ def register(sub):
                    help="write alerts as JSON lines to PATH (appended) or - for stdout "
                         "(the default when no other output is given)")
     p.add_argument("--syslog", action="append", default=[], metavar="URL",
-                   help="send alerts to a syslog collector: udp://HOST:514, tcp://HOST:514, "
-                        "tls://HOST:6514, with ?format=rfc5424|rfc3164|cef|leef|ecs|json and "
-                        "more options (CONFIG.md, [[output]]); repeatable")
+                   help=SYSLOG_OPTION_HELP)
     p.add_argument("--state-dir", metavar="DIR",
                    help="keep the TCP/TLS spool in DIR/spool: what is not delivered by the "
                         "end is kept and sent first by the next run (same as --set "

@@ -45,6 +45,7 @@ import signal
 import sys
 import time
 
+from sensor.output.delivery import SYSLOG_OPTION_HELP
 from sensor.config import ConfigError, load_config
 
 STATE_FILE = "checkpoint.msgpack"
@@ -73,9 +74,7 @@ def register(sub):
                    help="directory for state checkpoints and the delivery spool "
                         "(same as --set sensor.state_dir=DIR)")
     p.add_argument("--syslog", action="append", default=[], metavar="URL",
-                   help="send alerts to a syslog collector: udp://HOST:514, tcp://HOST:514, "
-                        "tls://HOST:6514, with ?format=rfc5424|rfc3164|cef|leef|ecs|json and "
-                        "more options (CONFIG.md, [[output]]); repeatable")
+                   help=SYSLOG_OPTION_HELP)
     p.add_argument("--jsonl", metavar="PATH|-", default=None,
                    help="write alerts as JSON lines to PATH (appended) or - for stdout "
                         "(the default when no other output is configured)")

@@ -102,6 +102,11 @@ def open_outputs(cfg, syslog_urls=(), jsonl=None, log=None):
         raise ConfigError(str(exc)) from None
 
 
+SYSLOG_OPTION_HELP = ("send alerts to a syslog collector: udp://HOST:514, tcp://HOST:514, "
+                      "tls://HOST:6514, with ?format=rfc5424|rfc3164|cef|leef|ecs|json and "
+                      "more options (CONFIG.md, [[output]]); repeatable")
+
+
 def summary_lines(stats):
     """One human-readable line per output, from ``Outputs.stats()``."""
     for name, c in stats.items():
