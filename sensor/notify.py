@@ -7,11 +7,16 @@ and ``WATCHDOG=1`` datagrams to ``$NOTIFY_SOCKET`` (a path or an abstract
 separated ``KEY=value`` assignments, stable per systemd's portability
 promise. ``WATCHDOG_USEC`` (from ``WatchdogSec=``) sets how often the daemon
 loop must call ``watchdog()``: half the interval, as sd_watchdog_enabled(3)
-advises. A failed send is reported once and never stops the daemon.
+advises. A failed send is reported once and never stops the daemon, nor does
+a receiver that stopped reading: a ``STATUS=`` update that does not fit in the
+socket's queue at once is skipped (the next one supersedes it; counted in
+``skipped``), the other messages wait at most ``WAIT_S``.
 """
 import os
 import socket
 import time
+
+WAIT_S = 1.0        # longest a READY/RELOADING/STOPPING/WATCHDOG send may block
 
 
 class Notifier:
@@ -31,31 +36,41 @@ class Notifier:
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval_s = int(usec) / 1e6 / 2
         self._last_ping = 0.0
+        self.skipped = 0            # status updates not sent: the receiver's queue was full
 
     @property
     def enabled(self):
         return self.address is not None
 
-    def send(self, *assignments):
+    def send(self, *assignments, wait_s=WAIT_S):
         if self.address is None:
             return False
         message = "\n".join(assignments).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(wait_s)
                 sock.connect(self.address)
                 sock.sendall(message)
             return True
+        except (BlockingIOError, socket.timeout) as exc:
+            if wait_s == 0:
+                self.skipped += 1
+                return False
+            return self._failed(exc)
         except OSError as exc:
-            if self.warn is not None and not self._warned:
-                self._warned = True
-                self.warn(f"cannot notify systemd at $NOTIFY_SOCKET: {exc}")
-            return False
+            return self._failed(exc)
+
+    def _failed(self, exc):
+        if self.warn is not None and not self._warned:
+            self._warned = True
+            self.warn(f"cannot notify systemd at $NOTIFY_SOCKET: {exc}")
+        return False
 
     def ready(self, status=None):
         self.send("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, text):
-        self.send(f"STATUS={text}")
+        self.send(f"STATUS={text}", wait_s=0)
 
     def reloading(self):
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

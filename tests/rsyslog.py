@@ -13,7 +13,9 @@ PIDFILE`` (foreground, its own pid file, no system inputs: it never touches
 Every message is written as one JSON line with the properties rsyslog's own
 parser found: ``pri``, ``hostname``, ``app_name``, ``procid``, ``msgid``,
 ``structured_data``, ``msg``, ``rawmsg``, ``inputname``. ``stop()`` and
-``start()`` again reuse the same port.
+``start()`` again reuse the same port. ``netns=NAME`` runs rsyslogd inside a
+network namespace (``ip netns exec``), listening on that namespace's loopback:
+the live daemon's tests put it beside the daemon.
 """
 import json
 import os
@@ -78,9 +80,10 @@ def make_pki(directory):
 
 class Collector:
     def __init__(self, workdir, kind="plain", port=None, cert=None, key=None, ca=None,
-                 address="127.0.0.1"):
+                 address="127.0.0.1", netns=None):
         self.dir = str(workdir)
         self.address = address
+        self.netns = netns
         os.makedirs(self.dir, exist_ok=True)
         self.kind = kind
         self.port = port or free_port(address)
@@ -123,21 +126,32 @@ class Collector:
 
     def start(self, timeout_s=10.0):
         self.stderr = open(os.path.join(self.dir, "rsyslogd.stderr"), "ab")
-        self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", self.conf, "-i", self.pidfile],
-                                     stdout=self.stderr, stderr=self.stderr)
+        argv = [RSYSLOGD, "-n", "-f", self.conf, "-i", self.pidfile]
+        if self.netns:          # ip netns exec execs rsyslogd: the pid is rsyslogd's
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        self.proc = subprocess.Popen(argv, stdout=self.stderr, stderr=self.stderr)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"rsyslogd exited ({self.proc.returncode}): "
                                    + open(os.path.join(self.dir, "rsyslogd.stderr")).read())
-            try:
-                socket.create_connection((self.address, self.port), timeout=0.5).close()
+            if self._listening():
                 time.sleep(0.1)       # imudp binds in the same start-up
                 return self
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"rsyslogd did not listen on port {self.port}")
+
+    def _listening(self):
+        if self.netns:
+            r = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-Hltn",
+                                f"sport = :{self.port}"], capture_output=True, text=True)
+            return bool(r.stdout.strip())
+        try:
+            socket.create_connection((self.address, self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
 
     def stop(self):
         if self.proc is None:
