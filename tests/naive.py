@@ -1078,7 +1078,9 @@ FANOUT_ICMP4_REQUESTS = {8, 10, 13, 15, 17}
 FANOUT_ICMP6_REQUESTS = {128, 133, 135, 139}
 
 
-def fanout_key(frame):
+def fanout_key(frame, walk_extension_headers=True):
+    """The fanout program's key (sensor/capture/bpf.py); ``walk_extension_headers=False``
+    gives the earlier program's, which keyed IPv6 behind extension headers symmetrically."""
     def u32(b):
         if len(b) < 4:
             raise IndexError
@@ -1093,7 +1095,19 @@ def fanout_key(frame):
             l4 = net[(net[0] & 0xF) * 4:]
         elif ethertype == 0x86DD:
             proto, src, dst = net[6], u32(net[20:24]), u32(net[36:40])
-            l4 = net[40:]
+            q = 40
+            for _ in range(MAX_EXT_HEADERS if walk_extension_headers else 0):
+                if proto == 44:
+                    if struct.unpack(">H", net[q + 2:q + 4])[0] & 0xFFF8:
+                        return src ^ dst           # a later fragment
+                    proto, q = net[q], q + 8
+                elif proto == 51:
+                    proto, q = net[q], q + (net[q + 1] + 2) * 4
+                elif proto in (0, 43, 60, 135, 139, 140):
+                    proto, q = net[q], q + (net[q + 1] + 1) * 8
+                else:
+                    break
+            l4 = net[q:]
             if proto == 58:
                 return src if l4[0] in FANOUT_ICMP6_REQUESTS else dst
         else:
@@ -1112,5 +1126,5 @@ def fanout_key(frame):
         if proto == 1:
             return src if l4[0] in FANOUT_ICMP4_REQUESTS else dst
         return src ^ dst
-    except IndexError:
+    except (IndexError, struct.error):
         return 0

@@ -55,6 +55,7 @@ NS_A, NS_B = f"{PREFIX}a", f"{PREFIX}b"
 IF_A, IF_B = f"{PREFIX}-a", f"{PREFIX}-b"
 A4, B4 = "10.99.0.1", "10.99.0.2"
 A6, B6 = "fd99::1", "fd99::2"
+C6 = "fd99::3"              # no host: a destination of odd parity for fanout frames
 SCANNERS4 = ("10.99.0.11", "10.99.0.12", "10.99.0.13")
 SCANNER6 = "fd99::11"
 OPEN_PORT = 8080
@@ -553,7 +554,9 @@ def test_default_filter_drops_bulk_data_keeps_probes(net, http_server, tmp_path)
 def rule_frames():
     """One frame per rule of the fanout key, from scanners of both parities."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NS, IPv6
+    from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NS, IPv6,
+                                    IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+                                    IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
     from scapy.layers.l2 import ARP, Dot1Q, Ether
     mac_a, mac_b = macs()
     eth = Ether(src=mac_a, dst=mac_b)
@@ -590,6 +593,18 @@ def rule_frames():
             eth / IPv6(src=s, dst=B6) / ICMPv6EchoRequest(id=base),
             eth / IPv6(src=B6, dst=s) / ICMPv6EchoReply(id=base),
             eth / IPv6(src=s, dst=B6) / ICMPv6ND_NS(tgt=B6),
+            # behind extension headers: keyed as without them (an evasion otherwise);
+            # to an address of odd parity, so the symmetric key would land elsewhere
+            eth / IPv6(src=s, dst=C6) / IPv6ExtHdrHopByHop() / TCP(sport=base + 4, dport=92,
+                                                                 flags="S"),
+            eth / IPv6(src=C6, dst=s) / IPv6ExtHdrDestOpt() / TCP(sport=92, dport=base + 5,
+                                                                flags="SA"),
+            eth / IPv6(src=s, dst=C6) / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting()
+            / UDP(sport=base + 6, dport=53),
+            eth / IPv6(src=s, dst=C6) / IPv6ExtHdrFragment(offset=0, m=1, id=base)
+            / TCP(sport=base + 7, dport=93, flags="S"),
+            eth / IPv6(src=C6, dst=s) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+            / ICMPv6EchoReply(id=base + 8),
         ]
     out.append(eth / ARP(psrc=A4, pdst=B4))
     return out
@@ -626,7 +641,7 @@ def test_fanout_key_program_rule_by_rule(net):
     for member, cols in enumerate(results):
         for r in row_dicts(cols):
             where.setdefault(row_key(r), []).append(member)
-    checked = 0
+    checked = ext_checked = 0
     for f in frames:
         view = bytes(f)
         if f.haslayer("Dot1Q"):
@@ -635,11 +650,15 @@ def test_fanout_key_program_rule_by_rule(net):
         if rows is None:
             continue                               # ARP: checked through the kernel counters
         want = naive.fanout_key(view) % 2
+        if f.haslayer("IPv6ExtHdrHopByHop") or f.haslayer("IPv6ExtHdrDestOpt") or f.haslayer(
+                "IPv6ExtHdrFragment"):
+            ext_checked += 1             # the old symmetric key would have put it elsewhere
+            assert want != naive.fanout_key(view, walk_extension_headers=False) % 2
         # (b's own answers to the crafted probes can give equal rows: same rule)
         got = set(where.get(row_key(rows), ()))
         assert got == {want}, f"{Ether(bytes(f)).summary()}: on members {got}, key says {want}"
         checked += 1
-    assert checked == len(frames) - 1
+    assert checked == len(frames) - 1 and ext_checked == 10
     assert {m for ms in where.values() for m in ms} == {0, 1}
 
 

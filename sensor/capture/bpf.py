@@ -22,6 +22,8 @@ import ctypes.util
 import socket
 import struct
 
+from kernels.decode_frame import MAX_EXT_HEADERS
+
 DLT_EN10MB = 1
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 SO_ATTACH_FILTER = 26
@@ -275,11 +277,52 @@ _OPS = {
     "ldx_msh": 0xB1, "ldx_imm": 0x01, "ldx_mem": 0x61, "ld_mem": 0x60, "st": 0x02,
     "jeq": 0x15, "jset": 0x45, "jgt_x": 0x2D, "jeq_x": 0x1D, "ja": 0x05,
     "xor_x": 0xAC, "ret_a": 0x16, "ret_k": 0x06,
+    "add_k": 0x04, "lsh_k": 0x64, "add_x": 0x0C, "tax": 0x07, "txa": 0x87,
 }
 ICMP4_REQUESTS = (8, 10, 13, 15, 17)        # echo, router solicitation, timestamp, info, mask
 ICMP6_REQUESTS = (128, 133, 135, 139)       # echo, router / neighbour solicitation, node info
 
+IPV6_OPTION_HEADERS = (0, 43, 60, 135, 139, 140)   # hop-by-hop, routing, dest. options, mobility,
+                                                   # HIP, shim6: length (n + 1) * 8
 N = SKF_NET_OFF
+
+
+def _ipv6_extension_walk(max_headers):
+    """Unrolled walk of up to ``max_headers`` IPv6 extension headers (the decoder's
+    limit, kernels/decode_frame.py), so a probe behind a hop-by-hop or fragment
+    header is keyed like one without: X = offset of the current header, M[0] = its
+    type. A later fragment has no transport header (symmetric key). Classic BPF
+    jumps only forward, hence one block per header."""
+    out = []
+    for k in range(max_headers):
+        nxt = f"ext{k + 1}" if k + 1 < max_headers else "by_protocol6"
+        out += [
+            f"ext{k}",
+            ("ld_mem", 0),
+            ("jeq", 44, f"frag{k}", None),
+            ("jeq", 51, f"ah{k}", None),
+            *[("jeq", t, f"opt{k}", None) for t in IPV6_OPTION_HEADERS],
+            ("ja", "by_protocol6"),             # not an extension header: the transport
+            f"frag{k}",
+            ("ldh_ind", N + 2),
+            ("jset", 0xFFF8, None, f"first{k}"),
+            ("ja", "symmetric"),                # fragment offset > 0
+            f"first{k}",
+            ("ldb_ind", N + 0), ("st", 0),
+            ("txa",), ("add_k", 8), ("tax",),
+            ("ja", nxt),
+            f"ah{k}",
+            ("ldb_ind", N + 0), ("st", 0),
+            ("ldb_ind", N + 1), ("add_k", 2), ("lsh_k", 2), ("add_x",), ("tax",),
+            ("ja", nxt),
+            f"opt{k}",
+            ("ldb_ind", N + 0), ("st", 0),
+            ("ldb_ind", N + 1), ("add_k", 1), ("lsh_k", 3), ("add_x",), ("tax",),
+            ("ja", nxt),
+        ]
+    return out
+
+
 _FANOUT_SOURCE = [
     ("ldh_abs", SKF_AD_PROTOCOL),           # A = EtherType
     ("jeq", 0x0800, "ipv4", None),
@@ -290,14 +333,18 @@ _FANOUT_SOURCE = [
     ("ld_abs", N + 12), ("st", 1),          # M[1] = source address
     ("ld_abs", N + 16), ("st", 2),          # M[2] = destination address
     ("ldh_abs", N + 6),
-    ("jset", 0x1FFF, "symmetric", None),    # a later fragment has no L4 header
+    ("jset", 0x1FFF, None, "ipv4_l4"),
+    ("ja", "symmetric"),                    # a later fragment has no L4 header
+    "ipv4_l4",
     ("ldx_msh", N + 0),                     # X = IPv4 header length (4 * IHL)
     ("ja", "by_protocol"),
     "ipv6",
     ("ldb_abs", N + 6), ("st", 0),          # M[0] = next header
     ("ld_abs", N + 20), ("st", 1),          # M[1] = last 32 bits of the source
     ("ld_abs", N + 36), ("st", 2),          # M[2] = last 32 bits of the destination
-    ("ldx_imm", 40),                        # X = 40: L4 header right after the fixed header
+    ("ldx_imm", 40),                        # X = 40: the first header after the fixed one
+    *_ipv6_extension_walk(MAX_EXT_HEADERS),
+    "by_protocol6",
     ("ld_mem", 0),
     ("jeq", 58, "icmp6", None),
     "by_protocol",
@@ -305,7 +352,7 @@ _FANOUT_SOURCE = [
     ("jeq", 6, "tcp", None),
     ("jeq", 17, "udp", None),
     ("jeq", 1, "icmp4", None),
-    ("ja", "symmetric"),                    # other protocols, IPv6 extension headers
+    ("ja", "symmetric"),                    # other protocols, too many extension headers
     "tcp",
     ("ldb_ind", N + 13),                    # A = TCP flags
     ("jset", 0x10, "tcp_ack", None),
@@ -327,7 +374,7 @@ _FANOUT_SOURCE = [
     *[("jeq", t, "source", None) for t in ICMP4_REQUESTS],
     ("ja", "destination"),                  # replies and errors go to the prober
     "icmp6",
-    ("ldb_abs", N + 40),                    # A = ICMPv6 type
+    ("ldb_ind", N + 0),                     # A = ICMPv6 type
     *[("jeq", t, "source", None) for t in ICMP6_REQUESTS],
     ("ja", "destination"),
     "source",
