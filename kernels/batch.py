@@ -26,7 +26,7 @@ COLUMNS = (
     ("tcp_flags", np.uint8),      # TCP header byte 13: CWR ECE URG ACK PSH RST SYN FIN
     ("icmp_type", np.uint8),      # ICMP / ICMPv6 type and code (HAS_ICMP)
     ("icmp_code", np.uint8),
-    ("pkt_flags", np.uint8),      # PF_* bits below
+    ("pkt_flags", np.uint16),     # PF_* bits below
     ("inner_proto", np.uint8),    # header quoted inside an ICMP error (HAS_INNER)
     ("inner_src_hi", np.uint64),
     ("inner_src_lo", np.uint64),
@@ -49,6 +49,7 @@ PF_INNER_HAS_PORTS = 16
 PF_IPV6 = 32            # the outer IP header was IPv6 (even if addresses are mapped IPv4)
 PF_FIRST_FRAGMENT = 64  # offset 0 with more fragments to follow
 PF_HAS_VLAN = 128
+PF_ARP = 256            # an ARP request or reply (kernels/decode_frame.py says what the row holds)
 
 # TCP flag bits (names as in RFC 793 / dpkt)
 TH_FIN = 0x01
@@ -88,8 +89,8 @@ class PacketBatch:
 STATS = (
     "records",               # capture records (frames) read
     "decoded",               # rows emitted into batches
-    "non_ip",                # frames that carry no IPv4/IPv6 (ARP, LLC, other EtherTypes)
-    "truncated_link",        # frame shorter than its link-layer header
+    "non_ip",                # frames that carry no IPv4/IPv6 or Ethernet/IPv4 ARP (LLC, other EtherTypes)
+    "truncated_link",        # frame shorter than its link-layer header (or an ARP body under 28 bytes)
     "truncated_ip",          # IP header (or an IPv6 extension header) cut by the snap length
     "malformed_ip",          # bad version, IHL < 5, total length < header, bad ext-header chain
     "fragment_noninitial",   # IP fragments after the first: no transport header to read

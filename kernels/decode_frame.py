@@ -31,6 +31,18 @@ What a row holds is documented in ``kernels/batch.py``. The rules:
   optional evidence: if it is cut, malformed or a non-first fragment the row
   is still emitted without it.
 
+* ARP (Ethernet or SLL, EtherType 0x0806) for IPv4 over Ethernet (htype 1,
+  ptype 0x0800, 6/4-byte addresses), requests and replies: one row with
+  PF_ARP, src/dst = sender/target protocol address (IPv4-mapped),
+  ``icmp_type`` = the opcode (1 request, 2 reply; PF_HAS_ICMP is not set),
+  ``inner_src_lo``/``inner_dst_lo`` = sender/target hardware address (48 bits;
+  PF_HAS_INNER is not set), ``proto`` 0. ARP for other hardware or protocol
+  types, and other opcodes, is ``non_ip``; an ARP body shorter than 28 bytes is
+  ``truncated_link``.
+* ICMPv6 neighbour solicitations and advertisements (135, 136) with their 16-byte
+  target address: the target in ``inner_dst_hi``/``inner_dst_lo`` (PF_HAS_INNER
+  not set), since the destination of a solicitation is a multicast group.
+
 Memory: none; writes one row of the batch given to it.
 """
 import numpy as np
@@ -39,7 +51,7 @@ from kernels.batch import (
     S_FRAGMENT, S_LINKTYPE, S_MALFORMED_IP, S_MALFORMED_L4,
     S_NON_IP, S_TRUNC_IP, S_TRUNC_L4, S_TRUNC_LINK,
     PF_FIRST_FRAGMENT, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS,
-    PF_HAS_TCP_FLAGS, PF_HAS_VLAN, PF_INNER_HAS_PORTS, PF_IPV6,
+    PF_ARP, PF_HAS_TCP_FLAGS, PF_HAS_VLAN, PF_INNER_HAS_PORTS, PF_IPV6,
 )
 from kernels.jit import inline
 
@@ -62,6 +74,9 @@ IP_MALFORMED = 2
 IP_FRAGMENT = 3
 
 MAX_EXT_HEADERS = 8
+LINK_ARP = -1          # link_payload: an ARP body at ip_off
+ETH_P_ARP = 0x0806
+ARP_BYTES = 28         # Ethernet/IPv4 ARP: 8-byte header, 2 x (6 + 4) addresses
 
 U64_ZERO = np.uint64(0)
 MAPPED_V4 = np.uint64(0xFFFF_0000_0000)
@@ -231,6 +246,8 @@ def link_payload(buf, off, caplen, linktype):
             return 0, p, 4, vlan, has_vlan
         if ethertype == 0x86DD:
             return 0, p, 6, vlan, has_vlan
+        if ethertype == ETH_P_ARP:
+            return LINK_ARP, p, 0, vlan, has_vlan
         return S_NON_IP, 0, 0, 0, False
     if linktype == LINKTYPE_LINUX_SLL or linktype == LINKTYPE_LINUX_SLL2:
         hdr = 16 if linktype == LINKTYPE_LINUX_SLL else 20
@@ -242,6 +259,8 @@ def link_payload(buf, off, caplen, linktype):
             return 0, off + hdr, 4, 0, False
         if ethertype == 0x86DD:
             return 0, off + hdr, 6, 0, False
+        if ethertype == ETH_P_ARP:
+            return LINK_ARP, off + hdr, 0, 0, False
         return S_NON_IP, 0, 0, 0, False
     if linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
         if caplen < 4:
@@ -278,9 +297,11 @@ def parse_frame(buf, off, caplen, linktype):
     reference counting on every call; kernels are now built without it,
     ``kernels/jit.py``, but the scalar interface stayed.)"""
     lstat, p, want, vlan, has_vlan = link_payload(buf, off, caplen, linktype)
+    end = off + caplen
+    if lstat == LINK_ARP:
+        return parse_arp(buf, p, end, vlan, has_vlan)
     if lstat != 0:
         return skip_row(lstat)
-    end = off + caplen
     (st, version, src_hi, src_lo, dst_hi, dst_lo, proto, l4, l4_end,
      first_frag, cut) = parse_ip(buf, p, end, want)
     if st != IP_OK:
@@ -338,6 +359,9 @@ def parse_frame(buf, off, caplen, linktype):
         icmp_type = np.int64(buf[l4])
         icmp_code = np.int64(buf[l4 + 1])
         flags |= PF_HAS_ICMP
+        if proto == 58 and (icmp_type == 135 or icmp_type == 136) and avail >= 24:
+            # neighbour solicitation / advertisement: the target address
+            i_dst_hi, i_dst_lo = canonical_v6(be64u(buf, l4 + 8), be64u(buf, l4 + 16))
         if is_icmp_error(proto, icmp_type) and avail > 8:
             (ist, iversion, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, iproto,
              il4, il4_end, ifirst, icut) = parse_ip(buf, l4 + 8, l4_end, 0)
@@ -357,6 +381,33 @@ def parse_frame(buf, off, caplen, linktype):
     return (0, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, tcp_flags, icmp_type,
             icmp_code, flags, inner_proto, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, i_sport,
             i_dport, vlan)
+
+
+@inline
+def parse_arp(buf, p, end, vlan, has_vlan):
+    """An ARP body at buf[p:end] -> a row (see the module comment) or a skip."""
+    z = U64_ZERO
+    if end - p < 8:
+        return skip_row(S_TRUNC_LINK)
+    if (be16(buf, p) != 1 or be16(buf, p + 2) != 0x0800 or np.int64(buf[p + 4]) != 6
+            or np.int64(buf[p + 5]) != 4):
+        return skip_row(S_NON_IP)
+    op = be16(buf, p + 6)
+    if op != 1 and op != 2:
+        return skip_row(S_NON_IP)
+    if end - p < ARP_BYTES:
+        return skip_row(S_TRUNC_LINK)
+    sha = z
+    tha = z
+    for k in range(6):
+        sha = (sha << np.uint64(8)) | np.uint64(buf[p + 8 + k])
+        tha = (tha << np.uint64(8)) | np.uint64(buf[p + 18 + k])
+    spa = MAPPED_V4 | np.uint64(be32(buf, p + 14))
+    tpa = MAPPED_V4 | np.uint64(be32(buf, p + 24))
+    flags = PF_ARP
+    if has_vlan:
+        flags |= PF_HAS_VLAN
+    return (0, z, spa, z, tpa, 0, 0, 0, 0, op, 0, flags, 0, z, sha, z, tha, 0, 0, vlan)
 
 
 @inline

@@ -49,6 +49,7 @@ PF_INNER_HAS_PORTS = 16
 PF_IPV6 = 32
 PF_FIRST_FRAGMENT = 64
 PF_HAS_VLAN = 128
+PF_ARP = 256
 
 
 class NotACapture(ValueError):
@@ -196,6 +197,7 @@ MAX_VLAN_TAGS = 4
 AF_INET = 2
 AF_INET6_VALUES = {24, 28, 30}   # NetBSD/OpenBSD, FreeBSD, Darwin
 IP_BY_ETHERTYPE = {dpkt.ethernet.ETH_TYPE_IP: 4, dpkt.ethernet.ETH_TYPE_IP6: 6}
+ETH_TYPE_ARP = dpkt.ethernet.ETH_TYPE_ARP
 
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP = 0, 1, 108
 LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 113, 276
@@ -221,14 +223,18 @@ def link_layer(frame, linktype):
                 vlan = tag.id                 # the outermost tag names the VLAN
             ethertype = tag.type
             at += 4
+        if ethertype == ETH_TYPE_ARP:
+            return "arp", frame[at:], 0, vlan
         if ethertype not in IP_BY_ETHERTYPE:
-            return "non_ip", b"", 0, None      # ARP, LLC, a 5th VLAN tag, ...
+            return "non_ip", b"", 0, None      # LLC, a 5th VLAN tag, ...
         return "ok", frame[at:], IP_BY_ETHERTYPE[ethertype], vlan
     if linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
         cls = dpkt.sll.SLL if linktype == LINKTYPE_LINUX_SLL else dpkt.sll2.SLL2
         if len(frame) < cls.__hdr_len__:
             return "truncated_link", b"", 0, None
         ethertype = header(cls, frame).ethtype
+        if ethertype == ETH_TYPE_ARP:
+            return "arp", frame[cls.__hdr_len__:], 0, None
         if ethertype not in IP_BY_ETHERTYPE:
             return "non_ip", b"", 0, None
         return "ok", frame[cls.__hdr_len__:], IP_BY_ETHERTYPE[ethertype], None
@@ -259,9 +265,35 @@ def empty_row():
     return {name: 0 for name in COLUMN_NAMES}
 
 
+def decode_arp(body, vlan, ts_ns, wire_len):
+    """Ethernet/IPv4 ARP request or reply -> its row (layout: dpkt.arp.ARP)."""
+    if len(body) < 8:
+        return None, "truncated_link"
+    arp = header(dpkt.arp.ARP, body + bytes(dpkt.arp.ARP.__hdr_len__))   # fixed part only
+    if (arp.hrd, arp.pro, arp.hln, arp.pln) != (dpkt.arp.ARP_HRD_ETH, dpkt.arp.ARP_PRO_IP, 6, 4):
+        return None, "non_ip"
+    if arp.op not in (dpkt.arp.ARP_OP_REQUEST, dpkt.arp.ARP_OP_REPLY):
+        return None, "non_ip"
+    if len(body) < dpkt.arp.ARP.__hdr_len__:
+        return None, "truncated_link"
+    row = empty_row()
+    row["src_hi"], row["src_lo"] = addr_key(arp.spa)
+    row["dst_hi"], row["dst_lo"] = addr_key(arp.tpa)
+    row["icmp_type"] = arp.op
+    row["inner_src_lo"] = int.from_bytes(arp.sha, "big")
+    row["inner_dst_lo"] = int.from_bytes(arp.tha, "big")
+    row["pkt_flags"] = PF_ARP | (PF_HAS_VLAN if vlan is not None else 0)
+    row["vlan"] = vlan or 0
+    row["ts_ns"] = to_int64(ts_ns)
+    row["wire_len"] = wire_len
+    return row, None
+
+
 def decode_frame(frame, linktype, ts_ns, wire_len):
     """One captured frame -> (row dict, None) or (None, counter name)."""
     status, ip_bytes, want, vlan = link_layer(bytes(frame), linktype)
+    if status == "arp":
+        return decode_arp(ip_bytes, vlan, ts_ns, wire_len)
     if status != "ok":
         return None, status
     ip = parse_ip(ip_bytes, want)
@@ -303,6 +335,10 @@ def decode_frame(frame, linktype, ts_ns, wire_len):
         icmp_type, icmp_code = l4[0], l4[1]
         row.update(icmp_type=icmp_type, icmp_code=icmp_code)
         flags |= PF_HAS_ICMP
+        if (proto == dpkt.ip.IP_PROTO_ICMP6 and icmp_type in (dpkt.icmp6.ND_NEIGHBOR_SOLICIT,
+                                                              dpkt.icmp6.ND_NEIGHBOR_ADVERT)
+                and len(l4) >= 24):
+            row["inner_dst_hi"], row["inner_dst_lo"] = addr_key(l4[8:24])   # the target
         errors = ICMP4_ERRORS if proto == dpkt.ip.IP_PROTO_ICMP else ICMP6_ERRORS
         if icmp_type in errors and len(l4) > 8:
             inner = parse_ip(l4[8:], 0)     # type, code, checksum, 4 bytes, then the quote

@@ -13,7 +13,7 @@ from fixtures_decode import (
 )
 from kernels.batch import (
     PF_FIRST_FRAGMENT, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_HAS_VLAN,
-    PF_INNER_HAS_PORTS, PF_IPV6,
+    PF_ARP, PF_INNER_HAS_PORTS, PF_IPV6,
 )
 
 A4, B4 = bytes([10, 77, 0, 1]), bytes([10, 77, 0, 2])
@@ -66,6 +66,17 @@ def sll2(payload, ethertype=0x0800):
     return struct.pack(">HHiHBB8s", ethertype, 0, 2, 1, 0, 6, b"\x02" * 8) + payload
 
 
+def arp(op=1, sha=b"\x02\0\0\0\0\x01", spa=A4, tha=bytes(6), tpa=B4, hrd=1, pro=0x0800,
+        hln=6, pln=4):
+    return struct.pack(">HHBBH", hrd, pro, hln, pln, op) + sha + spa + tha + tpa
+
+
+def ndp(kind, target):
+    """ICMPv6 neighbour solicitation (135) / advertisement (136) for ``target``."""
+    return bytes([kind, 0, 0, 0, 0, 0, 0, 0]) + target
+
+
+MAC_A, MAC_B = 0x0200_0000_0001, 0x0200_0000_0002
 V4 = ipv4(SYN)
 V6 = ipv6(SYN, src=A6, dst=B6)
 QUOTE_UDP = ipv4(udp(40000, 161)[:8], proto=17, src=B4, dst=A4, total=128)
@@ -75,7 +86,37 @@ CASES = [
     ("ethernet", 1, ethernet(V4), dict(src_lo=KA, dst_lo=KB, sport=40000, dport=22, proto=6,
                                        tcp_flags=0x02, pkt_flags=TCPF)),
     ("ethernet short", 1, ethernet(V4)[:13], "truncated_link"),
-    ("ethernet arp", 1, ethernet(b"\0" * 28, ethertype=0x0806), "non_ip"),
+    ("ethernet arp of another hardware type", 1, ethernet(b"\0" * 28, ethertype=0x0806),
+     "non_ip"),
+    # --- ARP
+    ("arp request", 1, ethernet(arp(), ethertype=0x0806),
+     dict(src_lo=KA, dst_lo=KB, icmp_type=1, inner_src_lo=MAC_A, inner_dst_lo=0, proto=0,
+          pkt_flags=PF_ARP)),
+    ("arp reply", 1, ethernet(arp(2, sha=b"\x02\0\0\0\0\x02", spa=B4,
+                                  tha=b"\x02\0\0\0\0\x01", tpa=A4), ethertype=0x0806),
+     dict(src_lo=KB, dst_lo=KA, icmp_type=2, inner_src_lo=MAC_B, inner_dst_lo=MAC_A,
+          pkt_flags=PF_ARP)),
+    ("arp probe from 0.0.0.0", 1, ethernet(arp(spa=bytes(4)), ethertype=0x0806),
+     dict(src_lo=MAPPED, dst_lo=KB, icmp_type=1)),
+    ("arp padded to 60 bytes", 1, ethernet(arp() + bytes(18), ethertype=0x0806),
+     dict(src_lo=KA, icmp_type=1)),
+    ("arp in a vlan", 1, ethernet(arp(), ethertype=0x0806, vlans=[(0x8100, 7)]),
+     dict(vlan=7, pkt_flags=PF_ARP | PF_HAS_VLAN, icmp_type=1)),
+    ("arp over sll", 113, sll(arp(), 0x0806), dict(src_lo=KA, dst_lo=KB, pkt_flags=PF_ARP)),
+    ("arp cut in its addresses", 1, ethernet(arp()[:27], ethertype=0x0806), "truncated_link"),
+    ("arp cut in its header", 1, ethernet(arp()[:7], ethertype=0x0806), "truncated_link"),
+    ("arp for another protocol", 1, ethernet(arp(pro=0x86DD), ethertype=0x0806), "non_ip"),
+    ("arp with 8-byte addresses", 1, ethernet(arp(hln=8), ethertype=0x0806), "non_ip"),
+    ("inverse arp opcode", 1, ethernet(arp(op=8), ethertype=0x0806), "non_ip"),
+    # --- neighbour discovery: the target address
+    ("neighbour solicitation", 101, ipv6(ndp(135, B6), src=A6, dst=bytes.fromhex(
+        "ff0200000000000000000001ff000002"), nxt=58),
+     dict(icmp_type=135, inner_dst_hi=0xFD77_0000_0000_0000, inner_dst_lo=2,
+          pkt_flags=PF_HAS_ICMP | PF_IPV6)),
+    ("neighbour advertisement", 101, ipv6(ndp(136, B6), src=B6, dst=A6, nxt=58),
+     dict(icmp_type=136, inner_dst_lo=2)),
+    ("neighbour solicitation cut", 101, ipv6(ndp(135, B6)[:20], src=A6, dst=B6, nxt=58),
+     dict(icmp_type=135, inner_dst_hi=0, inner_dst_lo=0)),
     ("ethernet 802.3 length", 1, ethernet(b"\xaa\xaa\x03" + b"\0" * 40, ethertype=43), "non_ip"),
     ("vlan 802.1Q", 1, ethernet(V4, vlans=[(0x8100, 0x2000 | 42)]),
      dict(vlan=42, pkt_flags=TCPF | PF_HAS_VLAN, dport=22)),
@@ -92,7 +133,7 @@ CASES = [
     ("sll", 113, sll(V4), dict(src_lo=KA, dport=22)),
     ("sll ipv6", 113, sll(V6, 0x86DD), dict(src_hi=KA6[0], src_lo=KA6[1], pkt_flags=TCPF | PF_IPV6)),
     ("sll short", 113, sll(V4)[:15], "truncated_link"),
-    ("sll arp", 113, sll(b"\0" * 28, 0x0806), "non_ip"),
+    ("sll arp of another hardware type", 113, sll(b"\0" * 28, 0x0806), "non_ip"),
     ("sll2", 276, sll2(V4), dict(src_lo=KA, dport=22)),
     ("sll2 short", 276, sll2(V4)[:19], "truncated_link"),
     ("null little-endian", 0, struct.pack("<I", 2) + V4, dict(dport=22)),

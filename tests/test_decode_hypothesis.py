@@ -88,6 +88,9 @@ def transport(draw, proto, depth):
         icmp_type = draw(st.sampled_from(errors) if is_error else st.integers(0, 255))
         head = struct.pack(">BBH", icmp_type, draw(st.integers(0, 255)), 0) + \
             draw(st.binary(min_size=4, max_size=4))
+        if proto == 58 and chance(draw, 10):          # neighbour discovery: a target address
+            head = bytes([draw(st.sampled_from([135, 136]))]) + head[1:]
+            return head + maybe_cut(draw, draw(addr6), 30)
         if depth == 0 and chance(draw, 80):
             quote = draw(ip_packet(depth=1))
             # an error quotes the start of the offending packet (RFC 792: IP header
@@ -180,10 +183,33 @@ FAMILIES = [2, 24, 28, 30, 10, 0]
 
 
 @st.composite
+def arp_body(draw):
+    """Ethernet/IPv4 ARP, mostly well-formed: odd types, opcodes and lengths now and then."""
+    hrd, pro, hln, pln = 1, 0x0800, 6, 4
+    if chance(draw, 15):
+        hrd, pro, hln, pln = draw(st.sampled_from([(6, 0x0800, 6, 4), (1, 0x86DD, 6, 16),
+                                                   (1, 0x0800, 8, 4), (1, 0x0800, 6, 6)]))
+    op = draw(st.sampled_from([1, 1, 2, 2, 3, 8, 0]))
+    body = struct.pack(">HHBBH", hrd, pro, hln, pln, op) + draw(st.binary(min_size=20, max_size=20))
+    return maybe_cut(draw, body)
+
+
+@st.composite
 def frame(draw, linktype):
     """-> (captured bytes, wire length)."""
     if chance(draw, 5):
         data = draw(st.binary(max_size=120))                # garbage
+    elif linktype in (1, 113, 276) and chance(draw, 8):
+        body = draw(arp_body())
+        if linktype == 1:
+            tags = draw(st.lists(st.tuples(st.sampled_from(VLAN_TPIDS), st.integers(0, 0xFFFF)),
+                                 max_size=2))
+            data = b"\x02" * 12 + b"".join(struct.pack(">HH", *t) for t in tags) + \
+                struct.pack(">H", 0x0806) + body
+        elif linktype == 113:
+            data = struct.pack(">HHH8sH", 0, 1, 6, b"\x02" * 8, 0x0806) + body
+        else:
+            data = struct.pack(">HHiHBB8s", 0x0806, 0, 2, 1, 0, 6, b"\x02" * 8) + body
     else:
         packet = draw(ip_packet())
         v6 = packet[0] >> 4 == 6
