@@ -1,7 +1,7 @@
 """Port-set counter: distinct destination ports per key, exact, over a sliding window.
 
 Serves port_scan (key = prober, or prober + target), stealth_scan, udp_scan
-and exposed_host_probe (which counts attempts, per pane like the ports,
+(key as port_scan; from decided UDP probes) and exposed_host_probe (which counts attempts, per pane like the ports,
 instead of distinct ports);
 ``kernels/rules.py`` says which rows each counts.
 
@@ -45,7 +45,7 @@ from kernels.alert_slots import (
 from kernels.jit import inline, kernel
 
 U0 = np.uint64(0)
-from kernels.rules import select_port_row
+from kernels.rules import PS_UDP_PROBES, select_port_row
 
 PORT_WORDS = 1024          # 65,536 bits
 SKETCH_WORDS = 64          # 4,096 bits
@@ -283,6 +283,13 @@ def port_set_update(cols, cls, start, n, lc, ps, params, excluded_ports, seed, o
         if (excluded_ports[port >> 6] >> np.uint64(port & 63)) & np.uint64(1):
             meta[M_PORT_FILTERED] += 1
             continue
+        if mode == PS_UDP_PROBES:
+            # udp_scan: a datagram *from* an excluded (service) port is a service's
+            # reply whose request the sensor did not see, not a probe
+            sp = np.int64(c_sport[i])
+            if (excluded_ports[sp >> 6] >> np.uint64(sp & 63)) & np.uint64(1):
+                meta[M_PORT_FILTERED] += 1
+                continue
         full, slot, fresh = claim_slot(lc, k0, k1, k2, k3, ts, stale_ns, suppress_ns, ways, seed)
         if full:
             return i, EV_FORCED, slot

@@ -19,6 +19,13 @@ of a batch:
   ``CLOSED``.
 * ICMP admin-prohibited, host/net unreachable (and the ICMPv6 equivalents)
   quoting a probe -> ``FILTERED``.
+* ICMP time exceeded (ICMPv4 type 11, ICMPv6 type 3) quoting a probe ->
+  ``TRACED``: the probe's TTL ran out on the way (traceroute, mtr). It also
+  marks the prober+target pair as *being traced* (see below).
+* An ICMP error answers a probe only if the table saw that probe; one that
+  answers none is counted as ICMP backscatter (forged, or a reply to a
+  spoofed source) and attributed to nobody. An ICMPv4 error quoting an IPv6
+  header, or an ICMPv6 error quoting IPv4, is malformed: counted, ignored.
 * No answer within ``timeout_ns`` of packet time -> ``FILTERED`` if the
   sensor has matched at least one reply so far (it sees both directions),
   else ``UNKNOWN`` (one-directional capture, common on SPAN ports).
@@ -26,6 +33,17 @@ of a batch:
   (a victim's reply to a spoofed flood): counted, never attributed to its
   receiver or sender as scanning.
 
+Traceroute: a time-exceeded answer marks the pair (initiator, responder) in
+the *trace table* for ``trace_hold_ns`` (3 x timeout) with the range of
+probe ports its time-exceeded answers quoted. While the mark lives, a probe
+of that pair and protocol whose port lies in [lowest - TRACE_PORTS_BELOW,
+highest + TRACE_PORTS_ABOVE] that would be decided closed, filtered or
+unknown (the last hops' port unreachables and RSTs, the unanswered probes
+past a dropping hop) is decided ``TRACED`` instead, and refreshes the mark.
+No rule counts ``TRACED``; the ``PM_TRACED`` counter does. A UDP scan with
+a fixed TTL gets no time-exceeded answer and stays a scan; one that mixes in
+low-TTL probes hides at most the ports of that window (256 above the
+highest quoted port) per pair, and shows in the counter.
 Every decision is written as one row of an *outcome batch* (same columns as
 a packet batch: src = initiator, dst = responder, dport = port, ``outcome``
 and an ``outcome`` code beside it), which the outcome rules (failed_connections, trw_scanner) consume. The
@@ -39,13 +57,16 @@ eviction is counted).
 
 Memory (fixed): capacity * (40 B key + 8 B key hash + 8 B last seen + 8 B
 sent time + 1 B pin + 8 B row of state, initiator port and probe flags + 16 B
-queue entry) = 89 B per probe slot (22.3 MiB at the default 262,144 slots).
+queue entry) = 89 B per probe slot (22.3 MiB at the default 262,144 slots),
+plus the trace table: TRACE_SLOTS (1,024, 4-way) * (32 B pair + 8 B expiry +
+24 B port range and protocol) = 64 KiB. A mark evicted early (more than
+1,024 pairs traced within a hold) is counted (``PM_TRACE_EVICTIONS``).
 """
 import numpy as np
 
 from kernels.addr_table import (
-    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, find_slot, hash_key, lookup_slot, prefetch_bucket,
-    slot_columns,
+    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, bucket_of, find_slot, hash_key, lookup_slot,
+    prefetch_bucket, slot_columns,
 )
 from kernels.batch import (
     PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
@@ -61,8 +82,9 @@ OUT_OPEN = 1
 OUT_CLOSED = 2
 OUT_FILTERED = 3
 OUT_UNKNOWN = 4
+OUT_TRACED = 5          # part of a traceroute: counted by no rule
 OUTCOME_NAMES = {OUT_OPEN: "open", OUT_CLOSED: "closed", OUT_FILTERED: "filtered",
-                 OUT_UNKNOWN: "unknown"}
+                 OUT_UNKNOWN: "unknown", OUT_TRACED: "traced"}
 
 
 class OutcomeBatch(PacketBatch):
@@ -79,8 +101,10 @@ ST_ESTABLISHED = 3
 ST_CLOSED = 4
 ST_FILTERED = 5
 ST_UNKNOWN = 6
+ST_TRACED = 7
 STATE_NAMES = {ST_SENT: "pending", ST_OPEN: "open", ST_ESTABLISHED: "open",
-               ST_CLOSED: "closed", ST_FILTERED: "filtered", ST_UNKNOWN: "unknown"}
+               ST_CLOSED: "closed", ST_FILTERED: "filtered", ST_UNKNOWN: "unknown",
+               ST_TRACED: "traced"}
 
 # meta counters
 PM_HEAD = 0
@@ -94,13 +118,27 @@ PM_CLOSED = 7
 PM_FILTERED = 8
 PM_UNKNOWN = 9
 PM_PROBES = 10
-N_PMETA = 11
+PM_TIME_EXCEEDED = 11   # time-exceeded answers to a probe the table saw
+PM_TRACED = 12          # probes decided TRACED (time exceeded, or of a traced pair)
+PM_BACKSCATTER_ICMP = 13   # ICMP errors quoting no probe the table saw
+PM_ICMP_MISQUOTED = 14  # ICMPv4 errors quoting IPv6, ICMPv6 errors quoting IPv4
+PM_TRACE_UNTIL = 15     # latest expiry in the trace table (skip lookups past it)
+PM_TRACE_EVICTIONS = 16 # live trace marks replaced by another pair's
+N_PMETA = 17
 
 # params
 PP_TIMEOUT_NS = 0
 PP_WAYS = 1
 PP_STALE_NS = 2
-N_PPARAMS = 3
+PP_TRACE_HOLD_NS = 3
+PP_SEED = 4             # the hash seed of the last probe_update (expire_probes has none)
+N_PPARAMS = 5
+
+TRACE_SLOTS = 1024
+TRACE_WAYS = 4
+TRACE_PORTS_BELOW = 32     # a hop that did not answer before the first that did
+TRACE_PORTS_ABOVE = 256    # traceroute: 30 hops x 3 probes past the last answering hop
+TRACE_TAG = np.uint64(0x7472616365)     # fifth hash word of a trace key
 
 
 class ProbeState:
@@ -123,15 +161,26 @@ class ProbeState:
         self.params[PP_WAYS] = ways
         # a decided probe may be reused after this long without packets
         self.params[PP_STALE_NS] = max(timeout_ns, 1) * 12
+        self.params[PP_TRACE_HOLD_NS] = max(timeout_ns, 1) * 3
+        # pairs being traced: (initiator, responder), expiry, [lowest port, highest, proto]
+        self.trace_keys = np.zeros((TRACE_SLOTS, 4), np.uint64)
+        self.trace_until_ns = np.full(TRACE_SLOTS, EMPTY, np.int64)
+        self.trace_ports = np.zeros((TRACE_SLOTS, 3), np.int64)
 
     @property
     def arrays(self):
         return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
                 self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport, self.pflags,
-                self.fps)
+                self.fps, self.trace_keys, self.trace_until_ns, self.trace_ports)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
+
+
+@inline
+def is_v4(hi, lo):
+    """An IPv4 address in the kernels' IPv4-mapped form."""
+    return hi == U0 and (lo >> np.uint64(32)) == np.uint64(0xFFFF)
 
 
 @inline
@@ -140,7 +189,7 @@ def port_word(port, proto):
 
 
 @inline
-def emit(out, out_code, orow, ts, keys, pflags, slot, outcome):
+def emit(out, out_code, orow, ts, keys, pflags, sport_a, slot, outcome):
     """Write one outcome row; returns the next free row."""
     o_ts = out[0]
     o_src_hi = out[1]
@@ -158,7 +207,7 @@ def emit(out, out_code, orow, ts, keys, pflags, slot, outcome):
     o_src_lo[orow] = keys[slot, 1]
     o_dst_hi[orow] = keys[slot, 2]
     o_dst_lo[orow] = keys[slot, 3]
-    o_sport[orow] = 0
+    o_sport[orow] = sport_a[slot]       # the initiator's port
     o_dport[orow] = np.int64(word & np.uint64(0xFFFF))
     o_proto[orow] = np.int64(word >> np.uint64(16))
     o_tcp_flags[orow] = pflags[slot]
@@ -179,15 +228,95 @@ def decide(state, meta, slot, new_state):
     if new_state == ST_FILTERED:
         meta[PM_FILTERED] += 1
         return OUT_FILTERED
+    if new_state == ST_TRACED:
+        meta[PM_TRACED] += 1
+        return OUT_TRACED
     meta[PM_UNKNOWN] += 1
     return OUT_UNKNOWN
+
+
+@inline
+def trace_find(tkeys, tuntil, i_hi, i_lo, r_hi, r_lo, seed):
+    """Trace-table slot of pair (initiator, responder), live or expired, or -1."""
+    base = bucket_of(hash_key(i_hi, i_lo, r_hi, r_lo, TRACE_TAG, seed),
+                     tkeys.shape[0] // TRACE_WAYS) * TRACE_WAYS
+    for w in range(TRACE_WAYS):
+        s = base + w
+        if (tuntil[s] != EMPTY and tkeys[s, 0] == i_hi and tkeys[s, 1] == i_lo
+                and tkeys[s, 2] == r_hi and tkeys[s, 3] == r_lo):
+            return s
+    return -1
+
+
+@inline
+def trace_mark(tkeys, tuntil, tports, meta, i_hi, i_lo, r_hi, r_lo, word, ts, hold_ns, seed):
+    """A time-exceeded answer to the probe of pair (i, r) with port word ``word``:
+    mark the pair traced until ``ts + hold_ns``, widening its port range."""
+    port = np.int64(word & np.uint64(0xFFFF))
+    proto = np.int64(word >> np.uint64(16))
+    s = trace_find(tkeys, tuntil, i_hi, i_lo, r_hi, r_lo, seed)
+    if s < 0:
+        base = bucket_of(hash_key(i_hi, i_lo, r_hi, r_lo, TRACE_TAG, seed),
+                         tkeys.shape[0] // TRACE_WAYS) * TRACE_WAYS
+        s = base
+        for w in range(1, TRACE_WAYS):
+            if tuntil[base + w] < tuntil[s]:
+                s = base + w
+        if tuntil[s] != EMPTY and tuntil[s] >= ts:
+            meta[PM_TRACE_EVICTIONS] += 1
+        tkeys[s, 0] = i_hi
+        tkeys[s, 1] = i_lo
+        tkeys[s, 2] = r_hi
+        tkeys[s, 3] = r_lo
+        tuntil[s] = EMPTY
+    if tuntil[s] < ts or tports[s, 2] != proto:
+        tports[s, 0] = port       # a new trace of this pair
+        tports[s, 1] = port
+        tports[s, 2] = proto
+    else:
+        tports[s, 0] = min(tports[s, 0], port)
+        tports[s, 1] = max(tports[s, 1], port)
+    tuntil[s] = max(tuntil[s], ts + hold_ns)
+    meta[PM_TRACE_UNTIL] = max(meta[PM_TRACE_UNTIL], tuntil[s])
+
+
+@inline
+def trace_excuses(tkeys, tuntil, tports, meta, keys, slot, ts, hold_ns, seed):
+    """True if probe ``slot``, decided at ``ts``, belongs to a pair being traced
+    (and its port to the trace's window); refreshes the mark."""
+    if ts > meta[PM_TRACE_UNTIL]:
+        return False
+    s = trace_find(tkeys, tuntil, keys[slot, 0], keys[slot, 1], keys[slot, 2], keys[slot, 3],
+                   seed)
+    if s < 0 or tuntil[s] < ts:
+        return False
+    word = keys[slot, 4]
+    port = np.int64(word & np.uint64(0xFFFF))
+    if (np.int64(word >> np.uint64(16)) != tports[s, 2] or port < tports[s, 0] - TRACE_PORTS_BELOW
+            or port > tports[s, 1] + TRACE_PORTS_ABOVE):
+        return False
+    tuntil[s] = max(tuntil[s], ts + hold_ns)
+    meta[PM_TRACE_UNTIL] = max(meta[PM_TRACE_UNTIL], tuntil[s])
+    return True
+
+
+@inline
+def settle(st, slot, verdict, ts, seed):
+    """Decide probe ``slot`` as ``verdict`` at ``ts``; a failure (closed, filtered,
+    unknown) of a pair being traced is decided TRACED. Returns the outcome code."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags, fps, tkeys, tuntil, tports) = st
+    if verdict != ST_OPEN and verdict != ST_TRACED and trace_excuses(
+            tkeys, tuntil, tports, meta, keys, slot, ts, params[PP_TRACE_HOLD_NS], seed):
+        verdict = ST_TRACED
+    return decide(state, meta, slot, verdict)
 
 
 @inline
 def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
     """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``)."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps) = st
+     pflags, fps, tkeys, tuntil, tports) = st
     found, slot = find_slot(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
                             params[PP_STALE_NS], params[PP_WAYS], seed)
     if found == LOOKUP_EVICTED:
@@ -213,14 +342,15 @@ def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
 def expire_probes(st, now_ns, out, out_code, orow):
     """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps) = st
-    return expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, params[PP_TIMEOUT_NS],
-                  now_ns, out, out_code, orow)
+     pflags, fps, tkeys, tuntil, tports) = st
+    return expire(st, now_ns, out, out_code, orow, np.uint64(params[PP_SEED]))
 
 
 @inline
-def expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, timeout_ns, now_ns, out,
-           out_code, orow):
+def expire(st, now_ns, out, out_code, orow, seed):
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags, fps, tkeys, tuntil, tports) = st
+    timeout_ns = params[PP_TIMEOUT_NS]
     cap = fifo_slot.shape[0]
     out_cap = out[0].shape[0]
     while meta[PM_HEAD] < meta[PM_TAIL] and orow < out_cap:
@@ -231,8 +361,9 @@ def expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, timeout_ns, n
         meta[PM_HEAD] += 1
         if state[slot] == ST_SENT and sent_ns[slot] == fifo_ts[h]:
             verdict = ST_FILTERED if meta[PM_REPLIES] > 0 else ST_UNKNOWN
-            outcome = decide(state, meta, slot, verdict)
-            orow = emit(out, out_code, orow, fifo_ts[h] + timeout_ns, keys, pflags, slot, outcome)
+            at = fifo_ts[h] + timeout_ns
+            outcome = settle(st, slot, verdict, at, seed)
+            orow = emit(out, out_code, orow, at, keys, pflags, sport_a, slot, outcome)
     return orow
 
 
@@ -260,9 +391,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     has fewer than 2 free rows.
     """
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps) = st
+     pflags, fps, tkeys, tuntil, tports) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
+    params[PP_SEED] = np.int64(seed)
     out_cap = out[0].shape[0]
     fifo_cap = fifo_slot.shape[0]
     ts_col = cols[0]
@@ -290,8 +422,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
         ts = ts_col[i]
         head = meta[PM_HEAD]
         if head < meta[PM_TAIL] and fifo_ts[head % fifo_cap] + timeout_ns <= ts:
-            orow = expire(keys, sent_ns, state, pflags, fifo_slot, fifo_ts, meta, timeout_ns, ts,
-                          out, out_code, orow)
+            orow = expire(st, ts, out, out_code, orow, seed)
         if out_cap - orow < 2:
             return i, orow
         pf = pkt_flags[i]
@@ -333,7 +464,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                             meta[PM_FILTERED] -= 1
                         else:
                             meta[PM_UNKNOWN] -= 1
-                    orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, verdict))
+                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                                settle(st, slot, verdict, ts, seed))
                 continue
             # ACK without SYN/RST: part of a flow we know, or an ACK/Maimon probe
             slot = lookup_slot(fps, keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
@@ -366,7 +498,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
                 if state[slot] == ST_SENT:
                     meta[PM_REPLIES] += 1
-                    orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, ST_OPEN))
+                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                                decide(state, meta, slot, ST_OPEN))
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
                        port_word(dport_c[i], 17), sport_c[i], 0, ts, seed)
@@ -376,6 +509,31 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             t = icmp_type[i]
             c = icmp_code[i]
             iproto = np.int64(inner_proto[i])
+            is_hi = cols[13][i]
+            is_lo = cols[14][i]
+            id_hi = cols[15][i]
+            id_lo = cols[16][i]
+            if (proto == 1) != (is_v4(is_hi, is_lo) and is_v4(id_hi, id_lo)) or (
+                    proto == 58 and (is_v4(is_hi, is_lo) or is_v4(id_hi, id_lo))):
+                meta[PM_ICMP_MISQUOTED] += 1      # the other IP version quoted
+                continue
+            if ((proto == 1 and t == 11) or (proto == 58 and t == 3)) and c == 0:
+                # time exceeded: the probe's TTL ran out on the way (traceroute)
+                word = port_word(cols[18][i], iproto)
+                slot = lookup_slot(fps, keys, last_seen_ns, is_hi, is_lo, id_hi, id_lo, word,
+                                   ways, seed)
+                if slot < 0:
+                    meta[PM_BACKSCATTER_ICMP] += 1
+                    continue
+                last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+                meta[PM_TIME_EXCEEDED] += 1
+                trace_mark(tkeys, tuntil, tports, meta, is_hi, is_lo, id_hi, id_lo, word, ts,
+                           params[PP_TRACE_HOLD_NS], seed)
+                if state[slot] == ST_SENT:
+                    meta[PM_REPLIES] += 1
+                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                                decide(state, meta, slot, ST_TRACED))
+                continue
             if proto == 1 and t == 3:
                 if c == 3:
                     verdict = ST_CLOSED if iproto == 17 else ST_FILTERED
@@ -392,14 +550,16 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                     continue
             else:
                 continue
-            slot = lookup_slot(fps, keys, last_seen_ns, cols[13][i], cols[14][i], cols[15][i],
-                               cols[16][i], port_word(cols[18][i], iproto), ways, seed)
+            slot = lookup_slot(fps, keys, last_seen_ns, is_hi, is_lo, id_hi, id_lo,
+                               port_word(cols[18][i], iproto), ways, seed)
             if slot < 0:
+                meta[PM_BACKSCATTER_ICMP] += 1      # answers no probe: forged, or backscatter
                 continue
             last_seen_ns[slot] = max(last_seen_ns[slot], ts)
             if state[slot] == ST_SENT:
                 meta[PM_REPLIES] += 1
-                orow = emit(out, out_code, orow, ts, keys, pflags, slot, decide(state, meta, slot, verdict))
+                orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                            settle(st, slot, verdict, ts, seed))
     return n, orow
 
 
@@ -411,7 +571,7 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports)
     (TCP SYN, UDP) or, if ``stealth``, stealth probes. Open ports are written to
     ``open_ports`` (up to its length). Scans the whole table: called per alert."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps) = st
+     pflags, fps, tkeys, tuntil, tports) = st
     n_open = 0
     n_closed = 0
     n_filtered = 0

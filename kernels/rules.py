@@ -6,15 +6,18 @@ Every rule is a *mode* of one of two counter kernels:
   destination ports (exact 65,536-bit bitmaps) or, for exposed_host_probe,
   attempts;
 * host-set rules (``kernels/host_set.py``): a key collects distinct hosts
-  (or host+port pairs). failed_connections and trw_scanner read *outcome
-  rows* (``kernels/probes.py``: src = initiator, dst = responder, dport =
-  port, with an outcome code) instead of packets.
+  (or host+port pairs).
+
+failed_connections, trw_scanner, stealth_scan, udp_scan, exposed_host_probe
+(and host_sweep / port_sweep unless ``count_open``) read *outcome rows*
+(``kernels/probes.py``: src = initiator, dst = responder, sport = initiator
+port, dport = port, with an outcome code) instead of packets. No rule counts
+the ``traced`` outcome (probes of a traceroute).
 
 ``select_*`` decide for one row whether the rule counts it and return the
 key words, the item, the *prober* (the side doing the scanning) and the
-*target*. The prober is usually the source; for replies (ICMP port
-unreachable, TCP RST) it is the destination, because the reply goes back to
-whoever probed. Direction is from the prober's point of view:
+*target*. The prober is the source of a packet row, and the initiator of an
+outcome row (replies are matched to their probes by the probe table). Direction is from the prober's point of view:
 
   internal  prober and target both in home_net
   outbound  prober in home_net, target outside
@@ -27,12 +30,10 @@ are never counted; targets in the ignore-list and ignored ports never count.
 import numpy as np
 
 from kernels.batch import (
-    PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
-    TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG,
+    PF_HAS_ICMP, PF_HAS_TCP_FLAGS, TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG,
 )
 from kernels.classify import (
-    C_DPORT_IGNORED, C_DST_ALLOWED, C_DST_HOME, C_DST_IGNORED, C_DST_EXPOSED,
-    C_DST_SPECIAL, C_SRC_ALLOWED, C_SRC_HOME, C_SRC_IGNORED,
+    C_DPORT_IGNORED, C_DST_HOME, C_DST_IGNORED, C_DST_EXPOSED, C_SRC_ALLOWED, C_SRC_HOME,
     C_SRC_SPECIAL,
 )
 from kernels.jit import inline
@@ -41,7 +42,9 @@ from kernels.jit import inline
 PS_PORT_SCAN = 0        # TCP SYN probes; key = prober (scope source) or prober+target (scope pair)
 PS_EXPOSED_PROBE = 1    # decided TCP attempts (outcome rows) to exposed hosts from outside
 PS_STEALTH = 2          # stealth probes (outcome rows): FIN, NULL, Xmas; ACK, Maimon if reset
-PS_UDP_CLOSED = 3       # ICMP port unreachable quoting UDP: the prober hit a closed UDP port
+PS_UDP_PROBES = 3       # decided UDP probes (outcome rows) not answered by UDP: closed,
+                        # filtered or unknown; the initiator port is also checked against
+                        # the excluded ports (a datagram from a service port is a reply)
 
 # host-set modes
 HS_HOST_SWEEP = 0       # TCP SYN probes; key = prober + port; item = target
@@ -54,6 +57,8 @@ HS_TRW = 4              # probe outcomes; key = prober; item = target (first con
 OUT_OPEN = 1
 OUT_CLOSED = 2
 OUT_FILTERED = 3
+OUT_UNKNOWN = 4
+OUT_TRACED = 5
 
 DIR_INTERNAL = 1
 DIR_OUTBOUND = 2
@@ -108,34 +113,29 @@ def select_port_row(mode, pair_scope, c, pkt_flags, proto, flags, t, code, iprot
     target_hi, target_lo, direction, evidence_bits)."""
     if mode == PS_EXPOSED_PROBE:
         # one decided TCP connection attempt (retransmissions are one attempt)
-        if outc == 0 or proto != 6 or flags != TH_SYN or not forward_ok(c):
+        if outc == 0 or outc == OUT_TRACED or proto != 6 or flags != TH_SYN or not forward_ok(c):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         if (c & C_DST_EXPOSED) == 0 or (c & C_SRC_HOME) != 0:
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         d = direction(False, (c & C_DST_HOME) != 0)
         return True, s_hi, s_lo, U0, U0, np.int64(dport), d_hi, d_lo, d, 0
-    if mode == PS_UDP_CLOSED:
-        if (pkt_flags & (PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS)) != (
-                PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS):
+    if mode == PS_UDP_PROBES:
+        # a UDP probe decided closed (ICMP port unreachable), filtered (other ICMP
+        # unreachables) or unknown (no answer by probes.timeout_s); never open
+        # (answered by UDP) nor traced
+        if proto != 17 or (outc != OUT_CLOSED and outc != OUT_FILTERED and outc != OUT_UNKNOWN):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-        unreachable = (proto == 1 and t == 3 and code == 3) or (proto == 58 and t == 1 and code == 4)
-        if not unreachable or iproto != 17:
+        if not forward_ok(c):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-        if (c & (C_DST_ALLOWED | C_DST_SPECIAL | C_SRC_IGNORED)) != 0:
-            return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
-        # the quoted packet went from the prober (inner src) to the target (inner dst)
-        k0 = is_hi
-        k1 = is_lo
-        t_hi = id_hi
-        t_lo = id_lo
-        port = np.int64(idport)
-        d = direction((c & C_DST_HOME) != 0, (c & C_SRC_HOME) != 0)
+        d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+        port = np.int64(dport)
         if pair_scope:
-            return True, k0, k1, t_hi, t_lo, port, t_hi, t_lo, d, 0
-        return True, k0, k1, U0, U0, port, t_hi, t_lo, d, 0
+            return True, s_hi, s_lo, d_hi, d_lo, port, d_hi, d_lo, d, 0
+        return True, s_hi, s_lo, U0, U0, port, d_hi, d_lo, d, 0
     if mode == PS_STEALTH:
         # outcome rows of stealth probes; ACK and FIN+ACK count only when reset
-        if outc == 0 or proto != 6 or (flags & (TH_SYN | TH_RST)) != 0 or not forward_ok(c):
+        if (outc == 0 or outc == OUT_TRACED or proto != 6 or (flags & (TH_SYN | TH_RST)) != 0
+                or not forward_ok(c)):
             return False, U0, U0, U0, U0, 0, U0, U0, 0, 0
         if (flags & TH_ACK) != 0:
             if outc != OUT_CLOSED or (flags != TH_ACK and flags != (TH_ACK | TH_FIN)):
@@ -196,7 +196,8 @@ def select_host_row(mode, c, pkt_flags, proto, flags, t, s_hi, s_lo, d_hi, d_lo,
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     if from_outcomes:
         # host_sweep / port_sweep on decided attempts: count those that did not succeed
-        if outc == 0 or outc == OUT_OPEN or proto != 6 or flags != TH_SYN or not forward_ok(c):
+        if (outc == 0 or outc == OUT_OPEN or outc == OUT_TRACED or proto != 6 or flags != TH_SYN
+                or not forward_ok(c)):
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
     elif (flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN or not forward_ok(c):
         return False, U0, U0, U0, U0, U0, 0, U0, U0, 0

@@ -256,6 +256,11 @@ class Engine:
             "probes_evictions": int(m[kp.PM_EVICTIONS]),
             "backscatter_synack": int(m[kp.PM_BACKSCATTER_SYNACK]),
             "backscatter_rst": int(m[kp.PM_BACKSCATTER_RST]),
+            "backscatter_icmp": int(m[kp.PM_BACKSCATTER_ICMP]),
+            "icmp_misquoted": int(m[kp.PM_ICMP_MISQUOTED]),
+            "time_exceeded_seen": int(m[kp.PM_TIME_EXCEEDED]),
+            "traceroute_probes": int(m[kp.PM_TRACED]),
+            "trace_evictions": int(m[kp.PM_TRACE_EVICTIONS]),
             "probe_table_bytes": int(self.probes.nbytes()),
         })
         for det in self.detectors:

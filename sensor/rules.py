@@ -66,7 +66,9 @@ RULES = (
     Rule("failed_connections", "host_set", kr.HS_FAILED,
          "A prober whose connection attempts fail: refused (TCP RST or ICMP port "
          "unreachable from the target) or never answered (filtered), as decided by the "
-         "probe table (`[probes]`). Graceful closes and unsolicited RSTs (backscatter) never "
+         "probe table (`[probes]`). Graceful closes, unsolicited RSTs and ICMP errors "
+         "(backscatter) and the probes of a traceroute (time exceeded on the way, and the "
+         "last hops' answers while the pair is being traced: outcome `traced`) never "
          "count (Palo Alto \"possible internal to external port scanning\"). Counts distinct "
          "failed host+port pairs, or failures (`count = \"attempts\"`).",
          "failed_pairs", threshold=10, window_s=300.0, max_keys=1024, max_listed=1024,
@@ -91,10 +93,29 @@ RULES = (
          "before the sensor is answered with data, not a reset). Each probe counts once "
          "decided (answer or `probes.timeout_s`).",
          "distinct_ports", threshold=5, window_s=300.0, max_keys=1024),
-    Rule("udp_scan", "port_set", kr.PS_UDP_CLOSED,
-         "A prober whose UDP datagrams hit many distinct closed ports: counted from the ICMP "
-         "port-unreachable replies quoting them.",
-         "closed_ports", threshold=10, window_s=300.0, max_keys=1024),
+    Rule("udp_scan", "port_set", kr.PS_UDP_PROBES,
+         "A prober sending UDP datagrams to many distinct ports that do not answer with UDP "
+         "(nmap -sU, masscan, zmap UDP): each probe counts once the probe table has decided "
+         "it closed (ICMP port unreachable), filtered (another ICMP unreachable) or unknown "
+         "(no answer within `probes.timeout_s`); one answered by UDP (open) never counts, nor "
+         "one of a traceroute (time-exceeded answers: outcome `traced`), nor an ICMP error "
+         "that answers no datagram the sensor saw (forged: counted as `backscatter_icmp`). "
+         "Counted per prober and target by default (`scope = \"pair\"`): busy clients "
+         "that send to random high ports of many hosts (BitTorrent DHT, WebRTC/ICE, games) "
+         "stay at a few ports per target, and so does a one-directional capture of a "
+         "server's answers, while a UDP port scan probes tens to thousands of one host's "
+         "ports; `\"source\"` counts one prober's ports over all its targets. The default "
+         "`exclude_ports` are the UDP services a network talks to all day (DNS, DHCP, NTP, "
+         "NetBIOS, SNMP traps, QUIC, IKE/NAT-T, syslog, DHCPv6, SSDP, STUN, WS-Discovery, "
+         "mDNS, LLMNR, WireGuard); they count neither as destination nor as source port "
+         "(a datagram from port 53 is a DNS answer whose query the sensor missed), so a "
+         "scan sent from one of them (`nmap -g 53`) is not seen: empty the list to see it.",
+         "distinct_ports", threshold=10, window_s=300.0, max_keys=1024,
+         exclude_ports=(53, "67-68", 123, "137-138", 162, 443, 500, 514, "546-547", 1900,
+                        "3478-3479", 3702, 4500, 5353, 5355, 19302, 51820),
+         extra=(("scope", "pair", "What a key is: \"pair\" (one prober and one target) or "
+                 "\"source\" (one prober, all its targets).",
+                 {"choices": ("source", "pair")}),)),
     Rule("trw_scanner", "host_set", kr.HS_TRW,
          "Threshold Random Walk (Jung, Paxson, Berger, Balakrishnan, IEEE S&P 2004) over each "
          "prober's first contacts with hosts: a failed first contact (closed or filtered) "

@@ -171,10 +171,16 @@ def _capture_probes(probes):
     m = probes.meta
     cap = probes.fifo_slot.shape[0]
     at = np.arange(m[kp.PM_HEAD], m[kp.PM_TAIL], dtype=np.int64) % cap
+    trace_live = np.flatnonzero(probes.trace_until_ns != EMPTY).astype(np.int64)
     return {"shape": _probe_shape(probes), "live": live,
             "slots": _capture_slots(_probe_arrays(probes), live),
             "fifo_slot": probes.fifo_slot[at], "fifo_ts": probes.fifo_ts[at],
-            "meta": m.copy()}
+            "meta": m.copy(),
+            # pairs being traced (kernels/probes.py), at their slots: the table's
+            # size does not depend on the configuration
+            "trace": {"live": trace_live, "keys": probes.trace_keys[trace_live],
+                      "until_ns": probes.trace_until_ns[trace_live],
+                      "ports": probes.trace_ports[trace_live]}}
 
 
 def capture_state(engine):
@@ -414,7 +420,15 @@ def restore_state(engine, state, drop_mismatched=False):
 
     probes = engine.probes
     _restore_slots(_probe_arrays(probes), p_saved["live"], p_saved["slots"])
-    probes.meta[:] = p_saved["meta"]
+    # a checkpoint from before a counter was added has fewer (the rest start at 0)
+    probes.meta[:len(p_saved["meta"])] = p_saved["meta"][:len(probes.meta)]
+    probes.params[kp.PP_SEED] = np.int64(seed)
+    trace = p_saved.get("trace")
+    if trace is not None:
+        _in_range("trace", trace["live"], probes.trace_until_ns.shape[0])
+        probes.trace_keys[trace["live"]] = trace["keys"]
+        probes.trace_until_ns[trace["live"]] = trace["until_ns"]
+        probes.trace_ports[trace["live"]] = trace["ports"]
     cap = probes.fifo_slot.shape[0]
     at = np.arange(probes.meta[kp.PM_HEAD], probes.meta[kp.PM_TAIL], dtype=np.int64) % cap
     probes.fifo_slot[at] = p_saved["fifo_slot"]

@@ -734,24 +734,19 @@ def rule_item(rule, r, net):
 
     is_syn = bool(flags & _PF_HAS_TCP_FLAGS) and (tcp & (_TH_SYN | _TH_ACK | _TH_RST)) == _TH_SYN
     if rule == "udp_scan":
-        need = _PF_HAS_ICMP | _PF_HAS_INNER | _PF_INNER_HAS_PORTS
-        if (flags & need) != need:
+        # decided UDP probes (outcome rows) that were not answered by UDP
+        if r["proto"] != 17 or r.get("outcome", 0) not in (OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN):
             return None
-        unreachable = (r["proto"] == 1 and r["icmp_type"] == 3 and r["icmp_code"] == 3) or \
-                      (r["proto"] == 58 and r["icmp_type"] == 1 and r["icmp_code"] == 4)
-        if not unreachable or r["inner_proto"] != 17:
+        if not forward_ok():
             return None
-        if _in_any(dst, net["allow"]) or _special(dst) or _in_any(src, net["ignore"]):
-            return None
-        prober = (int(r["inner_src_hi"]), int(r["inner_src_lo"]))
-        target = (int(r["inner_dst_hi"]), int(r["inner_dst_lo"]))
-        key = prober + (target if net["scope"] == "pair" else ())
-        return dict(key=key, item=int(r["inner_dport"]), port=int(r["inner_dport"]),
-                    target=target, prober=prober, direction=_direction(home(dst), home(src)),
-                    evidence=None)
+        port = int(r["dport"])
+        key = src_w + (dst_w if net["scope"] == "pair" else ())
+        return dict(key=key, item=port, port=port, target=dst_w, prober=src_w,
+                    direction=_direction(home(src), home(dst)), evidence=None,
+                    sport=int(r["sport"]))
     is_attempt = r["proto"] == 17 or (r["proto"] == 6 and tcp == _TH_SYN)
     if rule == "stealth_scan":
-        if r.get("outcome", 0) == 0 or r["proto"] != 6 or tcp & (_TH_SYN | _TH_RST):
+        if r.get("outcome", 0) in (0, OUT_TRACED) or r["proto"] != 6 or tcp & (_TH_SYN | _TH_RST):
             return None
         if not forward_ok():
             return None
@@ -771,7 +766,7 @@ def rule_item(rule, r, net):
         return dict(key=src_w, item=port, port=port, target=dst_w, prober=src_w,
                     direction=_direction(home(src), home(dst)), evidence=evidence)
     if rule == "exposed_host_probe":
-        if r.get("outcome", 0) == 0 or r["proto"] != 6 or tcp != _TH_SYN or not forward_ok():
+        if r.get("outcome", 0) in (0, OUT_TRACED) or r["proto"] != 6 or tcp != _TH_SYN or not forward_ok():
             return None
         if not _in_any(dst, net["exposed"]) or home(src):
             return None
@@ -779,7 +774,7 @@ def rule_item(rule, r, net):
         return dict(key=src_w, item=port, port=port, target=dst_w, prober=src_w,
                     direction=_direction(False, home(dst)), evidence=None)
     if rule in ("host_sweep", "port_sweep") and net.get("from_outcomes"):
-        if (r.get("outcome", 0) in (0, OUT_OPEN) or r["proto"] != 6 or tcp != _TH_SYN
+        if (r.get("outcome", 0) in (0, OUT_OPEN, OUT_TRACED) or r["proto"] != 6 or tcp != _TH_SYN
                 or not forward_ok()):
             return None
         d = _direction(home(src), home(dst))
@@ -878,6 +873,8 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
             continue
         if it["port"] is not None and it["port"] in exclude_ports:
             continue
+        if it.get("sport") is not None and it["sport"] in exclude_ports:
+            continue        # udp_scan: a datagram from a service port is a reply
         key = it["key"]
         s = keys.get(key)
         pane = ts // window_ns
@@ -949,33 +946,72 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
 
 # --- probe table reference (kernels/probes.py) ---
 
-OUT_OPEN, OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN = 1, 2, 3, 4
+OUT_OPEN, OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN, OUT_TRACED = 1, 2, 3, 4, 5
+TRACE_PORTS_BELOW, TRACE_PORTS_ABOVE = 32, 256
 
 
-def probe_reference(rows, timeout_ns):
+def _is_v4(hi, lo):
+    return hi == 0 and (lo >> 32) == 0xFFFF
+
+
+def probe_reference(rows, timeout_ns, counters=None):
     """Plain-Python probe table. Returns (outcome_rows, probes) where outcome rows are
     dicts with the batch columns plus ``outcome``, in emission order (including the
-    end-of-input decisions), and probes maps (init, resp, port, proto) -> state name."""
+    end-of-input decisions), and probes maps (init, resp, port, proto) -> state name.
+    ``counters`` (a dict), if given, receives time_exceeded, traced, backscatter_icmp
+    and icmp_misquoted.
+
+    Traceroute: a time-exceeded answer to a known probe decides it traced (7) and marks
+    its (initiator, responder) pair until ts + 3 x timeout with the quoted ports' range;
+    a failure of that pair and protocol within the port window while marked is traced
+    too and refreshes the mark (kernels/probes.py; the kernel's table is bounded, this
+    one is not)."""
     state = {}         # key -> [state, sent_ns, initiator port, probe TCP flags]
     queue = []         # FIFO of (key, sent_ns)
+    trace = {}         # (initiator, responder) -> [until_ns, lowest port, highest, proto]
+    hold_ns = max(timeout_ns, 1) * 3
     out = []
     replies = [0]
-    names = {1: "pending", 2: "open", 3: "open", 4: "closed", 5: "filtered", 6: "unknown"}
-    code = {2: OUT_OPEN, 4: OUT_CLOSED, 5: OUT_FILTERED, 6: OUT_UNKNOWN}
+    n = dict(time_exceeded=0, traced=0, backscatter_icmp=0, icmp_misquoted=0)
+    names = {1: "pending", 2: "open", 3: "open", 4: "closed", 5: "filtered", 6: "unknown",
+             7: "traced"}
+    code = {2: OUT_OPEN, 4: OUT_CLOSED, 5: OUT_FILTERED, 6: OUT_UNKNOWN, 7: OUT_TRACED}
 
     def emit(ts, key, st):
         (ih, il), (rh, rl), port, proto = key
         row = {n: 0 for n in _ROW_NAMES}
         row.update(ts_ns=ts, src_hi=ih, src_lo=il, dst_hi=rh, dst_lo=rl, dport=port,
-                   proto=proto, pkt_flags=1, tcp_flags=state[key][3], outcome=code[st])
+                   sport=state[key][2], proto=proto, pkt_flags=1, tcp_flags=state[key][3],
+                   outcome=code[st])
         out.append(row)
+
+    def settle(key, verdict, ts):
+        m = trace.get((key[0], key[1]))
+        if (verdict not in (2, 7) and m is not None and m[0] >= ts and key[3] == m[3]
+                and m[1] - TRACE_PORTS_BELOW <= key[2] <= m[2] + TRACE_PORTS_ABOVE):
+            m[0] = max(m[0], ts + hold_ns)
+            verdict = 7
+        if verdict == 7:
+            n["traced"] += 1
+        state[key][0] = verdict
+        emit(ts, key, verdict)
+
+    def mark(key, ts):
+        pair, port, proto = (key[0], key[1]), key[2], key[3]
+        m = trace.get(pair)
+        if m is None:
+            m = trace[pair] = [-1, port, port, proto]
+        if m[0] < ts or m[3] != proto:
+            m[1:] = [port, port, proto]
+        else:
+            m[1], m[2] = min(m[1], port), max(m[2], port)
+        m[0] = max(m[0], ts + hold_ns)
 
     def expire(now):
         while queue and queue[0][1] + timeout_ns <= now:
             key, sent = queue.pop(0)
             if state[key][0] == 1 and state[key][1] == sent:
-                state[key][0] = 5 if replies[0] > 0 else 6
-                emit(sent + timeout_ns, key, state[key][0])
+                settle(key, 5 if replies[0] > 0 else 6, sent + timeout_ns)
 
     def open_probe(key, ts, sport, flags):
         if key in state and (state[key][0] == 1 or state[key][2] == sport):
@@ -987,8 +1023,11 @@ def probe_reference(rows, timeout_ns):
         st = state[key][0]
         if st == 1 or (late_ok and st in (5, 6)):
             replies[0] += 1
-            state[key][0] = verdict
-            emit(ts, key, verdict)
+            if verdict == 2:
+                state[key][0] = verdict
+                emit(ts, key, verdict)
+            else:
+                settle(key, verdict, ts)
 
     for r in rows:
         ts = int(r["ts_ns"])
@@ -1028,6 +1067,23 @@ def probe_reference(rows, timeout_ns):
         if (flags & need) != need:
             continue
         t, c, iproto = r["icmp_type"], r["icmp_code"], int(r["inner_proto"])
+        v4_inner = [_is_v4(int(r["inner_src_hi"]), int(r["inner_src_lo"])),
+                    _is_v4(int(r["inner_dst_hi"]), int(r["inner_dst_lo"]))]
+        if (r["proto"] == 1) != all(v4_inner) or (r["proto"] == 58 and any(v4_inner)):
+            n["icmp_misquoted"] += 1
+            continue
+        key = ((int(r["inner_src_hi"]), int(r["inner_src_lo"])),
+               (int(r["inner_dst_hi"]), int(r["inner_dst_lo"])), int(r["inner_dport"]), iproto)
+        if ((r["proto"] == 1 and t == 11) or (r["proto"] == 58 and t == 3)) and c == 0:
+            if key not in state:
+                n["backscatter_icmp"] += 1
+                continue
+            n["time_exceeded"] += 1
+            mark(key, ts)
+            if state[key][0] == 1:
+                replies[0] += 1
+                settle(key, 7, ts)
+            continue
         if r["proto"] == 1 and t == 3:
             if c == 3:
                 verdict = 4 if iproto == 17 else 5
@@ -1044,11 +1100,13 @@ def probe_reference(rows, timeout_ns):
                 continue
         else:
             continue
-        key = ((int(r["inner_src_hi"]), int(r["inner_src_lo"])),
-               (int(r["inner_dst_hi"]), int(r["inner_dst_lo"])), int(r["inner_dport"]), iproto)
         if key in state:
             answer(key, ts, verdict, False)
+        else:
+            n["backscatter_icmp"] += 1
     expire(1 << 62)
+    if counters is not None:
+        counters.update(n)
     return out, {k: names[v[0]] for k, v in state.items()}
 
 

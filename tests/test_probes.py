@@ -50,10 +50,15 @@ def kernel_outcomes(rows, timeout_s, batch_capacity, outcome_capacity):
 @given(rows=mixed_rows(), timeout_s=st.sampled_from([1, 5, 30]),
        batch_capacity=st.sampled_from([1, 3, 4096]), outcome_capacity=st.sampled_from([2, 5, 512]))
 def test_probe_kernel_matches_reference(rows, timeout_s, batch_capacity, outcome_capacity):
-    got, _ = kernel_outcomes(rows, timeout_s, batch_capacity, outcome_capacity)
-    want, _ = naive.probe_reference(rows, timeout_s * SEC)
-    key = ("ts_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "dport", "proto", "outcome")
+    got, state = kernel_outcomes(rows, timeout_s, batch_capacity, outcome_capacity)
+    counters = {}
+    want, _ = naive.probe_reference(rows, timeout_s * SEC, counters)
+    key = ("ts_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto", "outcome")
     assert [tuple(r[k] for k in key) for r in got] == [tuple(r[k] for k in key) for r in want]
+    m = state.meta
+    assert counters == dict(time_exceeded=m[kp.PM_TIME_EXCEEDED], traced=m[kp.PM_TRACED],
+                            backscatter_icmp=m[kp.PM_BACKSCATTER_ICMP],
+                            icmp_misquoted=m[kp.PM_ICMP_MISQUOTED])
 
 
 def engine(*overrides):

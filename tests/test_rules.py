@@ -28,6 +28,7 @@ IGNORE_PORTS = [7]
 @st.composite
 def mixed_rows(draw):
     rows = []
+    sent = []       # (src, dst, proto, sport, dport) of TCP/UDP rows, for ICMP errors to quote
     ts = T0
     for _ in range(draw(st.integers(1, 250))):
         ts += draw(st.sampled_from([0, 1, 1000, SEC // 10, SEC, 7 * SEC, 40 * SEC]))
@@ -35,14 +36,57 @@ def mixed_rows(draw):
         dst = draw(st.sampled_from(HOSTS))
         port = draw(st.one_of(st.sampled_from([22, 80, 443]), st.integers(1, 30)))
         port = port * draw(st.sampled_from([1, 1, 1, 997])) % 65536
-        kind = draw(st.sampled_from(["tcp"] * 6 + ["echo", "unreach", "udp"]))
+        kind = draw(st.sampled_from(["tcp"] * 6 + ["echo", "unreach", "udp", "udp", "error",
+                                                   "trace"]))
+        if kind == "trace":
+            # a traceroute burst: probes to consecutive ports, time exceeded for the
+            # first ones, port unreachable (or nothing) for the rest
+            proto = draw(st.sampled_from([17, 17, 6]))
+            base = draw(st.sampled_from([33434, 33000, 80]))
+            hops = draw(st.integers(0, 3))
+            v6 = ":" in dst and not dst.startswith("::ffff:")
+            for k in range(draw(st.integers(1, 8))):
+                dport = base + (k if proto == 17 else 0)
+                sport = 41000 + k
+                probe = (udp_row(ts, src, dst, dport, sport=sport) if proto == 17 else
+                         syn_row(ts, src, dst, dport, sport=sport))
+                rows.append(probe)
+                sent.append((src, dst, proto, sport, dport))
+                inner = (src, dst, proto, sport, dport)
+                if k < hops:
+                    rows.append(icmp_row(ts + 10, "10.0.0.254" if not v6 else "2001:db8::1",
+                                         src, 3 if v6 else 11, 0, inner=inner, v6=v6))
+                elif proto == 17 and draw(st.booleans()):
+                    rows.append(icmp_row(ts + 20, dst, src, 1 if v6 else 3, 4 if v6 else 3,
+                                         inner=inner, v6=v6))
+                elif proto == 6 and draw(st.booleans()):
+                    rows.append(syn_row(ts + 20, dst, src, sport, sport=dport,
+                                        flags=TH_RST | TH_ACK))
+                ts += draw(st.sampled_from([1, 1000, SEC]))
+            continue
         if kind == "tcp":
-            row = syn_row(ts, src, dst, port, sport=draw(st.sampled_from([80, 443, 22, 40000])),
-                          flags=draw(st.sampled_from(FLAGS)))
+            sport = draw(st.sampled_from([80, 443, 22, 40000]))
+            row = syn_row(ts, src, dst, port, sport=sport, flags=draw(st.sampled_from(FLAGS)))
+            sent.append((src, dst, 6, sport, port))
         elif kind == "echo":
             row = icmp_row(ts, src, dst, 8)
         elif kind == "udp":
-            row = udp_row(ts, src, dst, port, sport=draw(st.sampled_from([53, 5353, 40000])))
+            sport = draw(st.sampled_from([53, 5353, 40000, 40001]))
+            row = udp_row(ts, src, dst, port, sport=sport)
+            sent.append((src, dst, 17, sport, port))
+        elif kind == "error" and sent:
+            # an ICMP error quoting a datagram or segment sent earlier: from its target
+            # or from a router on the way; sometimes of the other IP version (malformed)
+            isrc, idst, iproto, isport, idport = draw(st.sampled_from(sent[-8:]))
+            v6 = ":" in idst and not idst.startswith("::ffff:")
+            if draw(st.integers(0, 9)) == 0:
+                v6 = not v6
+            icmp_type, code = draw(st.sampled_from(
+                [(3, 1), (3, 13), (1, 3), (1, 4), (3, 3), (11, 0), (11, 1), (3, 0)]
+                if v6 else [(11, 0), (11, 0), (3, 3), (3, 1), (3, 13), (3, 4), (11, 1)]))
+            router = draw(st.sampled_from([idst, "10.0.0.254", "2001:db8::1"]))
+            row = icmp_row(ts, router, isrc, icmp_type, code,
+                           inner=(isrc, idst, iproto, isport, idport), v6=v6)
         else:
             row = icmp_row(ts, src, dst, 3, 3, inner=(dst, src, 17, 5353, port))
         rows.append(row)
@@ -101,12 +145,13 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
                  "exclude_ports": str(exclude).replace("'", '"'), "max_listed": 512,
                  "max_keys": 256}
     sensitive_threshold = 0
-    if rule == "port_scan":
+    if rule in ("port_scan", "udp_scan"):
         settings_["scope"] = scope
+    if rule == "port_scan":
         sensitive_threshold = growth + (1 if new_target else 0)      # 0..3, reusing draws
         settings_["sensitive_ports"] = "[22, 80, 443]"
         settings_["sensitive_threshold"] = sensitive_threshold
-    net = network(scope if rule == "port_scan" else "source")
+    net = network(scope if rule in ("port_scan", "udp_scan") else "source")
     if rule in ("host_sweep", "port_sweep"):
         settings_["count_open"] = str(attempts).lower()
         net["from_outcomes"] = not attempts
@@ -123,8 +168,8 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
                    upper=micro(math.log(0.99 / 0.01)), lower=micro(math.log(0.01 / 0.99)))
     alerts = run(engine_with_timeout(rule, timeout_s, **settings_), rows, capacity)
     fed = rows
-    if rule in ("failed_connections", "trw_scanner", "exposed_host_probe", "stealth_scan") \
-            or net.get("from_outcomes"):
+    if rule in ("failed_connections", "trw_scanner", "exposed_host_probe", "stealth_scan",
+                "udp_scan") or net.get("from_outcomes"):
         fed = naive.probe_reference(rows, timeout_s * SEC)[0]
     ref = naive.counter_reference(
         rule, fed, net, threshold,

@@ -9,7 +9,8 @@ from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import outcomes_of
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_STEALTH, STEALTH_NAMES,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_STEALTH, PS_UDP_PROBES,
+    STEALTH_NAMES,
 )
 from sensor.addresses import to_text
 from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
@@ -90,7 +91,7 @@ class CounterDetector:
         if rule.table == "host_set":
             self.reads_outcomes = rule.mode in (HS_FAILED, HS_TRW) or bool(p[ks.P_FROM_OUTCOMES])
         else:
-            self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH)
+            self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH, PS_UDP_PROBES)
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
         # set by the engine while another thread updates the probe table (during
         # one batch): alerts then get their outcomes from ``complete_outcomes``
