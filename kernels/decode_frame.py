@@ -7,13 +7,14 @@ the skip reason or writes the row with ``store_row``.
 
 What a row holds is documented in ``kernels/batch.py``. The rules:
 
-* Link layer: Ethernet (up to 4 VLAN tags of TPID 0x8100/0x88a8/0x9100/0x9200;
-  the outermost VLAN id is kept), Linux SLL and SLL2, raw IP (101, 12, 14,
+* Link layer: Ethernet (any number of VLAN tags of TPID 0x8100/0x88a8/0x9100/
+  0x9200, as many as the frame holds; the outermost VLAN id is kept), Linux SLL and SLL2, raw IP (101, 12, 14,
   228, 229), BSD null (0, host byte order) and loop (108, network order).
 * IPv4 options are skipped by IHL; a total length of 0 (TSO captures) means
   "to the end of the capture". IPv6 extension headers (hop-by-hop, routing,
-  destination options, fragment, AH, mobility, HIP, shim6) are walked, at most
-  8 of them (a 9th extension header makes the packet ``malformed_ip``).
+  destination options, fragment, AH, mobility, HIP, shim6) are walked to the
+  end of the chain, however long (each is at least 8 bytes, so the walk is
+  bounded by the packet): no chain length hides a packet from the rules.
 * Fragments after the first are counted and skipped: they carry no ports.
   A first fragment (PF_FIRST_FRAGMENT) whose TCP header is split across
   fragments (RFC 1858 tiny fragment, ``nmap -f``) still gives a row when its
@@ -73,7 +74,6 @@ IP_TRUNCATED = 1
 IP_MALFORMED = 2
 IP_FRAGMENT = 3
 
-MAX_EXT_HEADERS = 8
 LINK_ARP = -1          # link_payload: an ARP body at ip_off
 ETH_P_ARP = 0x0806
 ARP_BYTES = 28         # Ethernet/IPv4 ARP: 8-byte header, 2 x (6 + 4) addresses
@@ -174,11 +174,9 @@ def parse_ip(buf, p, end, want_version):
         nh = np.int64(buf[p + 6])
         q = p + 40
         first_fragment = False
-        n_ext = 0
+        # the whole chain is walked (no limit to hide behind): each header takes at
+        # least 8 bytes of the packet
         while is_ext_header(nh):
-            if n_ext == MAX_EXT_HEADERS:
-                # a longer chain is not something a real stack sends
-                return IP_MALFORMED, 6, z, z, z, z, 0, 0, 0, False, cut
             if nh == 44:
                 hlen = 8
                 if ip_end - q < 8:
@@ -202,7 +200,6 @@ def parse_ip(buf, p, end, want_version):
                 return st, 6, z, z, z, z, 0, 0, 0, False, cut
             nh = np.int64(buf[q])
             q += hlen
-            n_ext += 1
         return (IP_OK, 6, src_hi, src_lo, dst_hi, dst_lo, nh, q, ip_end,
                 first_fragment, cut)
     return IP_MALFORMED, version, z, z, z, z, 0, 0, 0, False, False
@@ -231,17 +228,15 @@ def link_payload(buf, off, caplen, linktype):
         p = off + 14
         vlan = 0
         has_vlan = False
-        for _ in range(4):
-            if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100 or ethertype == 0x9200:
-                if end - p < 4:
-                    return S_TRUNC_LINK, 0, 0, 0, False
-                if not has_vlan:
-                    vlan = be16(buf, p) & 0xFFF
-                    has_vlan = True
-                ethertype = be16(buf, p + 2)
-                p += 4
-            else:
-                break
+        # every tag is walked (no limit to hide behind): each takes 4 bytes of the frame
+        while ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100 or ethertype == 0x9200:
+            if end - p < 4:
+                return S_TRUNC_LINK, 0, 0, 0, False
+            if not has_vlan:
+                vlan = be16(buf, p) & 0xFFF
+                has_vlan = True
+            ethertype = be16(buf, p + 2)
+            p += 4
         if ethertype == 0x0800:
             return 0, p, 4, vlan, has_vlan
         if ethertype == 0x86DD:
@@ -340,7 +335,10 @@ def parse_frame(buf, off, caplen, linktype):
             sport = be16(buf, l4)
             dport = be16(buf, l4 + 2)
             flags |= PF_HAS_PORTS
-        elif (np.int64(buf[l4 + 12]) >> 4) < 5:
+        elif (np.int64(buf[l4 + 12]) >> 4) < 5 or (
+                not cut and not first_frag and (np.int64(buf[l4 + 12]) >> 4) * 4 > avail):
+            # data offset below the header, or past the end of a whole, unfragmented
+            # IP packet (a first fragment may hold the rest of the header in the next)
             return skip_row(S_MALFORMED_L4)
         else:
             sport = be16(buf, l4)

@@ -6,6 +6,7 @@ generates CONFIG.md, so the three can never disagree.
 """
 import dataclasses
 import ipaddress
+import math
 import socket
 
 from sensor.rules import ALL_DIRECTIONS, RULES
@@ -122,6 +123,13 @@ SETTINGS = [
     Setting("capture.read_chunk_bytes", 4 << 20,
             "Bytes read at a time from compressed files and standard input (plain files "
             "are memory-mapped whole).", min=4096, max=1 << 30),
+    Setting("capture.max_time_regression_s", 5.0,
+            "Packet time may go back this many seconds (multi-queue capture, merged "
+            "interfaces) and is processed as it comes. A packet further behind the latest "
+            "packet time (files of different dates, a clock stepped back) starts a new time "
+            "epoch: every pending alert is reported as at the end of input, the tables are "
+            "emptied and the sensor goes on from the new time (counted in "
+            "`time_regressions`, one warning each).", min=0.0, max=86400.0),
     # --- live capture (`scan-sensor run`) ---
     Setting("capture.interfaces", [],
             "Interfaces `scan-sensor run` captures on (`-i`, repeatable), e.g. the SPAN or "
@@ -214,7 +222,11 @@ for _rule in RULES:
                 "port).", item_check=_port_spec),
         Setting(_p + "max_keys", _rule.max_keys,
                 "Keys tracked at once (table slots; memory is fixed by this). When full, the "
-                "least recently seen key is evicted (counted in stats).", min=8, max=1 << 22),
+                "least recently seen key is evicted (counted in stats). Memory per key: "
+                "about 18 KiB for port-set rules, 3-30 KiB for host-set rules (by "
+                "`max_listed`); `--stats-json` `*_table_bytes` gives the figure; the start "
+                "is refused when all tables together exceed the available memory.",
+                min=8, max=1 << 18),
         Setting(_p + "table_ways", 8,
                 "Slots searched per lookup (set associativity); `max_keys` is rounded up to a "
                 "multiple of it.", min=1, max=64),
@@ -311,6 +323,18 @@ SETTINGS = tuple(SETTINGS)
 SETTING_BY_KEY = {s.key: s for s in SETTINGS}
 
 
+MAX_CONFIG_BYTES = 4 << 20      # a config file larger than this is refused, not read
+
+
+def _text_problem(value):
+    """Why a string cannot be a setting (it must survive being written as UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text"
+    return None
+
+
 def _check(setting, value, origin):
     expected = setting.type
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -318,6 +342,13 @@ def _check(setting, value, origin):
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{origin}: `{setting.key}` must be {_type_name(expected)}, "
                           f"got {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{origin}: `{setting.key}` must be a finite number, got {value!r}")
+    for text in ([value] if isinstance(value, str) else
+                 [v for v in value if isinstance(v, str)] if isinstance(value, list) else []):
+        if _text_problem(text):
+            raise ConfigError(f"{origin}: `{setting.key}` {_text_problem(text)}: "
+                              f"{text.encode('utf-8', 'surrogateescape')!r}")
     if setting.min is not None and value < setting.min:
         raise ConfigError(f"{origin}: `{setting.key}` must be >= {setting.min}, got {value!r}")
     if setting.max is not None and value > setting.max:
@@ -402,6 +433,8 @@ def parse_override(text):
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except (RecursionError, UnicodeError):
+        raise ConfigError(f"--set {key}: value nested too deeply or not valid text") from None
     return key, _check(SETTING_BY_KEY[key], value, "--set")
 
 
@@ -414,13 +447,7 @@ def load_config(path=None, overrides=(), preset=None):
             raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
         values.update(PRESETS[preset].settings)
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                table = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        table = read_config_file(path)
         outputs = parse_output_tables(table.pop("output", []), str(path))
         values.update(_flatten(table, str(path)))
     else:
@@ -431,6 +458,30 @@ def load_config(path=None, overrides=(), preset=None):
     cfg = Config(values, outputs)
     cfg.validate_relations()
     return cfg
+
+
+def read_config_file(path):
+    """The TOML table of a config file, read at most MAX_CONFIG_BYTES; every problem
+    (unreadable, too large, not UTF-8, not TOML, nested too deeply) a ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file larger than {MAX_CONFIG_BYTES >> 20} MiB: "
+                          "not read")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte {exc.start} is "
+                          f"{data[exc.start:exc.start + 1].hex()})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 # --- delivery: [[output]] tables (issue 10) --------------------------------------------

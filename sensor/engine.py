@@ -25,10 +25,12 @@ from kernels.batch import COLUMN_NAMES, PacketBatch, new_stats, stats_dict
 from kernels.classify import C_DST_HOME, C_SRC_HOME, classify_rows
 from kernels.rules import DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND
 from kernels import probes as kp
+from kernels.time_order import NO_TIME_NS, first_regression
 from sensor.alert_gate import AlertGate
 from sensor.detectors.counter import CounterDetector, port_bitmap
 from sensor.netlists import compile_lists
 from sensor.rules import RULES
+from sensor import time_epochs
 
 END_OF_TIME_NS = np.iinfo(np.int64).max // 2
 
@@ -72,6 +74,11 @@ class Engine:
         self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
+        # time epochs (sensor/time_epochs.py): the latest packet time of this epoch
+        self.latest_ns = NO_TIME_NS
+        self.max_regression_ns = int(round(cfg["capture.max_time_regression_s"] * 1e9))
+        self.time_regressions = 0
+        self.time_jumps = []           # (from_ns, to_ns) per new epoch, for the caller to report
         self.pool = None
         if cfg["sensor.workers"] > 1:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="scan-sensor-probes")
@@ -92,8 +99,49 @@ class Engine:
         return self._process(batch, decode_next)
 
     def _process(self, batch, then):
+        """Rows up to the first time regression (kernels/time_order.py); then a new
+        time epoch and the rest of the batch the same way. In order, no row twice."""
         if batch.n == 0:
             return [], None
+        cut, latest = first_regression(batch.ts_ns, 0, batch.n, self.latest_ns,
+                                       self.max_regression_ns)
+        if cut == batch.n:
+            self.latest_ns = latest
+            return self._process_rows(batch, then)
+        alerts, start = [], 0
+        while True:                    # rare: a capture or clock that went backwards
+            if cut > start:
+                alerts += self._process_rows(time_epochs.RowsView(batch, start, cut), None)[0]
+            self.latest_ns = latest
+            if cut == batch.n:
+                return alerts, (then() if then is not None else None)
+            alerts += self._new_epoch(int(batch.ts_ns[cut]))
+            start = cut
+            cut, latest = first_regression(batch.ts_ns, start, batch.n, self.latest_ns,
+                                           self.max_regression_ns)
+
+    def _new_epoch(self, to_ns):
+        """Packet time went back to ``to_ns``: report what is pending as at the end of
+        input, empty the tables, go on from ``to_ns`` (sensor/time_epochs.py)."""
+        self.time_regressions += 1
+        if len(self.time_jumps) < time_epochs.MAX_JUMPS_KEPT:
+            self.time_jumps.append((self.latest_ns, to_ns))
+        alerts = self._expire_all()
+        for det in self.detectors:
+            alerts += det.flush()
+        alerts = self._deliver(alerts) + self.gate.finish()
+        time_epochs.clear_tables(self.probes, self.detectors)
+        time_epochs.reset_gate(self.gate)
+        self.latest_ns = NO_TIME_NS
+        return alerts
+
+    def take_time_jumps(self):
+        """[(from_ns, to_ns)] of the epochs started since the last call (at most
+        time_epochs.MAX_JUMPS_KEPT between calls; ``time_regressions`` counts all)."""
+        out, self.time_jumps = self.time_jumps, []
+        return out
+
+    def _process_rows(self, batch, then):
         if batch.n > self.classes.shape[0]:      # a batch from elsewhere, larger than ours
             self.classes = np.zeros(batch.n, np.uint16)
             self.no_outcome = np.zeros(batch.n, np.uint8)
@@ -134,6 +182,7 @@ class Engine:
         saved = empty.n
         empty.n = 0
         classify_rows(empty.columns, 0, self.nets, self.ignored_ports, self.classes)
+        first_regression(empty.ts_ns, 0, 0, self.latest_ns, self.max_regression_ns)
         kp.probe_update(empty.columns, 0, 0, self.probes.arrays, self.seed,
                         self.outcomes.columns, self.outcomes.outcome, 0)
         self.outcomes.n = 0
@@ -165,7 +214,11 @@ class Engine:
         link: the daemon hands in its idle clock): decide the attempts whose
         timeout passed and report the alerts due by then. A later packet would
         have done the same, so a replay of the capture gives the same alerts."""
+        delivered = []
+        if now_ns < self.latest_ns - self.max_regression_ns:
+            delivered = self._new_epoch(now_ns)    # the clock was stepped back
         alerts = []
+        self.latest_ns = max(self.latest_ns, now_ns)
         while True:
             rows = kp.expire_probes(self.probes.arrays, now_ns, self.outcomes.columns,
                                     self.outcomes.outcome, 0)
@@ -174,7 +227,7 @@ class Engine:
             alerts += self._outcome_rows(rows)
         for det in self.detectors:
             alerts += det.advance(now_ns)
-        return self._deliver(alerts)
+        return delivered + self._deliver(alerts)
 
     def close(self):
         """Stop the worker thread (if any)."""
@@ -185,16 +238,20 @@ class Engine:
     def finish(self):
         """End of input: attempts still unanswered are decided, waiting alerts reported."""
         self.close()
+        alerts = self._expire_all()
+        for det in self.detectors:
+            alerts += det.flush()
+        return self._deliver(alerts) + self.gate.finish()
+
+    def _expire_all(self):
+        """Decide every attempt still waiting for an answer; the outcome rules' alerts."""
         alerts = []
         while True:
             rows = kp.expire_probes(self.probes.arrays, END_OF_TIME_NS, self.outcomes.columns,
                                     self.outcomes.outcome, 0)
             if rows == 0:
-                break
+                return alerts
             alerts += self._outcome_rows(rows)
-        for det in self.detectors:
-            alerts += det.flush()
-        return self._deliver(alerts) + self.gate.finish()
 
     def _outcome_rows(self, rows):
         if rows == 0 or not self.outcome_rules:
@@ -266,6 +323,7 @@ class Engine:
         for det in self.detectors:
             out.update(det.stats())
         out["alerts_rate_limited"] = self.gate.total_held
+        out["time_regressions"] = self.time_regressions
         return out
 
 

@@ -96,7 +96,6 @@ IPV6_EXT_HEADERS = {
     0: "hop-by-hop", 43: "routing", 44: "fragment", 51: "AH", 60: "destination options",
     135: "mobility", 139: "HIP", 140: "shim6",
 }
-MAX_EXT_HEADERS = 8
 PORT_PROTOS = {6: "TCP", 17: "UDP", 33: "DCCP", 132: "SCTP", 136: "UDP-Lite"}
 ICMP4_ERRORS = {dpkt.icmp.ICMP_UNREACH, dpkt.icmp.ICMP_SRCQUENCH, dpkt.icmp.ICMP_REDIRECT,
                 dpkt.icmp.ICMP_TIMEXCEED, dpkt.icmp.ICMP_PARAMPROB}
@@ -162,9 +161,7 @@ def parse_ipv6(data):
     # a header that does not fit: the snap length cut it, or the packet lies
     short = "truncated_ip" if cut else "malformed_ip"
     nxt, at, walked, first_fragment = ip6.nxt, 40, 0, False
-    while nxt in IPV6_EXT_HEADERS:
-        if walked == MAX_EXT_HEADERS:
-            return IPResult("malformed_ip", cut=cut)
+    while nxt in IPV6_EXT_HEADERS:        # the whole chain, however long
         rest = packet[at:]
         if nxt == dpkt.ip.IP_PROTO_FRAGMENT:
             if len(rest) < 8:
@@ -193,7 +190,6 @@ def parse_ipv6(data):
 
 VLAN_TPIDS = {dpkt.ethernet.ETH_TYPE_8021Q, dpkt.ethernet.ETH_TYPE_8021AD,
               dpkt.ethernet.ETH_TYPE_QINQ1, dpkt.ethernet.ETH_TYPE_QINQ2}
-MAX_VLAN_TAGS = 4
 AF_INET = 2
 AF_INET6_VALUES = {24, 28, 30}   # NetBSD/OpenBSD, FreeBSD, Darwin
 IP_BY_ETHERTYPE = {dpkt.ethernet.ETH_TYPE_IP: 4, dpkt.ethernet.ETH_TYPE_IP6: 6}
@@ -213,9 +209,7 @@ def link_layer(frame, linktype):
             return "truncated_link", b"", 0, None
         ethertype = header(dpkt.ethernet.Ethernet, frame).type
         at, vlan = 14, None
-        for _ in range(MAX_VLAN_TAGS):
-            if ethertype not in VLAN_TPIDS:
-                break
+        while ethertype in VLAN_TPIDS:       # every tag, as many as the frame holds
             if len(frame) - at < 4:
                 return "truncated_link", b"", 0, None
             tag = header(dpkt.ethernet.VLANtag8021Q, frame[at:])
@@ -226,7 +220,7 @@ def link_layer(frame, linktype):
         if ethertype == ETH_TYPE_ARP:
             return "arp", frame[at:], 0, vlan
         if ethertype not in IP_BY_ETHERTYPE:
-            return "non_ip", b"", 0, None      # LLC, a 5th VLAN tag, ...
+            return "non_ip", b"", 0, None      # LLC, other EtherTypes
         return "ok", frame[at:], IP_BY_ETHERTYPE[ethertype], vlan
     if linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
         cls = dpkt.sll.SLL if linktype == LINKTYPE_LINUX_SLL else dpkt.sll2.SLL2
@@ -313,8 +307,9 @@ def decode_frame(frame, linktype, ts_ns, wire_len):
     if proto == dpkt.ip.IP_PROTO_TCP:
         if len(l4) >= 14:
             sport, dport, _seq, _ack, offset_byte, tcp_flags = struct.unpack(">HHIIBB", l4[:14])
-            if offset_byte >> 4 < 5:
-                return None, "malformed_l4"
+            if offset_byte >> 4 < 5 or (not ip.cut and not ip.first_fragment
+                                        and (offset_byte >> 4) * 4 > len(l4)):
+                return None, "malformed_l4"      # data offset below 5 or past the packet
             row.update(sport=sport, dport=dport, tcp_flags=tcp_flags)
             flags |= PF_HAS_PORTS | PF_HAS_TCP_FLAGS
         elif ip.first_fragment and not ip.cut and len(l4) >= 4:
@@ -1169,6 +1164,7 @@ def walk_ring_block(ring, block_end, pkt_off, pkts_left, capacity):
 # A read past the end of the packet ends a classic BPF program with 0.
 
 FANOUT_ICMP4_REQUESTS = {8, 10, 13, 15, 17}
+FANOUT_EXT_HEADERS = 8            # sensor/capture/bpf.py walks this many, then keys symmetrically
 FANOUT_ICMP6_REQUESTS = {128, 133, 135, 139}
 
 
@@ -1190,7 +1186,7 @@ def fanout_key(frame, walk_extension_headers=True):
         elif ethertype == 0x86DD:
             proto, src, dst = net[6], u32(net[20:24]), u32(net[36:40])
             q = 40
-            for _ in range(MAX_EXT_HEADERS if walk_extension_headers else 0):
+            for _ in range(FANOUT_EXT_HEADERS if walk_extension_headers else 0):
                 if proto == 44:
                     if struct.unpack(">H", net[q + 2:q + 4])[0] & 0xFFF8:
                         return src ^ dst           # a later fragment
@@ -1222,3 +1218,18 @@ def fanout_key(frame, walk_extension_headers=True):
         return src ^ dst
     except (IndexError, struct.error):
         return 0
+
+
+# ---------------------------------------------------------------- time order
+
+def first_regression(ts_ns, start, n, latest_ns, tolerance_ns):
+    """Reference for kernels/time_order.py: (first row of ``start..n-1`` more than
+    ``tolerance_ns`` behind the latest time before it, or n; that latest time)."""
+    latest = latest_ns
+    for i in range(start, n):
+        t = int(ts_ns[i])
+        if t > latest:
+            latest = t
+        elif latest - t > tolerance_ns:
+            return i, latest
+    return n, latest

@@ -221,7 +221,7 @@ def frame(draw, linktype):
             tags = []
             if chance(draw, 40):
                 tags = draw(st.lists(st.tuples(st.sampled_from(VLAN_TPIDS), st.integers(0, 0xFFFF)),
-                                     min_size=1, max_size=5 if chance(draw, 20) else 3))
+                                     min_size=1, max_size=12 if chance(draw, 20) else 3))
             data = b"\x02" * 12 + b"".join(struct.pack(">HH", *t) for t in tags) + \
                 struct.pack(">H", ethertype) + packet
             if chance(draw, 20):

@@ -22,8 +22,6 @@ import ctypes.util
 import socket
 import struct
 
-from kernels.decode_frame import MAX_EXT_HEADERS
-
 DLT_EN10MB = 1
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 SO_ATTACH_FILTER = 26
@@ -285,11 +283,14 @@ ICMP6_REQUESTS = (128, 133, 135, 139)       # echo, router / neighbour solicitat
 IPV6_OPTION_HEADERS = (0, 43, 60, 135, 139, 140)   # hop-by-hop, routing, dest. options, mobility,
                                                    # HIP, shim6: length (n + 1) * 8
 N = SKF_NET_OFF
+# IPv6 extension headers the fanout program walks (classic BPF has no loops: one
+# block each). Real stacks send one or two; a longer chain gets the symmetric key
+# (the whole pair on one worker), which the decoder still walks in full.
+FANOUT_EXT_HEADERS = 8
 
 
 def _ipv6_extension_walk(max_headers):
-    """Unrolled walk of up to ``max_headers`` IPv6 extension headers (the decoder's
-    limit, kernels/decode_frame.py), so a probe behind a hop-by-hop or fragment
+    """Unrolled walk of up to ``max_headers`` IPv6 extension headers, so a probe behind a hop-by-hop or fragment
     header is keyed like one without: X = offset of the current header, M[0] = its
     type. A later fragment has no transport header (symmetric key). Classic BPF
     jumps only forward, hence one block per header."""
@@ -343,7 +344,7 @@ _FANOUT_SOURCE = [
     ("ld_abs", N + 20), ("st", 1),          # M[1] = last 32 bits of the source
     ("ld_abs", N + 36), ("st", 2),          # M[2] = last 32 bits of the destination
     ("ldx_imm", 40),                        # X = 40: the first header after the fixed one
-    *_ipv6_extension_walk(MAX_EXT_HEADERS),
+    *_ipv6_extension_walk(FANOUT_EXT_HEADERS),
     "by_protocol6",
     ("ld_mem", 0),
     ("jeq", 58, "icmp6", None),

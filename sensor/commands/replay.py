@@ -5,15 +5,19 @@ import os
 import sys
 import time
 
+from sensor.alerts import rfc3339
 from sensor.capture.files import CaptureError, CaptureFile
+from sensor.commands.paths import check_output_paths
 from sensor.output.delivery import SYSLOG_OPTION_HELP
 from sensor.config import load_config
+from sensor.memory_budget import check_memory
 from sensor.presets import PRESETS
 from sensor.engine import Engine
 from sensor.output.delivery import open_outputs, summary_lines
 from sensor.output.summary import render_summary
 
 PROGRESS_MIN_BYTES = 32 << 20
+TIME_JUMPS_SHOWN = 10       # time-regression warnings printed; the rest are counted
 
 
 def register(sub):
@@ -71,8 +75,43 @@ def _progress_bar(files, enabled):
                 desc="replay", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def _output_paths(args, cfg):
+    """[(option, path)] of every file this replay will write."""
+    paths = []
+    if args.stats_json is not None:
+        paths.append(("--stats-json", args.stats_json))
+    if args.jsonl is not None:
+        paths.append(("--jsonl", args.jsonl))
+    elif not args.syslog:
+        paths += [(f"[[output]] jsonl", spec.path) for spec in cfg.outputs
+                  if spec.kind == "jsonl"]
+    return paths
+
+
+def _to_stdout(args, cfg):
+    """True if alerts go to standard output."""
+    if args.jsonl is not None or args.syslog:
+        return args.jsonl == "-"
+    return not cfg.outputs or any(s.kind == "jsonl" and s.path == "-" for s in cfg.outputs)
+
+
+def _time_jump_warnings(engine, path, shown):
+    """One warning per new time epoch (the first TIME_JUMPS_SHOWN); returns shown."""
+    for from_ns, to_ns in engine.take_time_jumps():
+        shown += 1
+        if shown > TIME_JUMPS_SHOWN:
+            continue
+        back_s = (from_ns - to_ns) / 1e9
+        more = ("; further ones are counted (time_regressions), not shown"
+                if shown == TIME_JUMPS_SHOWN else "")
+        print(f"scan-sensor: warning: {path}: packet time went back {back_s:,.3f} s, from "
+              f"{rfc3339(from_ns)} to {rfc3339(to_ns)}: new time epoch (pending alerts "
+              f"reported, tables emptied){more}", file=sys.stderr)
+    return shown
+
+
 def run(args):
-    from sensor.cli import EXIT_OK, EXIT_RUNTIME
+    from sensor.cli import CLOSED_STREAMS, EXIT_OK, EXIT_RUNTIME, SensorError
 
     overrides = list(args.set)
     if args.workers is not None:
@@ -80,6 +119,14 @@ def run(args):
     if args.state_dir is not None:
         overrides.append("sensor.state_dir=" + json.dumps(args.state_dir))
     cfg = load_config(args.config, overrides, args.preset)
+    inputs = [("input", f) for f in args.files]
+    if args.config is not None:
+        inputs.append(("the config file", args.config))
+    check_output_paths(_output_paths(args, cfg), inputs)
+    if "stdout" in CLOSED_STREAMS and _to_stdout(args, cfg):
+        raise SensorError("standard output is closed: no alert could be written (nothing "
+                          "was read; give --jsonl PATH)")
+    check_memory(cfg)
     from kernels.jit import COLD_CACHE
     if COLD_CACHE and sys.stderr.isatty():
         print("scan-sensor: first run: compiling the packet kernels (about 30 s, once)",
@@ -100,8 +147,13 @@ def run(args):
         outputs.submit(alerts)
         all_alerts.extend(alerts)
 
+    jumps_shown = 0
     try:
         for path in args.files:
+            if path == "-" and "stdin" in CLOSED_STREAMS:
+                print("scan-sensor: error: -: standard input is closed", file=sys.stderr)
+                failed = True
+                continue
             try:
                 capture = CaptureFile(path, cfg["capture.read_chunk_bytes"])
             except CaptureError as exc:
@@ -124,6 +176,8 @@ def run(args):
                 while batch is not None:
                     alerts, batch = engine.process_then(batch, decode_next)
                     emit(alerts)
+                    if engine.time_jumps:
+                        jumps_shown = _time_jump_warnings(engine, path, jumps_shown)
                     if bar is not None:
                         bar.update(capture.bytes_done - done)
                         done = capture.bytes_done
@@ -151,15 +205,21 @@ def run(args):
     stats = engine.stats()
     delivery = outputs.stats()
     if args.stats_json:
-        with open(args.stats_json, "w", encoding="utf-8") as fh:
-            json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats,
-                       "outputs": delivery}, fh, indent=2)
+        try:
+            with open(args.stats_json, "w", encoding="utf-8") as fh:
+                json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats,
+                           "outputs": delivery}, fh, indent=2)
+        except OSError as exc:
+            print(f"scan-sensor: error: --stats-json {args.stats_json}: cannot write: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            failed = True
     show_summary = args.summary if args.summary is not None else sys.stderr.isatty()
     if show_summary:
         print(render_summary(all_alerts, stats, len(args.files), seconds), file=sys.stderr)
         for line in summary_lines(delivery):
             print(line, file=sys.stderr)
-    if report_undelivered(left, delivery, cfg["sensor.state_dir"] or None):
+    if report_undelivered(left, delivery, cfg["sensor.state_dir"] or None,
+                          outputs.write_errors()):
         failed = True
     return EXIT_RUNTIME if failed else EXIT_OK
 
@@ -168,10 +228,18 @@ def _warn(text):
     print(f"scan-sensor: warning: {text}", file=sys.stderr, flush=True)
 
 
-def report_undelivered(left, delivery, state_dir):
-    """One line per output that did not deliver everything; True if any did not."""
+def report_undelivered(left, delivery, state_dir, write_errors=None):
+    """One line per output that did not deliver everything; True if any did not.
+    ``write_errors``: {output name: OSError} of outputs whose writes failed."""
     bad = False
     for name, c in delivery.items():
+        exc = (write_errors or {}).get(name)
+        if exc is not None:
+            print(f"scan-sensor: error: output {name}: writing failed "
+                  f"({exc.strerror or exc}): {c['dropped']:,} alert(s) not written",
+                  file=sys.stderr)
+            bad = True
+            continue
         n = left.get(name, 0)
         if n:
             where = (f"kept in {state_dir}/spool/{name}, sent first by the next run"

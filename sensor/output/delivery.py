@@ -119,8 +119,10 @@ def summary_lines(stats):
 class JsonlOutput:
     """Alerts as JSON lines, written and flushed on the caller's thread."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, log=None):
         self.spec = spec
+        self.log = log
+        self.write_error = None          # the OSError that stopped writing, if any
         if spec.path == "-":
             self._fh = sys.stdout
         else:
@@ -132,10 +134,39 @@ class JsonlOutput:
         self.counts = dict.fromkeys(COUNTERS, 0)
 
     def submit(self, records):
-        for record in records:
-            self._fh.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
-            self.counts["sent"] += 1
-        self._fh.flush()
+        if self.write_error is not None:
+            self.counts["dropped"] += len(records)
+            return
+        lines = "".join(json.dumps(record.to_dict(), separators=(",", ":")) + "\n"
+                        for record in records)
+        try:
+            self._fh.write(lines)
+            self._fh.flush()
+        except BrokenPipeError:
+            if self._fh is sys.stdout:
+                raise                       # the reader of stdout left (`| head`): caller stops
+            self._failed(records, sys.exc_info()[1])
+        except OSError as exc:              # disk full, I/O error: counted, the run goes on
+            self._failed(records, exc)
+        else:
+            self.counts["sent"] += len(records)
+
+    def _failed(self, records, exc):
+        """Stop writing (every later record counted as dropped) and drop what is buffered."""
+        self.write_error = exc
+        self.counts["dropped"] += len(records)
+        if self.log is not None:
+            self.log(f"output {self.spec.name}: writing failed ({exc.strerror or exc}): "
+                     "alerts from now on are not written (counted as dropped)")
+        if self._fh is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())    # what is buffered goes nowhere at exit
+            os.close(devnull)
+        else:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
 
     def stats(self):
         return dict(self.counts, queued=0)
@@ -144,7 +175,7 @@ class JsonlOutput:
         pass
 
     def join(self, timeout=None):
-        if self._fh is not sys.stdout:
+        if self._fh is not sys.stdout and not self._fh.closed:
             self._fh.close()
 
     def backlog(self):
@@ -194,7 +225,7 @@ class Outputs:
 
     def _build(self, spec):
         if spec.kind == "jsonl":
-            return JsonlOutput(spec)
+            return JsonlOutput(spec, self.log)
         ctx = self._context(spec)
         if spec.kind == "udp":
             return UdpSender(spec, ctx, self.settings, self.sensor_name, self.log)
@@ -251,6 +282,13 @@ class Outputs:
                 out.submit(records)
             if self._held is not None:         # reconfigure() in progress
                 self._held.extend(records)
+
+    def write_errors(self):
+        """{output name: OSError} of the outputs whose writes failed (JSON lines)."""
+        with self._lock:
+            outs = list(self.outputs.values())
+        return {out.spec.name: out.write_error for out in outs
+                if getattr(out, "write_error", None) is not None}
 
     def stats(self):
         """{output name: counters}; counters are those of ``COUNTERS`` plus ``queued``
