@@ -10,6 +10,14 @@ cache. The directory is ``$NUMBA_CACHE_DIR/scan-sensor-<hash>`` when that
 variable is set (the systemd unit sets it), else under the user's cache
 directory.
 
+``NUMBA_BOUNDSCHECK=1`` (the fuzz pass, ``tests/test_fuzz_boundscheck.py``)
+turns Numba's bounds checking on for every kernel, overriding
+``boundscheck=False`` below: an out-of-bounds index raises IndexError instead
+of reading past the array. Numba's cache index does not record the setting,
+so a checked kernel could be loaded by an unchecked run (slow, raising) or
+an unchecked one by a checked run (checking nothing): checked kernels get a
+cache directory of their own (``...-boundscheck``).
+
 ``nogil=True`` lets a second worker thread run kernels in parallel.
 
 ``_nrt=False`` compiles without Numba's reference-counting runtime. Kernels
@@ -31,6 +39,9 @@ OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", _
 
 
 KEEP_OTHER_VERSIONS = 3
+# True when NUMBA_BOUNDSCHECK=1 overrides boundscheck=False for every kernel
+BOUNDSCHECK = bool(numba.config.BOUNDSCHECK)
+CACHE_SUFFIX = "-boundscheck" if BOUNDSCHECK else ""
 
 
 def _sources_hash():
@@ -55,11 +66,12 @@ def _cache_dir():
     else:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = pathlib.Path(xdg) / "scan-sensor"
-    current = root / f"scan-sensor-{_sources_hash()}"
+    current = root / f"scan-sensor-{_sources_hash()}{CACHE_SUFFIX}"
     try:
         current.mkdir(parents=True, exist_ok=True)
     except OSError:
-        current = pathlib.Path(tempfile.gettempdir()) / f"scan-sensor-{_sources_hash()}"
+        current = (pathlib.Path(tempfile.gettempdir())
+                   / f"scan-sensor-{_sources_hash()}{CACHE_SUFFIX}")
         current.mkdir(parents=True, exist_ok=True)
         return current
     # caches of other kernel versions: keep the few used last (two checkouts or

@@ -6,6 +6,12 @@ veth pair, all deleted afterwards. Traffic stays inside namespaces made here.
 ``<prefix>b``; ``link.run(ns, argv)`` and ``link.popen(ns, argv)`` run a
 command inside one of them. ``close()`` kills what still runs there and
 deletes both namespaces; a test fixture calls it whatever happens.
+
+``Topology(prefix)`` is the general form for the end-to-end table: any number
+of namespaces (``add_ns(name)`` makes ``<prefix>-<name>``), veth links between
+them (``link(a, b, addr_a, addr_b)``, interfaces ``<prefix><a>`` style names
+chosen by the caller), forwarding routers (``router(name)``) and routes; the
+same ``run``/``popen``/``close``/``left_behind`` as ``Link``.
 """
 import os
 import shutil
@@ -65,6 +71,77 @@ class Link:
 
     def popen(self, side, argv, **kw):
         proc = subprocess.Popen(self.argv(side, argv), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for ns in self.ns.values():
+            r = _ip("netns", "pids", ns, check=False)
+            for pid in r.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _ip("netns", "del", ns, check=False)
+
+    def left_behind(self):
+        out = _ip("netns", "list", check=False).stdout
+        names = {line.split()[0] for line in out.splitlines() if line.strip()}
+        return sorted(names & set(self.ns.values()))
+
+
+class Topology:
+    """Several namespaces joined by veth pairs; ``close()`` deletes them all."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.ns = {}
+        self.procs = []
+
+    def add_ns(self, name):
+        ns = f"{self.prefix}-{name}"
+        _ip("netns", "add", ns)
+        self.ns[name] = ns
+        self.run(name, ["ip", "link", "set", "lo", "up"])
+        return ns
+
+    def link(self, a, b, dev_a, dev_b, addr_a=None, addr_b=None):
+        """A veth pair ``dev_a`` (in ``a``) -- ``dev_b`` (in ``b``), both up;
+        ``addr_*`` are CIDR strings (or None)."""
+        for dev in (dev_a, dev_b):
+            if len(dev) > 15:
+                raise ValueError(f"interface name {dev!r} is longer than 15 characters")
+        _ip("link", "add", dev_a, "netns", self.ns[a], "type", "veth",
+            "peer", "name", dev_b, "netns", self.ns[b])
+        for side, dev, addr in ((a, dev_a, addr_a), (b, dev_b, addr_b)):
+            if addr:
+                self.run(side, ["ip", "addr", "add", addr, "dev", dev])
+            self.run(side, ["ip", "link", "set", dev, "up"])
+
+    def router(self, name):
+        """Make ``name`` forward IPv4 between its links."""
+        self.run(name, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+
+    def sysctl(self, name, setting):
+        self.run(name, ["sysctl", "-q", "-w", setting])
+
+    def mac(self, name, dev):
+        out = self.run(name, ["cat", f"/sys/class/net/{dev}/address"]).stdout
+        return out.strip()
+
+    def argv(self, name, argv):
+        return ["ip", "netns", "exec", self.ns[name], *argv]
+
+    def run(self, name, argv, check=True, timeout=120, **kw):
+        return subprocess.run(self.argv(name, argv), capture_output=True, text=True,
+                              check=check, timeout=timeout, **kw)
+
+    def popen(self, name, argv, **kw):
+        proc = subprocess.Popen(self.argv(name, argv), **kw)
         self.procs.append(proc)
         return proc
 
