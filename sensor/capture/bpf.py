@@ -305,20 +305,20 @@ def _ipv6_extension_walk(max_headers):
             *[("jeq", t, f"opt{k}", None) for t in IPV6_OPTION_HEADERS],
             ("ja", "by_protocol6"),             # not an extension header: the transport
             f"frag{k}",
-            ("ldh_ind", N + 2),
+            ("ldh_ind", SKF_NET_OFF + 2),
             ("jset", 0xFFF8, None, f"first{k}"),
             ("ja", "symmetric"),                # fragment offset > 0
             f"first{k}",
-            ("ldb_ind", N + 0), ("st", 0),
+            ("ldb_ind", SKF_NET_OFF + 0), ("st", 0),
             ("txa",), ("add_k", 8), ("tax",),
             ("ja", nxt),
             f"ah{k}",
-            ("ldb_ind", N + 0), ("st", 0),
-            ("ldb_ind", N + 1), ("add_k", 2), ("lsh_k", 2), ("add_x",), ("tax",),
+            ("ldb_ind", SKF_NET_OFF + 0), ("st", 0),
+            ("ldb_ind", SKF_NET_OFF + 1), ("add_k", 2), ("lsh_k", 2), ("add_x",), ("tax",),
             ("ja", nxt),
             f"opt{k}",
-            ("ldb_ind", N + 0), ("st", 0),
-            ("ldb_ind", N + 1), ("add_k", 1), ("lsh_k", 3), ("add_x",), ("tax",),
+            ("ldb_ind", SKF_NET_OFF + 0), ("st", 0),
+            ("ldb_ind", SKF_NET_OFF + 1), ("add_k", 1), ("lsh_k", 3), ("add_x",), ("tax",),
             ("ja", nxt),
         ]
     return out
