@@ -27,6 +27,7 @@ from kernels.rules import DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND
 from kernels import probes as kp
 from sensor.alert_gate import AlertGate
 from sensor.detectors.counter import CounterDetector, port_bitmap
+from sensor.episodes import Episodes
 from sensor.netlists import compile_lists
 from sensor.rules import RULES
 
@@ -71,6 +72,7 @@ class Engine:
             det.probes = self.probes
         self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
+        self.episodes = Episodes.from_config(cfg, [d.name for d in self.counters])
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
         self.pool = None
         if cfg["sensor.workers"] > 1:
@@ -124,7 +126,7 @@ class Engine:
         now = int(batch.ts_ns[batch.n - 1])
         for det in self.detectors:
             alerts += det.advance(now)
-        return self._deliver(alerts), following
+        return self._deliver(alerts, now), following
 
     def warm_up(self):
         """Load the batch kernels now, with empty batches (no state changes): the
@@ -174,7 +176,7 @@ class Engine:
             alerts += self._outcome_rows(rows)
         for det in self.detectors:
             alerts += det.advance(now_ns)
-        return self._deliver(alerts)
+        return self._deliver(alerts, now_ns)
 
     def close(self):
         """Stop the worker thread (if any)."""
@@ -194,7 +196,9 @@ class Engine:
             alerts += self._outcome_rows(rows)
         for det in self.detectors:
             alerts += det.flush()
-        return self._deliver(alerts) + self.gate.finish()
+        alerts.sort(key=lambda a: a.emitted_ns)
+        alerts = self.episodes.admit(alerts, max((a.emitted_ns for a in alerts), default=0))
+        return self.gate.admit(alerts + self.episodes.finish()) + self.gate.finish()
 
     def _outcome_rows(self, rows):
         if rows == 0 or not self.outcome_rules:
@@ -237,11 +241,13 @@ class Engine:
             codes = ob.outcome if reads_outcomes else self.no_outcome
             alerts += det.process(ob, classes, codes)
             alerts += det.advance(int(ob.ts_ns[ob.n - 1]))
-        return self._deliver(alerts)
+        return self._deliver(alerts, max((a.emitted_ns for a in alerts), default=0))
 
-    def _deliver(self, alerts):
+    def _deliver(self, alerts, now_ns):
+        """Detector alerts due by packet time ``now_ns`` -> prober episodes
+        (``sensor/episodes.py``) -> rate gate."""
         alerts.sort(key=lambda a: a.emitted_ns)
-        return self.gate.admit(alerts)
+        return self.gate.admit(self.episodes.admit(alerts, now_ns))
 
     def stats(self):
         out = stats_dict(self.decode_stats)
