@@ -85,6 +85,10 @@ class Alert:
     open_ports: str = None    # ports the scan found open, as ranges
     pairs_omitted: int = None  # failed_connections: refusing host+port pairs not listed
                                # (dst_ips/dst_ports come from the listed pairs)
+    rules: list = None        # merged prober alert (sensor/episodes.py): every rule that
+                              # matched, in priority order; `rule` is the first
+    rule_evidence: dict = None  # merged: {rule: {count, count_kind, threshold, window_s,
+                                # first_seen, last_seen, packets, count_estimated}}
     emitted_ns: int = dataclasses.field(default=0, repr=False)  # packet time of emission (not rendered)
 
     def to_dict(self):

@@ -96,7 +96,7 @@ SECTIONS = {
     "net": "Address semantics shared by every rule. Lists take IPv4 and IPv6 addresses and "
            "CIDR networks; IPv4-mapped IPv6 (::ffff:10.1.2.3) is the same host as its IPv4 "
            "address everywhere. Ports are numbers or \"low-high\" ranges.",
-    "alerts": "Limits that apply to all alerts together.",
+    "alerts": "How the rules' alerts are grouped, updated and limited, for all rules together.",
     "probes": "The probe table: what happened to each connection attempt (open, closed, "
               "filtered, unknown). Feeds failed_connections and trw_scanner and the "
               "`outcomes`/`open_ports` of every alert.",
@@ -198,6 +198,26 @@ SETTINGS = [
             "At most this many alerts per minute of packet time; past it alerts are held "
             "back and one `alert_rate_limited` record says how many, per rule, when the "
             "minute ends. 0: no limit.", min=0, max=10_000_000),
+    # --- one alert per prober episode (sensor/episodes.py) ---
+    Setting("alerts.group", "prober",
+            "\"prober\": the rules' alerts about one source (all rules but port_sweep) are "
+            "merged into one alert per episode, with `rules` (every rule that matched), "
+            "`rule_evidence` (each rule's count) and the union of their evidence, which never "
+            "shrinks; it ends when the source has been quiet for twice the longest window of "
+            "its rules. \"rule\": one alert per rule and key, as each rule reports it. With a "
+            "single rule enabled (the presets) both are the same.", choices=("prober", "rule")),
+    Setting("alerts.first_report_delay_s", 5.0,
+            "group = \"prober\": seconds (packet time) the first report of an episode waits, "
+            "so rules that match the same activity at about the same time are in it.",
+            min=0, max=3600),
+    Setting("alerts.update_interval_s", 300.0,
+            "group = \"prober\": minimum seconds between two reports of one episode. An "
+            "update is sent only for a new rule, growth (`update_growth`) or a new target; "
+            "what changed since is always sent when the episode ends.", min=0, max=7 * 86400),
+    Setting("alerts.update_growth", 2.0,
+            "group = \"prober\": send an update when the episode's size (largest of port "
+            "count, target count, any rule's count) reaches this many times the last sent "
+            "size. 0: no growth updates.", min=0, max=1 << 20),
 ]
 for _rule in RULES:
     _p = _rule.name + "."

@@ -28,6 +28,7 @@ from kernels import probes as kp
 from kernels.time_order import NO_TIME_NS, first_regression
 from sensor.alert_gate import AlertGate
 from sensor.detectors.counter import CounterDetector, port_bitmap
+from sensor.episodes import Episodes
 from sensor.netlists import compile_lists
 from sensor.rules import RULES
 from sensor import time_epochs
@@ -73,6 +74,7 @@ class Engine:
             det.probes = self.probes
         self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
+        self.episodes = Episodes.from_config(cfg, [d.name for d in self.counters])
         self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
         # time epochs (sensor/time_epochs.py): the latest packet time of this epoch
         self.latest_ns = NO_TIME_NS
@@ -126,10 +128,8 @@ class Engine:
         self.time_regressions += 1
         if len(self.time_jumps) < time_epochs.MAX_JUMPS_KEPT:
             self.time_jumps.append((self.latest_ns, to_ns))
-        alerts = self._expire_all()
-        for det in self.detectors:
-            alerts += det.flush()
-        alerts = self._deliver(alerts) + self.gate.finish()
+        alerts = self._report_pending()
+        self.episodes.now_ns = 0           # episodes ended above; the new epoch's time starts again
         time_epochs.clear_tables(self.probes, self.detectors)
         time_epochs.reset_gate(self.gate)
         self.latest_ns = NO_TIME_NS
@@ -172,7 +172,7 @@ class Engine:
         now = int(batch.ts_ns[batch.n - 1])
         for det in self.detectors:
             alerts += det.advance(now)
-        return self._deliver(alerts), following
+        return self._deliver(alerts, now), following
 
     def warm_up(self):
         """Load the batch kernels now, with empty batches (no state changes): the
@@ -227,7 +227,7 @@ class Engine:
             alerts += self._outcome_rows(rows)
         for det in self.detectors:
             alerts += det.advance(now_ns)
-        return delivered + self._deliver(alerts)
+        return delivered + self._deliver(alerts, now_ns)
 
     def close(self):
         """Stop the worker thread (if any)."""
@@ -238,10 +238,17 @@ class Engine:
     def finish(self):
         """End of input: attempts still unanswered are decided, waiting alerts reported."""
         self.close()
+        return self._report_pending()
+
+    def _report_pending(self):
+        """Everything still pending, as at the end of input: attempts decided, waiting
+        alerts reported, every prober episode's last state sent, the gate's summary."""
         alerts = self._expire_all()
         for det in self.detectors:
             alerts += det.flush()
-        return self._deliver(alerts) + self.gate.finish()
+        alerts.sort(key=lambda a: a.emitted_ns)
+        alerts = self.episodes.admit(alerts, max((a.emitted_ns for a in alerts), default=0))
+        return self.gate.admit(alerts + self.episodes.finish()) + self.gate.finish()
 
     def _expire_all(self):
         """Decide every attempt still waiting for an answer; the outcome rules' alerts."""
@@ -294,11 +301,13 @@ class Engine:
             codes = ob.outcome if reads_outcomes else self.no_outcome
             alerts += det.process(ob, classes, codes)
             alerts += det.advance(int(ob.ts_ns[ob.n - 1]))
-        return self._deliver(alerts)
+        return self._deliver(alerts, max((a.emitted_ns for a in alerts), default=0))
 
-    def _deliver(self, alerts):
+    def _deliver(self, alerts, now_ns):
+        """Detector alerts due by packet time ``now_ns`` -> prober episodes
+        (``sensor/episodes.py``) -> rate gate."""
         alerts.sort(key=lambda a: a.emitted_ns)
-        return self.gate.admit(alerts)
+        return self.gate.admit(self.episodes.admit(alerts, now_ns))
 
     def stats(self):
         out = stats_dict(self.decode_stats)

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 ``capture_state(engine)`` takes everything an ``Engine`` carries from one
 batch to the next -- the probe table and its timeout FIFO, every detector's
-lifecycle and counter tables, the alert gate's minute, the decode counters
+lifecycle and counter tables, the alert gate's minute, the prober episodes
+(``sensor/episodes.py``: ids, seq, merged evidence, held updates; an optional
+key, so older checkpoints load with none), the decode counters
 and the keyed-hash seed -- as a dict of plain values and numpy arrays.
 ``restore_state(engine, state)`` puts it into a *fresh* engine, at the same
 slot indices, so the engine goes on exactly as the one it was taken from:
@@ -194,6 +196,8 @@ def capture_state(engine):
                  "held_sources": list(g.held_sources), "total_held": g.total_held},
         "probes": _capture_probes(engine.probes),
         "detectors": {det.name: _capture_detector(det) for det in engine.counters},
+        # prober episodes (sensor/episodes.py): optional, absent in older checkpoints
+        "episodes": engine.episodes.capture(),
     }
 
 
@@ -339,8 +343,8 @@ def is_fresh(engine):
     """True if no packet has touched the engine's tables yet."""
     if (engine.probes.last_seen_ns != EMPTY).any() or engine.probes.meta.any():
         return False
-    return not any((d.lc.last_seen_ns != EMPTY).any() or d.lc.meta.any()
-                   for d in engine.counters)
+    return not engine.episodes.episodes and not any(
+        (d.lc.last_seen_ns != EMPTY).any() or d.lc.meta.any() for d in engine.counters)
 
 
 def _check_refs(probes, probe_capacity, by_name, detectors):
@@ -417,6 +421,7 @@ def restore_state(engine, state, drop_mismatched=False):
     g.held.clear()
     g.held.update(gs["held"])
     g.held_sources = list(gs["held_sources"])
+    messages += engine.episodes.restore(state.get("episodes"))
 
     probes = engine.probes
     _restore_slots(_probe_arrays(probes), p_saved["live"], p_saved["slots"])

@@ -64,7 +64,12 @@ def flat(d, truncated=None):
     """The record's fields as (name, text), per the documented encodings."""
     out = []
     for name, value in d.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            # rule_evidence: one counter per inner key, rule:value, values encoded as items
+            for key in dict.fromkeys(k for v in value.values() for k in v):
+                out.append((f"{name}_{key}", counts(
+                    {rule: item(text_of(v[key])) for rule, v in value.items() if key in v})))
+        elif isinstance(value, dict):
             out.append((name, counts(value)))
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             out.append((name, ",".join(item(text_of(s["ip"])) for s in value)))
@@ -296,7 +301,8 @@ def nmap_alerts():
     from sensor.config import load_config
     from sensor.engine import Engine
     from conftest import shipped
-    cfg = load_config(None, ['sensor.name="edge-sensor-1"', "sensor.hash_seed=1"])
+    cfg = load_config(None, ['sensor.name="edge-sensor-1"', "sensor.hash_seed=1",
+                             'alerts.group="rule"'])
     engine = Engine(cfg)
     alerts = []
     with CaptureFile(str(shipped("nmap_syn_scan.pcap")), cfg["capture.read_chunk_bytes"]) as cap:
@@ -403,6 +409,55 @@ def test_updates_keep_id_and_seq(port_scan):
         else:
             f1, f2 = dict(first[0]), dict(again[0])
             assert f1["id"] == f2["id"] == port_scan.id and (f1["seq"], f2["seq"]) == ("1", "2")
+
+
+@pytest.fixture(scope="module")
+def merged():
+    """The default (alerts.group = "prober") alert of the nmap -sS scan: one alert,
+    port_scan primary, failed_connections beside it (sensor/episodes.py)."""
+    from sensor.capture.files import CaptureFile
+    from sensor.config import load_config
+    from sensor.engine import Engine
+    from conftest import shipped
+    engine = Engine(load_config(None, ['sensor.name="edge-sensor-1"', "sensor.hash_seed=1"]))
+    alerts = []
+    with CaptureFile(str(shipped("nmap_syn_scan.pcap")), 1 << 20) as cap:
+        for batch in cap.batches(engine.batches, engine.decode_stats):
+            alerts += engine.process(batch)
+    alerts += engine.finish()
+    [alert] = alerts
+    assert alert.rules == ["port_scan", "failed_connections"]
+    return alert
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_merged_alert_round_trip(fmt, merged):
+    """rules and rule_evidence come back from every format, by the documented encodings."""
+    message = render(fmt, merged, CTX)
+    p = check_round_trip(fmt, merged, message)
+    if fmt in ("ecs", "json"):
+        doc = p["doc"]["scan_sensor"] if fmt == "ecs" else p["doc"]
+        assert doc["rules"] == ["port_scan", "failed_connections"]
+        assert doc["rule_evidence"]["failed_connections"]["count"] == 997
+        if fmt == "ecs":
+            assert p["doc"]["rule"]["id"] == "port_scan" and p["doc"]["event"]["action"] == "port_scan"
+    else:
+        got = dict(fields_of(fmt, message)[0])
+        assert got["rules"] == "port_scan,failed_connections"
+        assert got["rule_evidence_count"] == "port_scan:1000,failed_connections:997"
+        assert got["rule_evidence_count_kind"] == "port_scan:distinct_ports,failed_connections:failed_pairs"
+        assert got["rule_evidence_first_seen"] == ("port_scan:2026-11-22T15:11:15.884358Z,"
+                                                  "failed_connections:2026-11-22T15:11:15.884377Z")
+
+
+def test_merged_alert_names_its_rules(merged):
+    p = parse_rfc5424(render("rfc5424", merged, CTX))
+    assert p["msgid"] == "port_scan"
+    assert p["msg"] == ("Port scan from 10.77.0.1: 1000 distinct ports, 1000 ports on 1 host; "
+                        "rules: port_scan, failed_connections")
+    e = dict(parse_cef(parse_3164_header(render("cef", merged, CTX))[3])["ext"])
+    assert e["scanSensorRules"] == "port_scan,failed_connections"
+    assert e["scanSensorRuleEvidenceThreshold"] == "port_scan:50,failed_connections:10"
 
 
 def rate_limited(**over):

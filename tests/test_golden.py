@@ -37,6 +37,10 @@ CASES = [
      "exposed_host_probe.defender.jsonl"),
     ("edge/mapped_ipv6.pcap", [], "mapped_ipv6.jsonl"),
     ("edge/ipv4_twin_scan.pcap", [], "ipv4_twin_scan.jsonl"),
+    # alerts.group = "rule": one alert per rule, exactly as before prober episodes
+    *[(f"{name}.pcap", ["--set", 'alerts.group="rule"'], f"{name}.rule.jsonl")
+      for name in ("nmap_syn_scan", "nmap_udp_scan", "nmap_host_sweep", "nmap_syn_filtered",
+                   "nmap_connect_scan", "distributed_port_sweep")],
 ]
 COMMON = ["--set", "sensor.name=\"golden\"", "--set", "sensor.hash_seed=1", "--no-summary"]
 

@@ -21,6 +21,10 @@ Value rules (the same in every format; each format then applies its own escaping
 * Counters (``outcomes``, ``suppressed``, ``truncated``): ``key:value`` pairs joined
   with ``,`` (``open:3,closed:997,filtered:0,unknown:0``); in a key ``%``, ``,`` and
   ``:`` are percent-encoded as in lists.
+* Maps of maps (``rule_evidence: {rule: {count, threshold, ...}}``): one field per inner
+  key, ``rule_evidence_count``, ``rule_evidence_threshold``, ... (in the inner keys'
+  order), each a counter of ``rule:value`` pairs (``port_scan:1000,failed_connections:997``)
+  in the rules' order; values are encoded as list items.
 * Booleans ``true``/``false``; integers in decimal; floats as Python ``repr`` (``300.0``).
 
 Shortening (``max_bytes``): the evidence lists (``EVIDENCE_LISTS``) keep their first
@@ -177,7 +181,12 @@ def flat_fields(view_):
     """(name, text) pairs of every field, lists and counters encoded, then `truncated`."""
     out = []
     for name, value in view_.fields.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            inner = list(dict.fromkeys(k for v in value.values() for k in v))
+            for key in inner:
+                out.append((f"{name}_{key}", encode_counts(
+                    {outer: _pct(scalar_text(v[key])) for outer, v in value.items() if key in v})))
+        elif isinstance(value, dict):
             out.append((name, encode_counts(value)))
         elif isinstance(value, (list, tuple)):
             if value and all(isinstance(v, dict) for v in value):
@@ -239,6 +248,9 @@ def summary_text(view_):
     kind = str(f.get("count_kind", "")).replace("_", " ")
     text = (f"{title} from {f.get('src_ip')}: {f.get('count')} {kind}, "
             f"{_n(f.get('dst_port_count'), 'port')} on {_n(f.get('dst_ip_count'), 'host')}")
+    rules = f.get("rules")
+    if isinstance(rules, list) and len(rules) > 1:
+        text += f"; rules: {', '.join(str(r) for r in rules)}"
     if f.get("update"):
         text += f" (update {f.get('seq')})"
     return text
