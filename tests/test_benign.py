@@ -76,16 +76,16 @@ def test_health_checker_is_quiet_because_its_connections_succeed():
 def test_health_checker_counted_packet_for_packet_needs_the_allow_list():
     """The noise the allow-list exists for: counting every SYN, as the SIEM rules do
     (`host_sweep.count_open = true`), 30 hosts on each of 3 ports within seconds is a
-    horizontal scan (>= 25 hosts on one port in 5 min): one alert per port at the first
-    round; the later rounds hit no new host, so no updates follow. Allow-listed: nothing."""
+    horizontal scan (>= 25 hosts on one port in 5 min) on each port; the three sweeps of
+    one prober are one alert (its episode) listing the three ports; the later rounds hit
+    no new host, so no updates follow. Allow-listed: nothing."""
     alerts = alerts_of("checker_counting_open")
-    assert sorted((a["rule"], a["src_ip"], a["dst_port"]) for a in alerts) == [
-        ("host_sweep", "10.0.0.250", 80), ("host_sweep", "10.0.0.250", 443),
-        ("host_sweep", "10.0.0.250", 8080)]
-    for a in alerts:
-        assert a["count"] == 30 and a["dst_ip_count"] == 30
-        assert sorted(a["dst_ips"]) == sorted(f"10.0.3.{k}" for k in range(1, 31))
-        assert a["direction"] == "internal" and a["seq"] == 1
+    assert [(a["rules"], a["src_ip"], a["dst_ports"]) for a in alerts] == [
+        (["host_sweep"], "10.0.0.250", "80,443,8080")]
+    (a,) = alerts
+    assert a["count"] == 30 and a["dst_ip_count"] == 30
+    assert sorted(a["dst_ips"]) == sorted(f"10.0.3.{k}" for k in range(1, 31))
+    assert a["direction"] == "internal" and a["seq"] == 1
     assert alerts_of("checker_counting_open_allowed") == []
 
 
