@@ -73,8 +73,13 @@ def stop_tcpdump(proc):
     proc.wait(20)
 
 
+# per-rule alerts: these tests time and compare the rules' own reports
+PER_RULE = ["--set", 'alerts.group="rule"']
+
+
 def replay(path, *args):
-    r = subprocess.run([sys.executable, "-m", "sensor", "replay", str(path), *args], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "sensor", "replay", str(path), *PER_RULE, *args],
+                       cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
@@ -98,7 +103,7 @@ def crossing_time(pcap_path, src, threshold):
 
 
 def daemon(link, tmp_path, *args, name="daemon"):
-    d = LiveDaemon(link, "b", tmp_path, ["-i", link.dev["b"], *args], name=name)
+    d = LiveDaemon(link, "b", tmp_path, ["-i", link.dev["b"], *PER_RULE, *args], name=name)
     d.wait_notify("READY=1")
     return d
 

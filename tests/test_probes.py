@@ -62,7 +62,8 @@ def test_probe_kernel_matches_reference(rows, timeout_s, batch_capacity, outcome
 
 
 def engine(*overrides):
-    return Engine(load_config(None, ["sensor.hash_seed=5", *overrides]))
+    # per-rule alerts: these tests are about what each rule makes of the outcomes
+    return Engine(load_config(None, ["sensor.hash_seed=5", 'alerts.group="rule"', *overrides]))
 
 
 def run(eng, rows, capacity=4096):
@@ -213,7 +214,7 @@ def test_trw_never_flags_clients_that_mostly_succeed():
 
 def test_trw_on_real_host_sweep_capture():
     proc = subprocess.run([sys.executable, "-m", "sensor", "replay", "--set",
-                           'trw_scanner.directions=["internal"]',
+                           'trw_scanner.directions=["internal"]', "--set", 'alerts.group="rule"',
                            str(shipped("nmap_host_sweep.pcap"))],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     import json
