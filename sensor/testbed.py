@@ -38,29 +38,9 @@ def _ip(*args, check=True):
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=20)
 
 
-class Link:
-    ADDR = {"a": ("10.88.0.1", "fd88::1"), "b": ("10.88.0.2", "fd88::2")}
-
-    def __init__(self, prefix):
-        self.prefix = prefix
-        self.ns = {side: f"{prefix}-{side}" for side in "ab"}
-        self.dev = {side: f"{prefix}{side}" for side in "ab"}
-        self.procs = []
-        try:
-            for side in "ab":
-                _ip("netns", "add", self.ns[side])
-                self.run(side, ["ip", "link", "set", "lo", "up"])
-            _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type", "veth",
-                "peer", "name", self.dev["b"], "netns", self.ns["b"])
-            for side in "ab":
-                v4, v6 = self.ADDR[side]
-                self.run(side, ["ip", "addr", "add", f"{v4}/24", "dev", self.dev[side]])
-                self.run(side, ["ip", "addr", "add", f"{v6}/64", "dev", self.dev[side],
-                                "nodad"])
-                self.run(side, ["ip", "link", "set", self.dev[side], "up"])
-        except Exception:
-            self.close()
-            raise
+class _Namespaces:
+    """What Link and Topology share: ``self.ns`` (name -> namespace) and the
+    processes started in them (``self.procs``), run, popen, close, left_behind."""
 
     def argv(self, side, argv):
         return ["ip", "netns", "exec", self.ns[side], *argv]
@@ -94,7 +74,32 @@ class Link:
         return sorted(names & set(self.ns.values()))
 
 
-class Topology:
+class Link(_Namespaces):
+    ADDR = {"a": ("10.88.0.1", "fd88::1"), "b": ("10.88.0.2", "fd88::2")}
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.ns = {side: f"{prefix}-{side}" for side in "ab"}
+        self.dev = {side: f"{prefix}{side}" for side in "ab"}
+        self.procs = []
+        try:
+            for side in "ab":
+                _ip("netns", "add", self.ns[side])
+                self.run(side, ["ip", "link", "set", "lo", "up"])
+            _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type", "veth",
+                "peer", "name", self.dev["b"], "netns", self.ns["b"])
+            for side in "ab":
+                v4, v6 = self.ADDR[side]
+                self.run(side, ["ip", "addr", "add", f"{v4}/24", "dev", self.dev[side]])
+                self.run(side, ["ip", "addr", "add", f"{v6}/64", "dev", self.dev[side],
+                                "nodad"])
+                self.run(side, ["ip", "link", "set", self.dev[side], "up"])
+        except Exception:
+            self.close()
+            raise
+
+
+class Topology(_Namespaces):
     """Several namespaces joined by veth pairs; ``close()`` deletes them all."""
 
     def __init__(self, prefix):
@@ -133,33 +138,3 @@ class Topology:
         out = self.run(name, ["cat", f"/sys/class/net/{dev}/address"]).stdout
         return out.strip()
 
-    def argv(self, name, argv):
-        return ["ip", "netns", "exec", self.ns[name], *argv]
-
-    def run(self, name, argv, check=True, timeout=120, **kw):
-        return subprocess.run(self.argv(name, argv), capture_output=True, text=True,
-                              check=check, timeout=timeout, **kw)
-
-    def popen(self, name, argv, **kw):
-        proc = subprocess.Popen(self.argv(name, argv), **kw)
-        self.procs.append(proc)
-        return proc
-
-    def close(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for ns in self.ns.values():
-            r = _ip("netns", "pids", ns, check=False)
-            for pid in r.stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _ip("netns", "del", ns, check=False)
-
-    def left_behind(self):
-        out = _ip("netns", "list", check=False).stdout
-        names = {line.split()[0] for line in out.splitlines() if line.strip()}
-        return sorted(names & set(self.ns.values()))
