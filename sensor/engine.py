@@ -246,6 +246,7 @@ class Engine:
         alerts = self._expire_all()
         for det in self.detectors:
             alerts += det.flush()
+        alerts = self._sendable(alerts)
         alerts.sort(key=lambda a: a.emitted_ns)
         alerts = self.episodes.admit(alerts, max((a.emitted_ns for a in alerts), default=0))
         return self.gate.admit(alerts + self.episodes.finish()) + self.gate.finish()
@@ -306,8 +307,17 @@ class Engine:
     def _deliver(self, alerts, now_ns):
         """Detector alerts due by packet time ``now_ns`` -> prober episodes
         (``sensor/episodes.py``) -> rate gate."""
+        alerts = self._sendable(alerts)
         alerts.sort(key=lambda a: a.emitted_ns)
         return self.gate.admit(self.episodes.admit(alerts, now_ns))
+
+    def _sendable(self, alerts):
+        """The detectors' alerts but those a rule withholds now that their outcomes
+        are known (port_scan with ``count_open = false``: ``CounterDetector.withholds``)."""
+        judges = [d for d in self.counters if getattr(d, "discount_open", False)]
+        if not judges or not alerts:
+            return alerts
+        return [a for a in alerts if not any(d.withholds(a) for d in judges)]
 
     def stats(self):
         out = stats_dict(self.decode_stats)
