@@ -144,7 +144,11 @@ def install_signal_handlers():
 
 
 def run(args):
+    from sensor.memory_budget import check_memory
     cfg = load_run_config(args)
+    # as replay does: tables larger than the memory available are refused now (exit 2,
+    # with the figure), not met as an allocation error or a swapping machine later
+    check_memory(cfg, engines=cfg["capture.workers"])
     flags = install_signal_handlers()      # before the slow start: a TERM then still stops cleanly
     if cfg["capture.workers"] > 1:
         from sensor.supervisor import Supervisor
