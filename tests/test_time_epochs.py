@@ -150,6 +150,60 @@ def test_clock_stepped_back_in_idle_ticks():
     assert [a.to_dict()["count"] for a in eng.finish()] == [60]     # a scan of its own
 
 
+class Collected:
+    """The daemon's outputs, kept in a list (what it submits, unchanged)."""
+
+    def __init__(self):
+        self.alerts = []
+
+    def submit(self, alerts):
+        self.alerts += alerts
+
+    def submit_rows(self, rows, packet_time_ns):
+        pass
+
+
+def daemon_for(*overrides):
+    from sensor.commands.run import Daemon
+    d = Daemon(None, load_config(None, ["sensor.hash_seed=5", "sensor.name=t",
+                                        "capture.interfaces=[\"lo\"]", *overrides]))
+    d.engine, d.outputs = d._new_engine(d.cfg), Collected()
+    return d
+
+
+def test_daemon_idle_tick_notices_the_clock_stepped_back(capfd):
+    """The daemon's own idle tick (``Daemon._tick``), not only the engine's: a
+    quiet link and a clock stepped back an hour report the alert pending in the
+    old epoch at once, and the daemon's packet time is the new epoch's (it used to
+    take every tick behind the last packet as that packet's time, so nothing was
+    reported until the clock came back an hour later)."""
+    d = daemon_for()
+    [batch] = batches_from_rows(scan_rows(T2023, 1000, 60), 4096)
+    d._packets(batch)                                  # the alert is due 5 s later
+    d._tick(T2023 - 2 * S)                             # within 5 s: the lag, nothing
+    assert d.outputs.alerts == [] and d.engine.stats()["time_regressions"] == 0
+    assert d.packet_time_ns == T2023 + 59 * 1_000_000
+    d._tick(T2023 - 3600 * S)                          # the clock went back an hour
+    assert [a.rule for a in d.outputs.alerts] == ["port_scan"]
+    assert d.engine.stats()["time_regressions"] == 1
+    assert d.packet_time_ns == d.engine.latest_ns == T2023 - 3600 * S
+    d._tick(T2023 - 3599 * S)                          # and goes on from there
+    assert d.engine.stats()["time_regressions"] == 1 and d.packet_time_ns == T2023 - 3599 * S
+    assert "packet time went back 3,600.059 s" in capfd.readouterr().err
+    d.engine.close()
+
+
+def test_daemon_packets_of_a_new_epoch_set_its_packet_time():
+    d = daemon_for()
+    [batch] = batches_from_rows(scan_rows(T2023, 1000, 3), 4096)
+    d._packets(batch)
+    [batch] = batches_from_rows(scan_rows(T2013, 1000, 3), 4096)
+    d._packets(batch)
+    assert d.engine.stats()["time_regressions"] == 1
+    assert d.packet_time_ns == d.engine.latest_ns == T2013 + 2 * 1_000_000
+    d.engine.close()
+
+
 # ------------------------------------------------------------------ the CLI
 
 def replay(*files, extra=()):
