@@ -285,24 +285,39 @@ class Engine:
 
     def count_exported(self, name, reads_outcomes, columns, outcome):
         """Count rows another engine exported (``take_exports``) with this
-        engine's rule ``name``; returns the alerts due."""
+        engine's rule ``name``; returns the alerts due. Packet time going back
+        more than ``capture.max_time_regression_s`` starts a new time epoch, as
+        in ``process`` (sensor/time_epochs.py)."""
         det = next(d for d in self.detectors if d.name == name)
         n = len(outcome)
         ob = self.outcomes if reads_outcomes else self.batch
-        alerts = []
+        classes = self.outcome_classes if reads_outcomes else self.classes
+        delivered = []
         for start in range(0, n, ob.capacity):
             end = min(n, start + ob.capacity)
             for col, values in columns.items():
                 getattr(ob, col)[:end - start] = values[start:end]
             ob.n = end - start
-            classes = self.outcome_classes if reads_outcomes else self.classes
-            classify_rows(ob.columns, ob.n, self.nets, self.ignored_ports, classes)
             if reads_outcomes:
                 ob.outcome[:ob.n] = outcome[start:end]
             codes = ob.outcome if reads_outcomes else self.no_outcome
-            alerts += det.process(ob, classes, codes)
-            alerts += det.advance(int(ob.ts_ns[ob.n - 1]))
-        return self._deliver(alerts, max((a.emitted_ns for a in alerts), default=0))
+            first = 0
+            while True:
+                cut, latest = first_regression(ob.ts_ns, first, ob.n, self.latest_ns,
+                                               self.max_regression_ns)
+                if cut > first:
+                    rows = time_epochs.RowsView(ob, first, cut)
+                    classify_rows(rows.columns, rows.n, self.nets, self.ignored_ports, classes)
+                    alerts = det.process(rows, classes, codes[first:cut])
+                    alerts += det.advance(int(ob.ts_ns[cut - 1]))
+                    delivered += self._deliver(alerts, max((a.emitted_ns for a in alerts),
+                                                           default=0))
+                self.latest_ns = latest
+                if cut == ob.n:
+                    break
+                delivered += self._new_epoch(int(ob.ts_ns[cut]))
+                first = cut
+        return delivered
 
     def _deliver(self, alerts, now_ns):
         """Detector alerts due by packet time ``now_ns`` -> prober episodes

@@ -204,6 +204,37 @@ def test_daemon_packets_of_a_new_epoch_set_its_packet_time():
     d.engine.close()
 
 
+def sweep_rows(t0, hosts=20):
+    """Outside sources probing port 445 on ``hosts`` home hosts, 1 ms apart."""
+    return [syn_row(t0 + i * 1_000_000, f"198.51.100.{1 + i % 4}", f"10.9.1.{1 + i}", 445)
+            for i in range(hosts)]
+
+
+def test_exported_rows_going_back_start_a_new_epoch():
+    """``Engine.count_exported`` (port_sweep counted in the supervisor from the
+    workers' rows) follows the same policy as ``process``: rows of 2013 after rows
+    of 2023 report the 2023 sweep at once and count apart."""
+    sets = ["port_sweep.count_open=true", "port_sweep.threshold=10"]
+    worker = Engine(load_config(None, ["sensor.hash_seed=5", "sensor.name=t", *sets]),
+                    export=("port_sweep",))
+    merger = Engine(load_config(None, ["sensor.hash_seed=5", "sensor.name=t", *sets]),
+                    rules={"port_sweep"})
+    got = []
+    for t0 in (T2023, T2013):
+        [batch] = batches_from_rows(sweep_rows(t0), 4096)
+        worker.process(batch)
+        for export in worker.take_exports():
+            got.append([a.to_dict() for a in merger.count_exported(*export)])
+    last = [a.to_dict() for a in merger.finish()]
+    assert merger.stats()["time_regressions"] == 1
+    assert got[0] == []
+    assert [(a["rule"], a["dst_ip_count"], a["first_seen"][:4]) for a in got[1]] == \
+        [("port_sweep", 20, "2023")]                     # reported at the regression
+    assert [(a["rule"], a["dst_ip_count"], a["first_seen"][:4]) for a in last] == \
+        [("port_sweep", 20, "2013")]
+    worker.close()
+
+
 # ------------------------------------------------------------------ the CLI
 
 def replay(*files, extra=()):
