@@ -9,8 +9,8 @@ from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import outcomes_of
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_PORT_SCAN, PS_STEALTH, PS_UDP_PROBES,
-    STEALTH_NAMES,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_PORT_SCAN, PS_STEALTH,
+    PS_UDP_PROBES, STEALTH_NAMES,
 )
 from sensor.addresses import to_text
 from sensor.alerts import Alert, alert_id, compress_ports, expand_ports, rfc3339
@@ -98,8 +98,8 @@ class CounterDetector:
         self.defer_outcomes = False
         self.deferred = []
         # port_scan: leave out the ports whose connection succeeded (``withholds``)
-        self.discount_open = rule.mode == PS_PORT_SCAN and rule.table == "port_set" and not s.get(
-            "count_open", True)
+        self.discount_open = (rule.table == "port_set" and rule.mode == PS_PORT_SCAN
+                              and not s.get("count_open", True))
         self.withheld_open = 0
         self.open_ports_buf = np.zeros(65536, np.int64)
         self.probed_buf = np.zeros(65536, np.uint8)
@@ -154,7 +154,7 @@ class CounterDetector:
         """port_scan with ``count_open = false``: True when, the ports whose connection
         the probe table saw succeed left out, the alert no longer reaches its
         threshold (nor the sensitive one). Asked once the alert's outcomes are known
-        (``Engine._deliver``); a withheld alert is counted and not sent."""
+        (``Engine._sendable``); a withheld alert is counted and not sent."""
         if not self.discount_open or alert.rule != self.name or alert.open_ports is None:
             return False
         opened = set(expand_ports(alert.open_ports))
