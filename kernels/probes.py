@@ -564,12 +564,14 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
 
 
 @kernel
-def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports):
+def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports, probed):
     """Outcome counts of the probes by initiator (k0, k1) -- only to target (t0, t1)
     if ``by_target``, only to ``port`` if >= 0, only of ``proto`` if > 0 -- as
     (open, closed, filtered, unknown, pending, n_open), counting connection attempts
     (TCP SYN, UDP) or, if ``stealth``, stealth probes. Open ports are written to
-    ``open_ports`` (up to its length). Scans the whole table: called per alert."""
+    ``open_ports`` (up to its length); ``probed[port]`` (uint8[65536]) is set to 1 for
+    the port of every such probe but the traced ones. Scans the whole table: called
+    per alert."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
      pflags, fps, tkeys, tuntil, tports) = st
     n_open = 0
@@ -592,6 +594,8 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports)
         if is_stealth != stealth:
             continue
         st_ = state[s]
+        if st_ != ST_TRACED:
+            probed[np.int64(word & np.uint64(0xFFFF))] = 1
         if st_ == ST_OPEN or st_ == ST_ESTABLISHED:
             n_open += 1
             if n_ports < open_ports.shape[0]:

@@ -246,6 +246,7 @@ class Engine:
         alerts = self._expire_all()
         for det in self.detectors:
             alerts += det.flush()
+        alerts = self._sendable(alerts)
         alerts.sort(key=lambda a: a.emitted_ns)
         alerts = self.episodes.admit(alerts, max((a.emitted_ns for a in alerts), default=0))
         return self.gate.admit(alerts + self.episodes.finish()) + self.gate.finish()
@@ -284,30 +285,54 @@ class Engine:
 
     def count_exported(self, name, reads_outcomes, columns, outcome):
         """Count rows another engine exported (``take_exports``) with this
-        engine's rule ``name``; returns the alerts due."""
+        engine's rule ``name``; returns the alerts due. Packet time going back
+        more than ``capture.max_time_regression_s`` starts a new time epoch, as
+        in ``process`` (sensor/time_epochs.py)."""
         det = next(d for d in self.detectors if d.name == name)
         n = len(outcome)
         ob = self.outcomes if reads_outcomes else self.batch
-        alerts = []
+        classes = self.outcome_classes if reads_outcomes else self.classes
+        delivered = []
         for start in range(0, n, ob.capacity):
             end = min(n, start + ob.capacity)
             for col, values in columns.items():
                 getattr(ob, col)[:end - start] = values[start:end]
             ob.n = end - start
-            classes = self.outcome_classes if reads_outcomes else self.classes
-            classify_rows(ob.columns, ob.n, self.nets, self.ignored_ports, classes)
             if reads_outcomes:
                 ob.outcome[:ob.n] = outcome[start:end]
             codes = ob.outcome if reads_outcomes else self.no_outcome
-            alerts += det.process(ob, classes, codes)
-            alerts += det.advance(int(ob.ts_ns[ob.n - 1]))
-        return self._deliver(alerts, max((a.emitted_ns for a in alerts), default=0))
+            first = 0
+            while True:
+                cut, latest = first_regression(ob.ts_ns, first, ob.n, self.latest_ns,
+                                               self.max_regression_ns)
+                if cut > first:
+                    rows = time_epochs.RowsView(ob, first, cut)
+                    classify_rows(rows.columns, rows.n, self.nets, self.ignored_ports, classes)
+                    alerts = det.process(rows, classes, codes[first:cut])
+                    alerts += det.advance(int(ob.ts_ns[cut - 1]))
+                    delivered += self._deliver(alerts, max((a.emitted_ns for a in alerts),
+                                                           default=0))
+                self.latest_ns = latest
+                if cut == ob.n:
+                    break
+                delivered += self._new_epoch(int(ob.ts_ns[cut]))
+                first = cut
+        return delivered
 
     def _deliver(self, alerts, now_ns):
         """Detector alerts due by packet time ``now_ns`` -> prober episodes
         (``sensor/episodes.py``) -> rate gate."""
+        alerts = self._sendable(alerts)
         alerts.sort(key=lambda a: a.emitted_ns)
         return self.gate.admit(self.episodes.admit(alerts, now_ns))
+
+    def _sendable(self, alerts):
+        """The detectors' alerts but those a rule withholds now that their outcomes
+        are known (port_scan with ``count_open = false``: ``CounterDetector.withholds``)."""
+        judges = [d for d in self.counters if getattr(d, "discount_open", False)]
+        if not judges or not alerts:
+            return alerts
+        return [a for a in alerts if not any(d.withholds(a) for d in judges)]
 
     def stats(self):
         out = stats_dict(self.decode_stats)

@@ -71,18 +71,21 @@ def _gib(n):
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
-def check_memory(cfg, available=None):
-    """ConfigError if the tables of ``cfg`` need more than the memory available."""
+def check_memory(cfg, available=None, engines=1):
+    """ConfigError if the tables of ``cfg`` need more than the memory available;
+    ``engines``: how many engines get them (``run --workers N``: one per capture
+    process)."""
     available = available_memory_bytes() if available is None else available
     if available is None:
         return
-    sizes = table_bytes(cfg)
+    sizes = {name: n * engines for name, n in table_bytes(cfg).items()}
     total = sum(sizes.values())
     if total <= available:
         return
     largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     named = ", ".join(f"{name} {_gib(n)}" for name, n in largest)
-    raise ConfigError(f"the tables need {_gib(total)} ({total:,} bytes; largest: {named}) "
+    each = f", {engines} capture workers" if engines > 1 else ""
+    raise ConfigError(f"the tables need {_gib(total)} ({total:,} bytes{each}; largest: {named}) "
                       f"but {_gib(available)} of memory is available (MemAvailable): lower "
                       "`max_keys`/`max_listed` of those rules, `probes.max_probes` or "
                       "`capture.batch_packets`")

@@ -28,7 +28,7 @@ PRESETS = {p.name: p for p in (
            "All rules on with their defaults (CONFIG.md)."),
     Preset("sentinel-port-scan", "Sentinel \"Port scan detected (ASIM Network Session schema)\"",
            only("port_scan", threshold=51, window_s=300.0, scope="source",
-                directions=["inbound", "external"]),
+                directions=["inbound", "external"], count_open=True),
            "Original: > 50 distinct ports per non-private source per fixed 5-minute bin, run "
            "hourly over session logs, `make_set(…, 100)` keeps 100 ports. Here: the same "
            "threshold (>= 51) over a sliding 5-minute window, in real time, counting TCP "
@@ -65,7 +65,7 @@ PRESETS = {p.name: p for p in (
            "that answer no attempt the sensor saw (backscatter) never count."),
     Preset("elastic-network-scan", "Elastic \"Potential Network Scan Detected\"",
            only("port_scan", threshold=50, window_s=60.0, scope="pair",
-                directions=["internal", "outbound"], sensitive_threshold=5,
+                directions=["internal", "outbound"], sensitive_threshold=5, count_open=True,
                 sensitive_ports=[21, 22, 23, 53, 88, 139, 389, 445, 3389, 5900, 5985, 5986, 9389]),
            "Original: >= 50 distinct destination ports (or >= 5 of 13 sensitive ports) per "
            "private source and destination per 1-minute bucket, every 5 minutes over flow "

@@ -46,7 +46,15 @@ RULES = (
                  {"item_check": "port"}),
                 ("sensitive_threshold", 0, "Also alert when this many distinct `sensitive_ports` "
                  "were probed within the window, whatever the total. 0: off.",
-                 {"min": 0, "max": 65536}))),
+                 {"min": 0, "max": 65536}),
+                ("count_open", False, "true: every port probed counts (the SIEM rules' "
+                 "behaviour). false: when the alert falls due, the ports the probe table saw "
+                 "answered with a SYN-ACK are taken out of the count, and while fewer than "
+                 "`threshold` (or `sensitive_threshold` sensitive ports) remain nothing is sent "
+                 "(counted as `port_scan_withheld_open`; the key is looked at again when its "
+                 "count reaches `growth_factor` times): one client's many successful "
+                 "connections to a server's ephemeral ports (passive FTP data, RPC, media) are "
+                 "not a scan.", {}))),
     Rule("host_sweep", "host_set", kr.HS_HOST_SWEEP,
          "One prober sending TCP connection attempts to many distinct hosts on the same "
          "destination port (horizontal scan; Zeek address scan, Elastic network sweep). By "

@@ -27,7 +27,8 @@ def sensor(*args, stdin=None, close=(), timeout=120, **kw):
     def closing():
         for fd in close:
             os.close(fd)
-    return subprocess.run([sys.executable, "-m", "sensor", *map(str, args)], cwd=ROOT,
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]     # bytes go as they are
+    return subprocess.run([sys.executable, "-m", "sensor", *argv], cwd=ROOT,
                           capture_output=True, input=stdin, timeout=timeout,
                           preexec_fn=closing if close else None, **kw)
 
@@ -259,6 +260,25 @@ def test_tables_larger_than_memory_refused_with_the_figure(scan):
     assert "GiB" in line and f"{need:,} bytes" in line and "MemAvailable" in line
 
 
+def test_daemon_refuses_tables_larger_than_memory_at_start():
+    """``run`` checks the budget before it opens a capture (the interface does not
+    exist: without the check that is what it would say), for every capture worker."""
+    sets = ["port_scan.max_keys=262144"]
+    one = sum(table_bytes(load_config(None, sets)).values())
+    avail = available_memory_bytes()
+    workers = min(64, avail // one + 1) if avail is not None else 0
+    if avail is None or workers < 2:
+        pytest.skip("cannot tell, or one worker's tables already exceed the memory")
+    argv = ["run", "-i", "nosuch0", "--jsonl", os.devnull, "--set", sets[0]]
+    proc = sensor(*argv, "--workers", workers)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert f"{one * workers:,} bytes, {workers} capture workers" in line and "MemAvailable" in line
+    # one worker's tables fit: the start goes on and fails on the interface instead
+    proc = sensor(*argv)
+    assert "nosuch0" in one_error_line(proc) and "MemAvailable" not in proc.stderr.decode()
+
+
 def test_documented_maximum_of_max_keys_runs(scan):
     """The largest `max_keys` CONFIG.md allows runs (tables are zero pages until used)."""
     need = sum(table_bytes(load_config(None, ["port_scan.max_keys=262144"])).values())
@@ -289,8 +309,14 @@ def test_table_bytes_match_the_stats(tmp_path, scan):
 # ------------------------------------ item 10: names, config files, closed stdin
 
 def test_non_utf8_sensor_name(scan):
+    """The name's bytes reach the sensor as they are (not as the text "b'...'", which
+    would be refused as an unknown setting, today and before the fix alike), and
+    refused at start (exit 2, naming the key), not a traceback at the first alert."""
     proc = sensor("replay", "--no-summary", "--set", b"sensor.name=\xff\xfe", scan)
-    assert proc.returncode == 2 and "`sensor.name`" in one_error_line(proc)
+    line = one_error_line(proc)
+    assert proc.returncode == 2, line
+    assert "`sensor.name` is not valid UTF-8 text: b'\\xff\\xfe'" in line
+    assert proc.stdout == b""
 
 
 @pytest.mark.parametrize("content,expect", [

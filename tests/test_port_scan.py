@@ -202,3 +202,38 @@ def test_syn_ack_rst_and_plain_ack_are_not_probes():
             for i, f in enumerate([TH_SYN | TH_ACK, TH_RST, TH_ACK, TH_RST | TH_ACK] * 30)]
     engine, alerts = run_engine(rows, **{"port_scan.threshold": 2})
     assert alerts == [] and engine.stats()["port_scan_counted"] == 0
+
+
+def connections(n_ports, n_open, start_port=33000):
+    """One client's SYNs to ``n_ports`` ports of one server, one every 10 ms; the
+    first ``n_open`` answered by a SYN-ACK, the others by a RST."""
+    rows, ts = [], 1_700_000_000 * SEC
+    for k in range(n_ports):
+        port = start_port + 7 * k
+        rows.append(syn_row(ts, "10.0.0.1", "10.0.0.9", port, sport=41000 + k))
+        answer = TH_SYN | TH_ACK if k < n_open else TH_RST | TH_ACK
+        rows.append(syn_row(ts + 1000, "10.0.0.9", "10.0.0.1", 41000 + k, sport=port,
+                            flags=answer))
+        ts += SEC // 100
+    return rows
+
+
+def test_successful_connections_to_many_ports_are_withheld():
+    # passive FTP: 60 data connections to ephemeral ports, all succeeding
+    engine, alerts = run_engine(connections(60, 60))
+    assert alerts == []
+    assert engine.stats()["port_scan_withheld_open"] == 1
+    # the SIEM presets' counting: every port counts
+    engine, alerts = run_engine(connections(60, 60), **{"port_scan.count_open": "true"})
+    assert len(alerts) == 1 and alerts[0].dst_port_count == 60
+    assert "port_scan_withheld_open" not in engine.stats()
+
+
+def test_withholding_counts_only_the_ports_that_succeeded():
+    # 60 ports, 10 open: 50 failed reach the threshold of 50
+    engine, alerts = run_engine(connections(60, 10))
+    assert len(alerts) == 1 and alerts[0].outcomes["open"] == 10
+    assert alerts[0].dst_port_count == 60 and len(expand_ports(alerts[0].open_ports)) == 10
+    # 60 ports, 11 open: 49 failed do not
+    engine, alerts = run_engine(connections(60, 11))
+    assert alerts == [] and engine.stats()["port_scan_withheld_open"] == 1

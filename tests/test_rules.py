@@ -9,6 +9,7 @@ import naive
 from batch_builder import batches_from_rows, icmp_row, syn_row, udp_row
 from kernels.batch import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG
 from sensor.addresses import to_text
+from sensor.alerts import expand_ports
 from sensor.config import DEFAULT_HOME_NET, load_config
 from sensor.engine import Engine
 from sensor.rules import RULES
@@ -151,6 +152,9 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
         sensitive_threshold = growth + (1 if new_target else 0)      # 0..3, reusing draws
         settings_["sensitive_ports"] = "[22, 80, 443]"
         settings_["sensitive_threshold"] = sensitive_threshold
+        # the kernel against its reference: every port counts (the withholding of
+        # alerts whose ports succeeded is tested in tests/test_port_scan.py)
+        settings_["count_open"] = "true"
     net = network(scope if rule in ("port_scan", "udp_scan") else "source")
     if rule in ("host_sweep", "port_sweep"):
         settings_["count_open"] = str(attempts).lower()
@@ -181,6 +185,15 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
         sensitive=(22, 80, 443), sensitive_threshold=sensitive_threshold)
     got = sorted(summarise_alert(a) for a in alerts)
     want = sorted(summarise_ref(rule, r) for r in ref)
+    if rule == "udp_scan":
+        # an alert lists every port of the key's probes in the probe table (the
+        # open and excluded ones too): at least the counted ports
+        got = sorted((g[:6] + g[7:], g[6]) for g in got)
+        want = sorted((w[:6] + w[7:], w[6]) for w in want)
+        assert [g for g, _ in got] == [w for w, _ in want]
+        for (_, g_ports), (_, w_ports) in zip(got, want):
+            assert set(expand_ports(w_ports)) <= set(expand_ports(g_ports))
+        return
     assert got == want
 
 
@@ -214,3 +227,24 @@ def summarise_ref(rule, r):
     sources = tuple(sorted((to_text(*p), n) for p, n in r["contributors"].items()))
     return (src, r["seq"], r["count"], r["probes"], rfc3339(r["first_seen_ns"]),
             rfc3339(r["last_seen_ns"]), ports, dsts, direction, kinds, sources)
+
+
+def test_udp_scan_lists_every_probed_port_open_and_excluded_too():
+    """Evidence is the whole probed set (issue 11, e2e table nmap -sU): the count
+    is the unanswered, not excluded ports; dst_ports also has the port answered by
+    UDP (7, open) and the excluded one (53, filtered)."""
+    rows, ts = [], 1_700_000_000 * SEC
+    for k, port in enumerate([*range(1, 7), *range(8, 21), 7, 53]):
+        rows.append(udp_row(ts, "10.0.0.1", "10.0.0.9", port, sport=40000 + k))
+        if port == 7:
+            rows.append(udp_row(ts + 1000, "10.0.0.9", "10.0.0.1", 40000 + k, sport=7))
+        ts += SEC // 100
+    engine = engine_for("udp_scan", _extra=["probes.timeout_s=1"], threshold=10)
+    alerts = run(engine, rows, 4096)
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a.count == 19
+    assert expand_ports(a.dst_ports) == list(range(1, 21)) + [53]
+    assert a.dst_port_count == 21 and a.open_ports == "7"
+    # a reply was seen (both directions are): unanswered probes are filtered
+    assert a.outcomes["open"] == 1 and a.outcomes["filtered"] == 20

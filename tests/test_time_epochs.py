@@ -150,6 +150,91 @@ def test_clock_stepped_back_in_idle_ticks():
     assert [a.to_dict()["count"] for a in eng.finish()] == [60]     # a scan of its own
 
 
+class Collected:
+    """The daemon's outputs, kept in a list (what it submits, unchanged)."""
+
+    def __init__(self):
+        self.alerts = []
+
+    def submit(self, alerts):
+        self.alerts += alerts
+
+    def submit_rows(self, rows, packet_time_ns):
+        pass
+
+
+def daemon_for(*overrides):
+    from sensor.commands.run import Daemon
+    d = Daemon(None, load_config(None, ["sensor.hash_seed=5", "sensor.name=t",
+                                        "capture.interfaces=[\"lo\"]", *overrides]))
+    d.engine, d.outputs = d._new_engine(d.cfg), Collected()
+    return d
+
+
+def test_daemon_idle_tick_notices_the_clock_stepped_back(capfd):
+    """The daemon's own idle tick (``Daemon._tick``), not only the engine's: a
+    quiet link and a clock stepped back an hour report the alert pending in the
+    old epoch at once, and the daemon's packet time is the new epoch's (it used to
+    take every tick behind the last packet as that packet's time, so nothing was
+    reported until the clock came back an hour later)."""
+    d = daemon_for()
+    [batch] = batches_from_rows(scan_rows(T2023, 1000, 60), 4096)
+    d._packets(batch)                                  # the alert is due 5 s later
+    d._tick(T2023 - 2 * S)                             # within 5 s: the lag, nothing
+    assert d.outputs.alerts == [] and d.engine.stats()["time_regressions"] == 0
+    assert d.packet_time_ns == T2023 + 59 * 1_000_000
+    d._tick(T2023 - 3600 * S)                          # the clock went back an hour
+    assert [a.rule for a in d.outputs.alerts] == ["port_scan"]
+    assert d.engine.stats()["time_regressions"] == 1
+    assert d.packet_time_ns == d.engine.latest_ns == T2023 - 3600 * S
+    d._tick(T2023 - 3599 * S)                          # and goes on from there
+    assert d.engine.stats()["time_regressions"] == 1 and d.packet_time_ns == T2023 - 3599 * S
+    assert "packet time went back 3,600.059 s" in capfd.readouterr().err
+    d.engine.close()
+
+
+def test_daemon_packets_of_a_new_epoch_set_its_packet_time():
+    d = daemon_for()
+    [batch] = batches_from_rows(scan_rows(T2023, 1000, 3), 4096)
+    d._packets(batch)
+    [batch] = batches_from_rows(scan_rows(T2013, 1000, 3), 4096)
+    d._packets(batch)
+    assert d.engine.stats()["time_regressions"] == 1
+    assert d.packet_time_ns == d.engine.latest_ns == T2013 + 2 * 1_000_000
+    d.engine.close()
+
+
+def sweep_rows(t0, hosts=20):
+    """Outside sources probing port 445 on ``hosts`` home hosts, 1 ms apart."""
+    return [syn_row(t0 + i * 1_000_000, f"198.51.100.{1 + i % 4}", f"10.9.1.{1 + i}", 445)
+            for i in range(hosts)]
+
+
+def test_exported_rows_going_back_start_a_new_epoch():
+    """``Engine.count_exported`` (port_sweep counted in the supervisor from the
+    workers' rows) follows the same policy as ``process``: rows of 2013 after rows
+    of 2023 report the 2023 sweep at once and count apart."""
+    sets = ["port_sweep.count_open=true", "port_sweep.threshold=10"]
+    worker = Engine(load_config(None, ["sensor.hash_seed=5", "sensor.name=t", *sets]),
+                    export=("port_sweep",))
+    merger = Engine(load_config(None, ["sensor.hash_seed=5", "sensor.name=t", *sets]),
+                    rules={"port_sweep"})
+    got = []
+    for t0 in (T2023, T2013):
+        [batch] = batches_from_rows(sweep_rows(t0), 4096)
+        worker.process(batch)
+        for export in worker.take_exports():
+            got.append([a.to_dict() for a in merger.count_exported(*export)])
+    last = [a.to_dict() for a in merger.finish()]
+    assert merger.stats()["time_regressions"] == 1
+    assert got[0] == []
+    assert [(a["rule"], a["dst_ip_count"], a["first_seen"][:4]) for a in got[1]] == \
+        [("port_sweep", 20, "2023")]                     # reported at the regression
+    assert [(a["rule"], a["dst_ip_count"], a["first_seen"][:4]) for a in last] == \
+        [("port_sweep", 20, "2013")]
+    worker.close()
+
+
 # ------------------------------------------------------------------ the CLI
 
 def replay(*files, extra=()):

@@ -144,7 +144,11 @@ def install_signal_handlers():
 
 
 def run(args):
+    from sensor.memory_budget import check_memory
     cfg = load_run_config(args)
+    # as replay does: tables larger than the memory available are refused now (exit 2,
+    # with the figure), not met as an allocation error or a swapping machine later
+    check_memory(cfg, engines=cfg["capture.workers"])
     flags = install_signal_handlers()      # before the slow start: a TERM then still stops cleanly
     if cfg["capture.workers"] > 1:
         from sensor.supervisor import Supervisor
@@ -303,18 +307,49 @@ class Daemon:
                 if n == 0:
                     break
                 total += n
-                self.last_packet_ns = int(batch.ts_ns[n - 1])
-                self.packet_time_ns = max(self.packet_time_ns, self.last_packet_ns)
-                self._emit(engine.process(batch))
+                self._packets(batch)
                 if n < batch.capacity:
                     break
         return total
 
+    def _packets(self, batch):
+        """One batch read from a capture through the engine."""
+        self.last_packet_ns = int(batch.ts_ns[batch.n - 1])
+        self.packet_time_ns = max(self.packet_time_ns, self.last_packet_ns)
+        alerts = self.engine.process(batch)
+        self._new_epochs()
+        self._emit(alerts)
+
     def _tick(self, now_ns):
-        if self.last_packet_ns is not None and now_ns < self.last_packet_ns:
+        """Packet time reached ``now_ns`` (the clock, held back by the tick lag) on a
+        quiet link. A tick a little behind the last packet (the lag, a block still in
+        the kernel) is taken as that packet's time; one more than
+        ``capture.max_time_regression_s`` behind means the clock was stepped back:
+        the engine starts a new time epoch (sensor/time_epochs.py) rather than wait,
+        with every alert due, until the clock is back where the last packet was."""
+        engine = self.engine
+        if self.last_packet_ns is not None and now_ns < self.last_packet_ns and \
+                now_ns >= self.last_packet_ns - engine.max_regression_ns:
             now_ns = self.last_packet_ns
         self.packet_time_ns = max(self.packet_time_ns, now_ns)
-        self._emit(self.engine.tick(now_ns))
+        alerts = engine.tick(now_ns)
+        self._new_epochs()
+        self._emit(alerts)
+
+    def _new_epochs(self):
+        """After the engine started a new time epoch: say so, and the daemon's packet
+        time is the engine's (the old epoch's times no longer hold anything back)."""
+        jumps = self.engine.take_time_jumps()
+        if not jumps:
+            return
+        from sensor.alerts import rfc3339
+        for from_ns, to_ns in jumps[:3]:
+            log(f"warning: packet time went back {(from_ns - to_ns) / 1e9:,.3f} s, from "
+                f"{rfc3339(from_ns)} to {rfc3339(to_ns)}: new time epoch (pending alerts "
+                f"reported, tables emptied; counted in time_regressions)")
+        self.packet_time_ns = self.engine.latest_ns
+        if self.last_packet_ns is not None and self.last_packet_ns > self.packet_time_ns:
+            self.last_packet_ns = None
 
     def _emit(self, alerts):
         if alerts:

@@ -9,11 +9,11 @@ from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import outcomes_of
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_STEALTH, PS_UDP_PROBES,
-    STEALTH_NAMES,
+    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_PORT_SCAN, PS_STEALTH,
+    PS_UDP_PROBES, STEALTH_NAMES,
 )
 from sensor.addresses import to_text
-from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
+from sensor.alerts import Alert, alert_id, compress_ports, expand_ports, rfc3339
 from sensor.config import port_ranges
 from sensor.rules import direction_mask
 
@@ -97,7 +97,12 @@ class CounterDetector:
         # one batch): alerts then get their outcomes from ``complete_outcomes``
         self.defer_outcomes = False
         self.deferred = []
+        # port_scan: leave out the ports whose connection succeeded (``withholds``)
+        self.discount_open = (rule.table == "port_set" and rule.mode == PS_PORT_SCAN
+                              and not s.get("count_open", True))
+        self.withheld_open = 0
         self.open_ports_buf = np.zeros(65536, np.int64)
+        self.probed_buf = np.zeros(65536, np.uint8)
 
     # --- running -------------------------------------------------------------
     def process(self, batch, cls, outcome):
@@ -142,7 +147,27 @@ class CounterDetector:
             p + "direction_filtered": int(m[ks.M_DIR_FILTERED]),
             p + "port_filtered": int(m[ks.M_PORT_FILTERED]),
             p + "table_bytes": int(self.lc.nbytes() + self.table.nbytes()),
+            **({p + "withheld_open": self.withheld_open} if self.discount_open else {}),
         }
+
+    def withholds(self, alert):
+        """port_scan with ``count_open = false``: True when, the ports whose connection
+        the probe table saw succeed left out, the alert no longer reaches its
+        threshold (nor the sensitive one). Asked once the alert's outcomes are known
+        (``Engine._sendable``); a withheld alert is counted and not sent."""
+        if not self.discount_open or alert.rule != self.name or alert.open_ports is None:
+            return False
+        opened = set(expand_ports(alert.open_ports))
+        if not opened:
+            return False
+        ports = set(expand_ports(alert.dst_ports or ""))
+        if alert.count - len(ports & opened) >= self.threshold:
+            return False
+        least = int(self.params[ks.P_SENSITIVE])
+        if least > 0 and len((ports & self.sensitive_ports) - opened) >= least:
+            return False
+        self.withheld_open += 1
+        return True
 
     def _report(self, slot, now_ns):
         alert = self.snapshot(slot)
@@ -167,7 +192,8 @@ class CounterDetector:
         key_text = "|".join(str(int(w)) for w in key)
         evidence = int(lc.evidence[slot])
         deferred_key = key.copy() if self.defer_outcomes else None
-        outcome_fields = {} if self.defer_outcomes else self._outcomes(key)
+        if not self.defer_outcomes:
+            fields.update(self._outcomes(key, fields.get("dst_ports")))
         alert = Alert(
             rule=self.name, first_seen=rfc3339(first), last_seen=rfc3339(lc.last_seen_ns[slot]),
             packets=int(lc.probes[slot]),
@@ -178,7 +204,7 @@ class CounterDetector:
             count_kind=self.count_kind, direction=direction, seq=seq, update=seq > 1,
             scope=self.scope,
             probe_types=[n for b, n in STEALTH_NAMES.items() if evidence & b] or None,
-            **outcome_fields, **fields)
+            **fields)
         if deferred_key is not None:
             self.deferred.append((alert, deferred_key))
         return alert
@@ -186,7 +212,7 @@ class CounterDetector:
     def complete_outcomes(self):
         """Fill in the outcomes of alerts made while the probe table was busy."""
         for alert, key in self.deferred:
-            for name, value in self._outcomes(key).items():
+            for name, value in self._outcomes(key, alert.dst_ports).items():
                 setattr(alert, name, value)
         self.deferred.clear()
 
@@ -196,21 +222,32 @@ class CounterDetector:
                      "failed_connections": (0, False), "trw_scanner": (0, False),
                      "stealth_scan": (6, False)}
 
-    def _outcomes(self, key):
+    def _outcomes(self, key, dst_ports):
+        """outcomes and open_ports of the key's probes in the probe table; for
+        udp_scan also ``dst_ports``: the counted ports (``dst_ports``, text) and every
+        other port of the key's probes (the open ones, which never count, and the
+        excluded ones), so the evidence shows the whole probed set."""
         scope = self.OUTCOME_SCOPE.get(self.name)
         if scope is None or self.probes is None:
             return {}
         proto, by_port = scope
         by_target = self.scope == "pair"
         port = int(key[2]) if by_port else -1
+        self.probed_buf[:] = 0
         n_open, n_closed, n_filtered, n_unknown, n_pending, n_ports = outcomes_of(
             self.probes.arrays, key[0], key[1], key[2], key[3], by_target, port, proto,
-            self.name == "stealth_scan", self.open_ports_buf)
+            self.name == "stealth_scan", self.open_ports_buf, self.probed_buf)
         ports = sorted(set(self.open_ports_buf[:min(n_ports, len(self.open_ports_buf))].tolist()))
-        return dict(outcomes={"open": int(n_open), "closed": int(n_closed),
-                              "filtered": int(n_filtered),
-                              "unknown": int(n_unknown + n_pending)},
-                    open_ports=compress_ports(ports))
+        out = dict(outcomes={"open": int(n_open), "closed": int(n_closed),
+                             "filtered": int(n_filtered),
+                             "unknown": int(n_unknown + n_pending)},
+                   open_ports=compress_ports(ports))
+        if self.name == "udp_scan":
+            probed = set(np.flatnonzero(self.probed_buf).tolist())
+            probed.update(expand_ports(dst_ports or ""))
+            out.update(dst_ports=compress_ports(probed), dst_port_count=len(probed),
+                       dst_port=next(iter(probed)) if len(probed) == 1 else None)
+        return out
 
     def _port_set_evidence(self, slot):
         t = self.table
