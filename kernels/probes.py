@@ -29,6 +29,18 @@ of a batch:
 * No answer within ``timeout_ns`` of packet time -> ``FILTERED`` if the
   sensor has matched at least one reply so far (it sees both directions),
   else ``UNKNOWN`` (one-directional capture, common on SPAN ports).
+* An ARP request from I for R (sender / target protocol address), or an IPv6
+  neighbour solicitation from I for target R, opens a probe of R with protocol
+  ``PROTO_ARP`` / ``PROTO_NDP`` (above any IP protocol number) and no port; R's ARP
+  reply to I, or its neighbour advertisement to I for target R -> ``OPEN`` (a host
+  found); no answer -> filtered/unknown as below. A repeat while waiting is a
+  retransmission; asking again once decided is a new probe. Gratuitous ARP and
+  announcements (sender = target), address-conflict probes (sender 0.0.0.0, RFC
+  5227) and duplicate address detection (from ::) are no probes; replies nobody
+  asked for are ignored. Having no ports or flags, such a probe keeps the
+  requester's 48-bit MAC in its row's sport / pflags / spare columns; its outcome
+  row looks like the request's packet row (ARP: PF_ARP, icmp_type 1; NDP: ICMPv6
+  135) with the MAC in ``inner_src_lo``.
 * A SYN-ACK or RST that answers no probe the sensor saw is *backscatter*
   (a victim's reply to a spoofed flood): counted, never attributed to its
   receiver or sender as scanning.
@@ -46,7 +58,8 @@ low-TTL probes hides at most the ports of that window (256 above the
 highest quoted port) per pair, and shows in the counter.
 Every decision is written as one row of an *outcome batch* (same columns as
 a packet batch: src = initiator, dst = responder, dport = port, ``outcome``
-and an ``outcome`` code beside it), which the outcome rules (failed_connections, trw_scanner) consume. The
+and an ``outcome`` code beside it), which the outcome rules (failed_connections, trw_scanner,
+arp_sweep, ...) consume. The
 kernel returns early when the outcome batch is full; the caller drains it
 and resumes.
 
