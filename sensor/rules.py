@@ -146,8 +146,9 @@ RULES = (
          "per lease stays far below the threshold. Keyed by sender address; the alert "
          "names the sender's MAC (`src_mac`) and counts the hosts found in "
          "`outcomes.open`. A router resolving addresses for traffic routed to absent hosts "
-         "(an inbound sweep of its subnet) asks the same way: the inbound sweep is "
-         "reported too; put the router in `net.allow_sources` if its ARP alerts are noise.",
+         "(an inbound sweep of its subnet), or a monitoring host polling 20 or more "
+         "switched-off devices on its own segment, asks the same way: put it in "
+         "`net.allow_sources` if its ARP alerts are noise.",
          "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
          mitre=("T1018",), mitre_from_outside=("T1018",)),
     Rule("ndp_sweep", "host_set", kr.HS_NDP_SWEEP,
