@@ -42,7 +42,9 @@ What a row holds is documented in ``kernels/batch.py``. The rules:
   ``truncated_link``.
 * ICMPv6 neighbour solicitations and advertisements (135, 136) with their 16-byte
   target address: the target in ``inner_dst_hi``/``inner_dst_lo`` (PF_HAS_INNER
-  not set), since the destination of a solicitation is a multicast group.
+  not set), since the destination of a solicitation is a multicast group; a
+  solicitation whose first option is the source link-layer address (type 1,
+  length 1) has that MAC in ``inner_src_lo``.
 
 Memory: none; writes one row of the batch given to it.
 """
@@ -360,6 +362,11 @@ def parse_frame(buf, off, caplen, linktype):
         if proto == 58 and (icmp_type == 135 or icmp_type == 136) and avail >= 24:
             # neighbour solicitation / advertisement: the target address
             i_dst_hi, i_dst_lo = canonical_v6(be64u(buf, l4 + 8), be64u(buf, l4 + 16))
+            if (icmp_type == 135 and avail >= 32 and np.int64(buf[l4 + 24]) == 1
+                    and np.int64(buf[l4 + 25]) == 1):
+                # a source link-layer address option first: the asker's MAC
+                for k in range(6):
+                    i_src_lo = (i_src_lo << np.uint64(8)) | np.uint64(buf[l4 + 26 + k])
         if is_icmp_error(proto, icmp_type) and avail > 8:
             (ist, iversion, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, iproto,
              il4, il4_end, ifirst, icut) = parse_ip(buf, l4 + 8, l4_end, 0)

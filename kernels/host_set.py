@@ -2,8 +2,10 @@
 
 Serves host_sweep (key = prober + port), port_sweep (key = port, with the
 probers as contributors), icmp_sweep (key = prober), failed_connections
-(key = prober, item = refusing host + port) and trw_scanner (key = prober,
-item = host contacted); ``kernels/rules.py`` says which rows each counts.
+(key = prober, item = refusing host + port), trw_scanner (key = prober,
+item = host contacted) and arp_sweep / ndp_sweep (key = sender, item =
+unanswered target, with the sender's MACs as contributors);
+``kernels/rules.py`` says which rows each counts.
 
 trw_scanner is Threshold Random Walk (Jung, Paxson, Berger, Balakrishnan,
 IEEE S&P 2004): each *first contact* of a prober with a host (an item new to
@@ -20,7 +22,8 @@ of the current and previous pane and the count is exact while the list has
 room. Two 4,096-bit pane sketches (hashed items) estimate the count by linear
 counting once the list is full; the estimate is flagged in the alert.
 
-Contributors: port_sweep keeps the top ``CONTRIBUTORS`` probers per key with
+Contributors: port_sweep keeps the top ``CONTRIBUTORS`` probers per key (arp_sweep
+and ndp_sweep the sender's MACs) with
 Misra-Gries counters (exact when no more probers than that; otherwise each
 count is a lower bound, off by at most probes / (CONTRIBUTORS + 1)).
 
@@ -41,7 +44,8 @@ from kernels.jit import inline, kernel
 U0 = np.uint64(0)
 from kernels.port_set import popcount64
 from kernels.rules import (
-    HS_FAILED, HS_ICMP_SWEEP, HS_PORT_SWEEP, HS_TRW, OUT_OPEN, select_host_row,
+    HS_ARP_SWEEP, HS_FAILED, HS_ICMP_SWEEP, HS_NDP_SWEEP, HS_PORT_SWEEP, HS_TRW, OUT_OPEN,
+    select_host_row,
 )
 
 SKETCH_WORDS = 64
@@ -234,7 +238,8 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
             continue
         if mode == HS_FAILED:
             port = np.int64(it_port)
-        elif mode == HS_ICMP_SWEEP or mode == HS_TRW:
+        elif (mode == HS_ICMP_SWEEP or mode == HS_TRW or mode == HS_ARP_SWEEP
+              or mode == HS_NDP_SWEEP):
             port = np.int64(-1)
         else:
             port = np.int64(k2)
@@ -268,6 +273,8 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:
             add_contributor(hs, slot, p_hi, p_lo)
+        elif (mode == HS_ARP_SWEEP or mode == HS_NDP_SWEEP) and c_inner_src_lo[i] != U0:
+            add_contributor(hs, slot, U0, c_inner_src_lo[i])    # the requester's MAC
         forced = row_counted(lc, slot, ts, d, is_new, params, False)
         if forced >= 0:
             return i + 1, EV_FORCED, forced

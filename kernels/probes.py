@@ -29,6 +29,18 @@ of a batch:
 * No answer within ``timeout_ns`` of packet time -> ``FILTERED`` if the
   sensor has matched at least one reply so far (it sees both directions),
   else ``UNKNOWN`` (one-directional capture, common on SPAN ports).
+* An ARP request from I for R (sender / target protocol address), or an IPv6
+  neighbour solicitation from I for target R, opens a probe of R with protocol
+  ``PROTO_ARP`` / ``PROTO_NDP`` (above any IP protocol number) and no port; R's ARP
+  reply to I, or its neighbour advertisement to I for target R -> ``OPEN`` (a host
+  found); no answer -> filtered/unknown as below. A repeat while waiting is a
+  retransmission; asking again once decided is a new probe. Gratuitous ARP and
+  announcements (sender = target), address-conflict probes (sender 0.0.0.0, RFC
+  5227) and duplicate address detection (from ::) are no probes; replies nobody
+  asked for are ignored. Having no ports or flags, such a probe keeps the
+  requester's 48-bit MAC in its row's sport / pflags / spare columns; its outcome
+  row looks like the request's packet row (ARP: PF_ARP, icmp_type 1; NDP: ICMPv6
+  135) with the MAC in ``inner_src_lo``.
 * A SYN-ACK or RST that answers no probe the sensor saw is *backscatter*
   (a victim's reply to a spoofed flood): counted, never attributed to its
   receiver or sender as scanning.
@@ -46,7 +58,8 @@ low-TTL probes hides at most the ports of that window (256 above the
 highest quoted port) per pair, and shows in the counter.
 Every decision is written as one row of an *outcome batch* (same columns as
 a packet batch: src = initiator, dst = responder, dport = port, ``outcome``
-and an ``outcome`` code beside it), which the outcome rules (failed_connections, trw_scanner) consume. The
+and an ``outcome`` code beside it), which the outcome rules (failed_connections, trw_scanner,
+arp_sweep, ...) consume. The
 kernel returns early when the outcome batch is full; the caller drains it
 and resumes.
 
@@ -69,8 +82,8 @@ from kernels.addr_table import (
     prefetch_bucket, slot_columns,
 )
 from kernels.batch import (
-    PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
-    TH_ACK, TH_RST, TH_SYN, PacketBatch,
+    PF_ARP, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
+    PF_IPV6, TH_ACK, TH_RST, TH_SYN, PacketBatch,
 )
 from kernels.jit import inline, kernel
 
@@ -134,6 +147,10 @@ PP_TRACE_HOLD_NS = 3
 PP_SEED = 4             # the hash seed of the last probe_update (expire_probes has none)
 N_PPARAMS = 5
 
+# protocol numbers of link-layer probes in a probe key's port word (above any IP protocol)
+PROTO_ARP = 256
+PROTO_NDP = 257
+
 TRACE_SLOTS = 1024
 TRACE_WAYS = 4
 TRACE_PORTS_BELOW = 32     # a hop that did not answer before the first that did
@@ -153,6 +170,9 @@ class ProbeState:
         self.state = row["state"]
         self.sport = row["sport"]        # initiator port of the last attempt
         self.pflags = row["pflags"]      # TCP flags of the probe (0 for UDP)
+        # ARP/NDP probes have no ports or flags: sport, pflags and spare hold the
+        # requester's 48-bit MAC instead (``l2_mac``)
+        self.spare = row["spare"]
         self.fifo_slot = np.zeros(capacity, np.int64)
         self.fifo_ts = np.zeros(capacity, np.int64)
         self.meta = np.zeros(N_PMETA, np.int64)
@@ -171,7 +191,7 @@ class ProbeState:
     def arrays(self):
         return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
                 self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport, self.pflags,
-                self.fps, self.trace_keys, self.trace_until_ns, self.trace_ports)
+                self.fps, self.trace_keys, self.trace_until_ns, self.trace_ports, self.spare)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -189,8 +209,10 @@ def port_word(port, proto):
 
 
 @inline
-def emit(out, out_code, orow, ts, keys, pflags, sport_a, slot, outcome):
+def emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot, outcome):
     """Write one outcome row; returns the next free row."""
+    if np.int64(keys[slot, 4] >> np.uint64(16)) >= PROTO_ARP:
+        return emit_l2(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot, outcome)
     o_ts = out[0]
     o_src_hi = out[1]
     o_src_lo = out[2]
@@ -214,6 +236,86 @@ def emit(out, out_code, orow, ts, keys, pflags, sport_a, slot, outcome):
     o_pkt_flags[orow] = PF_HAS_PORTS
     out_code[orow] = outcome
     return orow + 1
+
+
+@inline
+def emit_l2(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot, outcome):
+    """The outcome row of an ARP or NDP probe: shaped like the request's packet row
+    (ARP: PF_ARP, proto 0, icmp_type 1; NDP: ICMPv6 135), dst = the target address,
+    inner_src_lo = the requester's MAC, no ports."""
+    o_inner_src_hi = out[13]
+    o_inner_src_lo = out[14]
+    ndp = np.int64(keys[slot, 4] >> np.uint64(16)) == PROTO_NDP
+    out[0][orow] = ts
+    out[1][orow] = keys[slot, 0]
+    out[2][orow] = keys[slot, 1]
+    out[3][orow] = keys[slot, 2]
+    out[4][orow] = keys[slot, 3]
+    out[5][orow] = 0
+    out[6][orow] = 0
+    out[7][orow] = 58 if ndp else 0
+    out[8][orow] = 0
+    out[9][orow] = 135 if ndp else 1
+    out[10][orow] = 0
+    out[11][orow] = (PF_HAS_ICMP | PF_IPV6) if ndp else PF_ARP
+    o_inner_src_hi[orow] = U0
+    o_inner_src_lo[orow] = l2_mac(sport_a, pflags, spare, slot)
+    out_code[orow] = outcome
+    return orow + 1
+
+
+@inline
+def l2_mac(sport_a, pflags, spare, slot):
+    """The requester's MAC of an ARP/NDP probe (48 bits in three uint16 columns)."""
+    return ((np.uint64(sport_a[slot]) << np.uint64(32)) | (np.uint64(pflags[slot]) << np.uint64(16))
+            | np.uint64(spare[slot]))
+
+
+@inline
+def open_l2_probe(st, i_hi, i_lo, r_hi, r_lo, word, mac, ts, seed):
+    """An ARP request or neighbour solicitation from I for R: a probe of R, waiting
+    for R's reply. A repeat while waiting is a retransmission; one after the
+    probe was decided asks again (a new probe)."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags, fps, tkeys, tuntil, tports, spare) = st
+    found, slot = find_slot(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo,
+                            word, ts, params[PP_STALE_NS], params[PP_WAYS], seed)
+    if found == LOOKUP_EVICTED:
+        meta[PM_EVICTIONS] += 1
+    if found == LOOKUP_HIT:
+        last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+        if state[slot] == ST_SENT:
+            return
+    state[slot] = ST_SENT
+    sent_ns[slot] = ts
+    sport_a[slot] = np.uint16((mac >> np.uint64(32)) & np.uint64(0xFFFF))
+    pflags[slot] = np.uint16((mac >> np.uint64(16)) & np.uint64(0xFFFF))
+    spare[slot] = np.uint16(mac & np.uint64(0xFFFF))
+    meta[PM_PROBES] += 1
+    cap = fifo_slot.shape[0]
+    if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
+        meta[PM_HEAD] += 1
+    fifo_slot[meta[PM_TAIL] % cap] = slot
+    fifo_ts[meta[PM_TAIL] % cap] = ts
+    meta[PM_TAIL] += 1
+
+
+@inline
+def answer_l2(st, i_hi, i_lo, r_hi, r_lo, word, ts, out, out_code, orow, seed):
+    """An ARP reply or neighbour advertisement from R to I: the probe is open
+    (the host is there). Returns the next outcome row."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags, fps, tkeys, tuntil, tports, spare) = st
+    slot = lookup_slot(fps, keys, last_seen_ns, i_hi, i_lo, r_hi, r_lo, word, params[PP_WAYS],
+                       seed)
+    if slot < 0:
+        return orow             # unsolicited (gratuitous, or its request was not seen)
+    last_seen_ns[slot] = max(last_seen_ns[slot], ts)
+    if state[slot] != ST_SENT:
+        return orow
+    meta[PM_REPLIES] += 1
+    return emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
+                decide(state, meta, slot, ST_OPEN))
 
 
 @inline
@@ -305,7 +407,7 @@ def settle(st, slot, verdict, ts, seed):
     """Decide probe ``slot`` as ``verdict`` at ``ts``; a failure (closed, filtered,
     unknown) of a pair being traced is decided TRACED. Returns the outcome code."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports) = st
+     pflags, fps, tkeys, tuntil, tports, spare) = st
     if verdict != ST_OPEN and verdict != ST_TRACED and trace_excuses(
             tkeys, tuntil, tports, meta, keys, slot, ts, params[PP_TRACE_HOLD_NS], seed):
         verdict = ST_TRACED
@@ -316,7 +418,7 @@ def settle(st, slot, verdict, ts, seed):
 def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
     """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``)."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports) = st
+     pflags, fps, tkeys, tuntil, tports, spare) = st
     found, slot = find_slot(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
                             params[PP_STALE_NS], params[PP_WAYS], seed)
     if found == LOOKUP_EVICTED:
@@ -342,14 +444,14 @@ def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
 def expire_probes(st, now_ns, out, out_code, orow):
     """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports) = st
+     pflags, fps, tkeys, tuntil, tports, spare) = st
     return expire(st, now_ns, out, out_code, orow, np.uint64(params[PP_SEED]))
 
 
 @inline
 def expire(st, now_ns, out, out_code, orow, seed):
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports) = st
+     pflags, fps, tkeys, tuntil, tports, spare) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     cap = fifo_slot.shape[0]
     out_cap = out[0].shape[0]
@@ -363,7 +465,7 @@ def expire(st, now_ns, out, out_code, orow, seed):
             verdict = ST_FILTERED if meta[PM_REPLIES] > 0 else ST_UNKNOWN
             at = fifo_ts[h] + timeout_ns
             outcome = settle(st, slot, verdict, at, seed)
-            orow = emit(out, out_code, orow, at, keys, pflags, sport_a, slot, outcome)
+            orow = emit(out, out_code, orow, at, keys, pflags, sport_a, spare, slot, outcome)
     return orow
 
 
@@ -391,7 +493,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     has fewer than 2 free rows.
     """
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports) = st
+     pflags, fps, tkeys, tuntil, tports, spare) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
     params[PP_SEED] = np.int64(seed)
@@ -464,7 +566,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                             meta[PM_FILTERED] -= 1
                         else:
                             meta[PM_UNKNOWN] -= 1
-                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
                                 settle(st, slot, verdict, ts, seed))
                 continue
             # ACK without SYN/RST: part of a flow we know, or an ACK/Maimon probe
@@ -498,11 +600,39 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
                 if state[slot] == ST_SENT:
                     meta[PM_REPLIES] += 1
-                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
                                 decide(state, meta, slot, ST_OPEN))
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
                        port_word(dport_c[i], 17), sport_c[i], 0, ts, seed)
+            continue
+        if (pf & PF_ARP) != 0:
+            # ARP: src/dst = sender/target protocol address, icmp_type = opcode
+            s_lo = src_lo[i]
+            t_lo = dst_lo[i]
+            if s_lo == t_lo or (s_lo & np.uint64(0xFFFFFFFF)) == U0:
+                continue        # gratuitous ARP / announcement, or a DAD probe (RFC 5227)
+            if icmp_type[i] == 1:
+                open_l2_probe(st, src_hi[i], s_lo, dst_hi[i], t_lo, port_word(0, PROTO_ARP),
+                              cols[14][i], ts, seed)
+            else:
+                orow = answer_l2(st, dst_hi[i], t_lo, src_hi[i], s_lo, port_word(0, PROTO_ARP),
+                                 ts, out, out_code, orow, seed)
+            continue
+        if proto == 58 and (pf & PF_HAS_ICMP) != 0 and (icmp_type[i] == 135
+                                                        or icmp_type[i] == 136):
+            # neighbour solicitation / advertisement: the target address in inner_dst
+            t_hi = cols[15][i]
+            t_lo = cols[16][i]
+            if icmp_type[i] == 135:
+                if (src_hi[i] == U0 and src_lo[i] == U0) or (src_hi[i] == t_hi
+                                                             and src_lo[i] == t_lo):
+                    continue    # DAD (from ::), or a node asking for itself
+                open_l2_probe(st, src_hi[i], src_lo[i], t_hi, t_lo, port_word(0, PROTO_NDP),
+                              cols[14][i], ts, seed)
+            else:
+                orow = answer_l2(st, dst_hi[i], dst_lo[i], t_hi, t_lo, port_word(0, PROTO_NDP),
+                                 ts, out, out_code, orow, seed)
             continue
         need = PF_HAS_ICMP | PF_HAS_INNER | PF_INNER_HAS_PORTS
         if (pf & need) == need:
@@ -531,7 +661,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                            params[PP_TRACE_HOLD_NS], seed)
                 if state[slot] == ST_SENT:
                     meta[PM_REPLIES] += 1
-                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                    orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
                                 decide(state, meta, slot, ST_TRACED))
                 continue
             if proto == 1 and t == 3:
@@ -558,7 +688,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             last_seen_ns[slot] = max(last_seen_ns[slot], ts)
             if state[slot] == ST_SENT:
                 meta[PM_REPLIES] += 1
-                orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, slot,
+                orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
                             settle(st, slot, verdict, ts, seed))
     return n, orow
 
@@ -573,7 +703,7 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports,
     the port of every such probe but the traced ones. Scans the whole table: called
     per alert."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports) = st
+     pflags, fps, tkeys, tuntil, tports, spare) = st
     n_open = 0
     n_closed = 0
     n_filtered = 0
@@ -588,7 +718,8 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports,
         word = keys[s, 4]
         if port >= 0 and np.int64(word & np.uint64(0xFFFF)) != port:
             continue
-        if proto > 0 and np.int64(word >> np.uint64(16)) != proto:
+        wproto = np.int64(word >> np.uint64(16))
+        if (proto > 0 and wproto != proto) or (proto == 0 and wproto >= PROTO_ARP):
             continue
         is_stealth = np.int64(word >> np.uint64(16)) == 6 and pflags[s] != TH_SYN
         if is_stealth != stealth:

@@ -8,8 +8,8 @@ Every rule is a *mode* of one of two counter kernels:
 * host-set rules (``kernels/host_set.py``): a key collects distinct hosts
   (or host+port pairs).
 
-failed_connections, trw_scanner, stealth_scan, udp_scan, exposed_host_probe
-(and host_sweep / port_sweep unless ``count_open``) read *outcome rows*
+failed_connections, trw_scanner, stealth_scan, udp_scan, exposed_host_probe,
+arp_sweep, ndp_sweep (and host_sweep / port_sweep unless ``count_open``) read *outcome rows*
 (``kernels/probes.py``: src = initiator, dst = responder, sport = initiator
 port, dport = port, with an outcome code) instead of packets. No rule counts
 the ``traced`` outcome (probes of a traceroute).
@@ -30,7 +30,7 @@ are never counted; targets in the ignore-list and ignored ports never count.
 import numpy as np
 
 from kernels.batch import (
-    PF_HAS_ICMP, PF_HAS_TCP_FLAGS, TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG,
+    PF_ARP, PF_HAS_ICMP, PF_HAS_TCP_FLAGS, TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG,
 )
 from kernels.classify import (
     C_DPORT_IGNORED, C_DST_HOME, C_DST_IGNORED, C_DST_EXPOSED, C_SRC_ALLOWED, C_SRC_HOME,
@@ -52,6 +52,9 @@ HS_PORT_SWEEP = 1       # TCP SYN probes; key = port; item = target; contributor
 HS_ICMP_SWEEP = 2       # ICMP/ICMPv6 echo requests; key = prober; item = target
 HS_FAILED = 3           # probe outcomes closed/filtered; key = prober; item = target + port
 HS_TRW = 4              # probe outcomes; key = prober; item = target (first contacts)
+HS_ARP_SWEEP = 5        # ARP requests unanswered (outcome rows); key = sender; item = target;
+                        # contributors = the sender's MACs
+HS_NDP_SWEEP = 6        # neighbour solicitations unanswered (outcome rows); as HS_ARP_SWEEP
 
 # outcome codes (kernels/probes.py) that rules read from outcome rows
 OUT_OPEN = 1
@@ -183,6 +186,20 @@ def select_host_row(mode, c, pkt_flags, proto, flags, t, s_hi, s_lo, d_hi, d_lo,
         d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
         port = np.int64(dport) if mode == HS_FAILED else np.int64(0)
         return True, s_hi, s_lo, U0, d_hi, d_lo, port, s_hi, s_lo, d
+    if mode == HS_ARP_SWEEP or mode == HS_NDP_SWEEP:
+        # an ARP request / neighbour solicitation decided unanswered by the probe
+        # table (gratuitous ARP and DAD probes never become probes)
+        if mode == HS_ARP_SWEEP:
+            if (pkt_flags & PF_ARP) == 0:
+                return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        elif proto != 58 or t != 135 or (pkt_flags & PF_HAS_ICMP) == 0:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        if outc == 0 or outc == OUT_OPEN or outc == OUT_TRACED:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        if (c & (C_SRC_ALLOWED | C_SRC_SPECIAL | C_DST_IGNORED)) != 0:
+            return False, U0, U0, U0, U0, U0, 0, U0, U0, 0
+        d = direction((c & C_SRC_HOME) != 0, (c & C_DST_HOME) != 0)
+        return True, s_hi, s_lo, U0, d_hi, d_lo, 0, s_hi, s_lo, d
     if mode == HS_ICMP_SWEEP:
         if (pkt_flags & PF_HAS_ICMP) == 0:
             return False, U0, U0, U0, U0, U0, 0, U0, U0, 0

@@ -31,3 +31,14 @@ def from_text(text):
     if hi == 0 and (lo >> 32) == 0 and lo > 1:
         lo |= MAPPED_PREFIX
     return hi, lo
+
+
+def mac_text(value):
+    """48-bit MAC as the kernels hold it (an int) -> ``aa:bb:cc:dd:ee:ff``."""
+    value = int(value)
+    return ":".join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+
+
+def mac_value(text):
+    """Inverse of mac_text (``aa:bb:cc:dd:ee:ff`` or ``aa-bb-...``)."""
+    return int(text.replace("-", "").replace(":", ""), 16)

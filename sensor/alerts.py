@@ -73,6 +73,7 @@ class Alert:
     count_kind: str = ""      # distinct_ports, distinct_hosts, attempts, refused_pairs, closed_ports
     count_estimated: bool = False
     direction: str = None     # inbound, outbound, internal, external (prober's view)
+    src_mac: str = None       # arp_sweep, ndp_sweep: the sender's MAC, aa:bb:cc:dd:ee:ff
     seq: int = 1              # 1 for the first report of an episode, 2.. for updates
     update: bool = False      # seq > 1
     scope: str = None         # port_scan: "source" or "pair"

@@ -56,7 +56,7 @@ from sensor.output.fields import parse_rfc3339_ns
 
 # primary rule: the first of these that matched (also the order of ``rules``)
 PRIORITY = ("port_scan", "udp_scan", "stealth_scan", "host_sweep", "icmp_sweep",
-            "exposed_host_probe", "failed_connections", "trw_scanner")
+            "arp_sweep", "ndp_sweep", "exposed_host_probe", "failed_connections", "trw_scanner")
 SEPARATE = ("port_sweep",)          # never merged: keyed by a port, names many sources
 DIRECTIONS = ("inbound", "outbound", "external", "internal")   # most outward-facing first
 RULE_EVIDENCE = ("count", "count_kind", "threshold", "window_s", "first_seen", "last_seen",
@@ -112,6 +112,7 @@ class Episode:
         self.high = False
         self.mitre = []
         self.direction = None
+        self.src_mac = None              # the first reported by an ARP/NDP rule
         self.scope = None
         self.probe_types = []
         self.quiet_ns = 0
@@ -323,6 +324,7 @@ class Episodes:
                                         < DIRECTIONS.index(ep.direction)):
             ep.direction = a.direction
         ep.scope = ep.scope or a.scope
+        ep.src_mac = ep.src_mac or a.src_mac
         ep.probe_types += [p for p in a.probe_types or () if p not in ep.probe_types]
         ep.dirty = True
         ep.seen_ns = max(ep.seen_ns, at)
@@ -360,7 +362,8 @@ class Episodes:
             packets=ep.packets, severity="high" if ep.high else "medium", mitre=list(ep.mitre),
             sensor=self.sensor_name, id=ep.id, threshold=p["threshold"], window_s=p["window_s"],
             count=p["count"], count_kind=p["count_kind"], count_estimated=p["count_estimated"],
-            direction=ep.direction, seq=ep.seq, update=ep.seq > 1, scope=ep.scope,
+            direction=ep.direction, src_mac=ep.src_mac, seq=ep.seq, update=ep.seq > 1,
+            scope=ep.scope,
             dst_port=(ep.ports.bit_length() - 1) if n_ports == 1 else None,
             probe_types=list(ep.probe_types) or None,
             sensitive_ports=None if ep.sensitive is None else bits_text(ep.sensitive),

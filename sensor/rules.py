@@ -141,6 +141,33 @@ RULES = (
          "One prober sending ICMP/ICMPv6 echo requests to many distinct hosts (ping sweep).",
          "distinct_hosts", threshold=25, window_s=300.0,
          mitre=("T1018",), mitre_from_outside=("T1018", "T1595.001")),
+    Rule("arp_sweep", "host_set", kr.HS_ARP_SWEEP,
+         "One sender on the local segment asking by ARP for many distinct addresses that "
+         "never answer (arp-scan, nmap -sn or any nmap scan of the local subnet: for an "
+         "absent host they put nothing but ARP on the wire). Each ARP request is a probe "
+         "of the probe table, answered by the target's ARP reply (a host found, outcome "
+         "`open`) or not within `probes.timeout_s` (`filtered`/`unknown`); only unanswered "
+         "targets count, so a host or router refreshing its cache (answered) is not a "
+         "sweep. Gratuitous ARP (sender address = target address), replies nobody asked "
+         "for and the probes of address conflict detection (sender 0.0.0.0, RFC 5227, "
+         "also sent by DHCP clients) are never probes; a DHCP server checking one address "
+         "per lease stays far below the threshold. Keyed by sender address; the alert "
+         "names the sender's MAC (`src_mac`) and counts the hosts found in "
+         "`outcomes.open`. A router resolving addresses for traffic routed to absent hosts "
+         "(an inbound sweep of its subnet), or a monitoring host polling 20 or more "
+         "switched-off devices on its own segment, asks the same way: put it in "
+         "`net.allow_sources` if its ARP alerts are noise.",
+         "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
+         mitre=("T1018",), mitre_from_outside=("T1018",)),
+    Rule("ndp_sweep", "host_set", kr.HS_NDP_SWEEP,
+         "The IPv6 twin of `arp_sweep`: one sender sending neighbour solicitations for "
+         "many distinct target addresses that never answer with a neighbour advertisement "
+         "(nmap -6 of on-link addresses, ndisc6 or a scapy loop). Duplicate address "
+         "detection (solicitations from ::) never counts. `src_mac` comes from the "
+         "solicitation's source link-layer address option. ICMPv6 echo requests to many "
+         "on-link hosts are `icmp_sweep`.",
+         "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
+         mitre=("T1018",), mitre_from_outside=("T1018",)),
 )
 RULE_BY_NAME = {r.name: r for r in RULES}
 

@@ -51,3 +51,25 @@ def udp_row(ts_ns, src, dst, dport, sport=40000):
     row.update(ts_ns=ts_ns, src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo,
                sport=sport, dport=dport, proto=17, pkt_flags=PF_HAS_PORTS)
     return row
+
+
+def arp_row(ts_ns, sender, target, op=1, sender_mac=0x020000000001, target_mac=0):
+    """An ARP request (op 1) or reply (op 2) row as kernels/decode_frame.py writes it."""
+    from kernels.batch import PF_ARP
+    src_hi, src_lo = from_text(sender)
+    dst_hi, dst_lo = from_text(target)
+    row = {name: 0 for name, _ in COLUMNS}
+    row.update(ts_ns=ts_ns, src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo,
+               icmp_type=op, pkt_flags=PF_ARP, inner_src_lo=sender_mac, inner_dst_lo=target_mac)
+    return row
+
+
+def nd_row(ts_ns, src, dst, target, solicit=True, mac=0):
+    """A neighbour solicitation (135, ``mac`` = its source link-layer address option)
+    or advertisement (136) row; the target address in inner_dst."""
+    from kernels.batch import PF_HAS_ICMP, PF_IPV6
+    row = icmp_row(ts_ns, src, dst, 135 if solicit else 136, v6=True)
+    row["pkt_flags"] = PF_HAS_ICMP | PF_IPV6
+    row["inner_dst_hi"], row["inner_dst_lo"] = from_text(target)
+    row["inner_src_lo"] = mac if solicit else 0
+    return row

@@ -334,6 +334,10 @@ def decode_frame(frame, linktype, ts_ns, wire_len):
                                                               dpkt.icmp6.ND_NEIGHBOR_ADVERT)
                 and len(l4) >= 24):
             row["inner_dst_hi"], row["inner_dst_lo"] = addr_key(l4[8:24])   # the target
+            if (icmp_type == dpkt.icmp6.ND_NEIGHBOR_SOLICIT and len(l4) >= 32
+                    and l4[24] == 1 and l4[25] == 1):
+                # source link-layer address option (RFC 4861 4.6.1) first: the asker's MAC
+                row["inner_src_lo"] = int.from_bytes(l4[26:32], "big")
         errors = ICMP4_ERRORS if proto == dpkt.ip.IP_PROTO_ICMP else ICMP6_ERRORS
         if icmp_type in errors and len(l4) > 8:
             inner = parse_ip(l4[8:], 0)     # type, code, checksum, 4 bytes, then the quote
@@ -788,6 +792,20 @@ def rule_item(rule, r, net):
         return dict(key=src_w, item=(dst_w, port), port=port if rule == "failed_connections" else None,
                     target=dst_w, prober=src_w, direction=_direction(home(src), home(dst)),
                     evidence=None, outcome=r["outcome"])
+    if rule in ("arp_sweep", "ndp_sweep"):
+        # an ARP request / neighbour solicitation the probe table decided unanswered
+        if rule == "arp_sweep" and not flags & PF_ARP:
+            return None
+        if rule == "ndp_sweep" and not (r["proto"] == 58 and r["icmp_type"] == 135
+                                        and flags & _PF_HAS_ICMP):
+            return None
+        if r.get("outcome", 0) in (0, OUT_OPEN, OUT_TRACED):
+            return None
+        if _in_any(src, net["allow"]) or _special(src) or _in_any(dst, net["ignore"]):
+            return None
+        return dict(key=src_w, item=(dst_w, 0), port=None, target=dst_w, prober=src_w,
+                    direction=_direction(home(src), home(dst)), evidence=None,
+                    mac=int(r["inner_src_lo"]))
     if rule == "icmp_sweep":
         if not (flags & _PF_HAS_ICMP):
             return None
@@ -907,6 +925,8 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
             s["evidence"].add(it["evidence"])
         if rule == "port_sweep":
             s["contrib"][it["prober"]] = s["contrib"].get(it["prober"], 0) + 1
+        if rule in ("arp_sweep", "ndp_sweep") and it["mac"]:
+            s["contrib"][it["mac"]] = s["contrib"].get(it["mac"], 0) + 1     # sender MACs
         if port_set:
             if it["target"] not in s["targets"]:
                 s["targets"].append(it["target"])
@@ -942,6 +962,7 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
 # --- probe table reference (kernels/probes.py) ---
 
 OUT_OPEN, OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN, OUT_TRACED = 1, 2, 3, 4, 5
+PROTO_ARP, PROTO_NDP = 256, 257     # link-layer probes' protocol numbers in probe keys
 TRACE_PORTS_BELOW, TRACE_PORTS_ABOVE = 32, 256
 
 
@@ -975,6 +996,15 @@ def probe_reference(rows, timeout_ns, counters=None):
     def emit(ts, key, st):
         (ih, il), (rh, rl), port, proto = key
         row = {n: 0 for n in _ROW_NAMES}
+        if proto in (PROTO_ARP, PROTO_NDP):
+            # an ARP / NDP probe: the request's row shape, the asker's MAC in inner_src_lo
+            ndp = proto == PROTO_NDP
+            row.update(ts_ns=ts, src_hi=ih, src_lo=il, dst_hi=rh, dst_lo=rl,
+                       proto=58 if ndp else 0, icmp_type=135 if ndp else 1,
+                       pkt_flags=(PF_HAS_ICMP | PF_IPV6) if ndp else PF_ARP,
+                       inner_src_lo=state[key][2], outcome=code[st])
+            out.append(row)
+            return
         row.update(ts_ns=ts, src_hi=ih, src_lo=il, dst_hi=rh, dst_lo=rl, dport=port,
                    sport=state[key][2], proto=proto, pkt_flags=1, tcp_flags=state[key][3],
                    outcome=code[st])
@@ -1024,12 +1054,42 @@ def probe_reference(rows, timeout_ns, counters=None):
             else:
                 settle(key, verdict, ts)
 
+    def open_l2(key, ts, mac):
+        if key in state and state[key][0] == 1:
+            return          # a retransmission; once decided, asking again is a new probe
+        state[key] = [1, ts, mac, 0]
+        queue.append((key, ts))
+
+    def answer_l2(key, ts):
+        if key in state and state[key][0] == 1:
+            replies[0] += 1
+            state[key][0] = 2
+            emit(ts, key, 2)
+
     for r in rows:
         ts = int(r["ts_ns"])
         expire(ts)
         src = (int(r["src_hi"]), int(r["src_lo"]))
         dst = (int(r["dst_hi"]), int(r["dst_lo"]))
         flags = r["pkt_flags"]
+        if flags & PF_ARP:
+            # sender/target protocol address; gratuitous ARP and DAD probes are no probes
+            if src == dst or (src[1] & 0xFFFFFFFF) == 0:
+                continue
+            if r["icmp_type"] == 1:
+                open_l2((src, dst, 0, PROTO_ARP), ts, int(r["inner_src_lo"]))
+            else:
+                answer_l2((dst, src, 0, PROTO_ARP), ts)
+            continue
+        if r["proto"] == 58 and flags & _PF_HAS_ICMP and r["icmp_type"] in (135, 136):
+            target = (int(r["inner_dst_hi"]), int(r["inner_dst_lo"]))
+            if r["icmp_type"] == 135:
+                if src == (0, 0) or src == target:
+                    continue
+                open_l2((src, target, 0, PROTO_NDP), ts, int(r["inner_src_lo"]))
+            else:
+                answer_l2((dst, target, 0, PROTO_NDP), ts)
+            continue
         if flags & _PF_HAS_TCP_FLAGS:
             f = r["tcp_flags"]
             syn, ack, rst = bool(f & _TH_SYN), bool(f & _TH_ACK), bool(f & _TH_RST)

@@ -25,6 +25,7 @@ RUNS = {
                                       "health_checker.pcap.gz"],
     "nat": ["nat_gateway.pcap"],
     "nat_counting_open": ["--set", "host_sweep.count_open=true", "nat_gateway.pcap"],
+    "neighbours": ["neighbours.pcap"],
 }
 _RESULTS = {}
 
@@ -103,6 +104,13 @@ def test_nat_gateway_counted_packet_for_packet_is_a_host_sweep():
     assert alerts_of("nat_counting_open")
 
 
+def test_neighbour_traffic_is_quiet():
+    """Hosts resolving each other by ARP and NDP, gratuitous ARP and conflict probes for
+    40 addresses, IPv6 duplicate address detection for 40: no arp_sweep, no ndp_sweep."""
+    assert alerts_of("neighbours") == []
+
+
 def test_captures_are_small():
-    for name in ("many_clients.pcap", "health_checker.pcap.gz", "nat_gateway.pcap"):
+    for name in ("many_clients.pcap", "health_checker.pcap.gz", "nat_gateway.pcap",
+                 "neighbours.pcap"):
         assert (BENIGN / name).stat().st_size < 300_000, name

@@ -134,7 +134,7 @@ def fields_of(fmt, message, ctx=CTX):
         pri, ts, host, content = parse_3164_header(message)
         p = parse_leef(content)
         standard = [a for a in p["attrs"] if a[0] in ("devTime", "devTimeFormat", "sev", "cat",
-                                                       "src", "dst", "dstPort")]
+                                                       "src", "srcMAC", "dst", "dstPort")]
         assert p["attrs"][:len(standard)] == standard, "standard attributes come first"
         p.update(pri=pri, hostname=host, standard=dict(standard))
         return p["attrs"][len(standard):], p
@@ -149,6 +149,8 @@ def fields_of(fmt, message, ctx=CTX):
         out = {"rule": p["signature_id"]}
         if "src" in e:
             out["src_ip"] = e["src"]
+        if "smac" in e:
+            out["src_mac"] = e["smac"]
         if "externalId" in e:
             out["id"] = e["externalId"]
         for kind in ("cs", "cn"):
@@ -160,7 +162,7 @@ def fields_of(fmt, message, ctx=CTX):
         for k, v in ext:
             if k.startswith("scanSensor"):
                 out[camel_to_snake(k[len("scanSensor"):])] = v
-        allowed = {"rt", "start", "end", "src", "dst", "dpt", "cnt", "act", "dvchost",
+        allowed = {"rt", "start", "end", "src", "smac", "dst", "dpt", "cnt", "act", "dvchost",
                    "externalId", "deviceDirection", "msg"}
         extra = [k for k in keys if k not in allowed and not k.startswith("scanSensor")
                  and not re.fullmatch(r"c[sn][1-6](Label)?", k)]
@@ -224,7 +226,7 @@ ECS_TYPES = {
     "event.action": "keyword", "event.severity": "long", "event.risk_score": "float",
     "event.dataset": "keyword", "event.start": "date", "event.end": "date",
     "event.id": "keyword", "event.sequence": "long",
-    "source.ip": "ip", "destination.ip": "ip", "destination.port": "long",
+    "source.ip": "ip", "source.mac": "keyword", "destination.ip": "ip", "destination.port": "long",
     "network.direction": "keyword", "related.ip": "ip",
     "threat.framework": "keyword", "threat.technique.id": "keyword",
     "threat.technique.name": "keyword", "threat.technique.reference": "keyword",
@@ -395,6 +397,23 @@ def test_ecs_port_scan(port_scan):
     assert doc["threat"]["tactic"]["name"] == ["Discovery"]
     assert doc["related"]["ip"] == ["10.77.0.1", "10.77.0.2"]
     assert doc["scan_sensor"]["dst_ports"] == "1-1000"
+
+
+def test_arp_sweep_names_the_mac_in_every_format(port_scan):
+    """src_mac: CEF smac (SourceMACAddress), LEEF srcMAC, ECS source.mac (upper case,
+    hyphens), RFC 5424 / RFC 3164 / JSON under its own name."""
+    a = Alert(**{**port_scan.to_dict(), "rule": "arp_sweep", "src_mac": "02:42:ac:11:00:0a",
+                 "dst_ports": "", "dst_port_count": 0, "count_kind": "unanswered_hosts"},
+              emitted_ns=port_scan.emitted_ns)
+    e = dict(parse_cef(parse_3164_header(render("cef", a, CTX))[3])["ext"])
+    assert e["smac"] == "02:42:ac:11:00:0a" and "scanSensorSrcMac" not in e
+    leef = dict(parse_leef(parse_3164_header(render("leef", a, CTX))[3])["attrs"])
+    assert leef["srcMAC"] == "02:42:ac:11:00:0a"
+    doc = json.loads(parse_rfc5424(render("ecs", a, CTX))["msg"])
+    assert doc["source"] == {"ip": "10.77.0.1", "mac": "02-42-AC-11-00-0A"}
+    assert dict(parse_rfc5424(render("rfc5424", a, CTX))["sd"][0][1])["src_mac"] == "02:42:ac:11:00:0a"
+    for fmt in FORMAT_NAMES:
+        check_round_trip(fmt, a, render(fmt, a, CTX))
 
 
 def test_updates_keep_id_and_seq(port_scan):
@@ -624,6 +643,7 @@ def hostile_alerts(draw):
         window_s=draw(st.floats(0, 1e6, allow_nan=False)), count=draw(COUNT),
         count_kind=draw(text_strategy()), count_estimated=draw(st.booleans()),
         direction=opt(st.one_of(st.sampled_from(["inbound", "outbound", "internal"]), text_strategy())),
+        src_mac=opt(st.one_of(st.just("02:42:ac:11:00:02"), text_strategy())),
         seq=draw(st.integers(1, 1000)), update=draw(st.booleans()), scope=opt(text_strategy()),
         dst_port=opt(st.integers(0, 65535)), sources=sources,
         sources_complete=opt(st.booleans()), probe_types=opt(items_strategy(4)),

@@ -269,3 +269,72 @@ def test_alert_reported_on_idle_tick_carries_outcomes(workers):
     assert alert.rule == "port_scan"
     assert alert.outcomes == {"open": 3, "closed": 997, "filtered": 0, "unknown": 0}
     assert alert.open_ports == "22,80,443"
+
+
+# --- ARP and neighbour discovery (arp_sweep, ndp_sweep) ---------------------------
+
+SCANNER_MAC = 0x02_42_AC_11_00_01
+
+
+def arp_rows(sender, targets, answered, t=T0, gap=SEC // 100, mac=SCANNER_MAC):
+    """ARP requests from ``sender`` for ``targets``; those in ``answered`` reply."""
+    from batch_builder import arp_row
+    rows = []
+    for k, target in enumerate(targets):
+        ts = t + k * gap
+        rows.append(arp_row(ts, sender, target, 1, mac))
+        if target in answered:
+            rows.append(arp_row(ts + 1000, target, sender, 2, 0x02_00_00_00_00_00 | k, mac))
+    return rows
+
+
+def test_arp_requests_are_probes_answered_by_replies():
+    from batch_builder import arp_row
+    rows = arp_rows("10.5.0.1", ["10.5.0.2", "10.5.0.3"], {"10.5.0.2"})
+    rows += [arp_row(T0 + SEC, "10.5.0.9", "10.5.0.9", 1, 9),          # announcement
+             arp_row(T0 + SEC, "10.5.0.9", "10.5.0.9", 2, 9),          # gratuitous reply
+             arp_row(T0 + SEC, "0.0.0.0", "10.5.0.7", 1, 9),           # conflict probe
+             arp_row(T0 + SEC, "10.5.0.8", "10.5.0.1", 2, 8, SCANNER_MAC)]   # unsolicited
+    got, state = kernel_outcomes(rows, 5, 4096, 64)
+    assert [(r["dst_lo"] & 0xFFFFFFFF, r["outcome"], r["inner_src_lo"]) for r in got] == [
+        (0x0A050002, kp.OUT_OPEN, SCANNER_MAC), (0x0A050003, kp.OUT_FILTERED, SCANNER_MAC)]
+    assert state.meta[kp.PM_PROBES] == 2 and state.meta[kp.PM_REPLIES] == 1
+    want = naive.probe_reference(rows, 5 * SEC)[0]
+    assert [{k: r[k] for k in want[0]} for r in got] == want
+
+
+def neighbour_rows(sender, targets, answered, t=T0, gap=SEC // 100, mac=SCANNER_MAC):
+    from batch_builder import nd_row
+    rows = []
+    for k, target in enumerate(targets):
+        ts = t + k * gap
+        rows.append(nd_row(ts, sender, "ff02::1:ff00:1", target, mac=mac))
+        if target in answered:
+            rows.append(nd_row(ts + 1000, target, sender, target, solicit=False))
+    return rows
+
+
+@pytest.mark.parametrize("family", ["arp", "ndp"])
+def test_l2_sweep_threshold_and_quiet_neighbours(family):
+    """20 unanswered targets from one sender is a sweep (hosts found in outcomes.open,
+    the MAC named); 19 is not; a router asking for 60 neighbours that all answer,
+    duplicate address detection and a DHCP server's few checks are not."""
+    rule = f"{family}_sweep"
+    if family == "arp":
+        make, net = arp_rows, lambda k: f"10.5.{k // 250}.{k % 250 + 2}"
+        dad = arp_rows("0.0.0.0", [net(k) for k in range(300, 340)], set(), t=T0 + 100 * SEC)
+    else:
+        make, net = neighbour_rows, lambda k: f"fd05::{k + 2:x}"
+        dad = neighbour_rows("::", [net(k) for k in range(300, 340)], set(), t=T0 + 100 * SEC)
+    targets = [net(k) for k in range(23)]
+    found = set(targets[:3])
+    sweep = make(net(200), targets, found)
+    short = make(net(201), targets[:22], found, t=T0 + 20 * SEC)            # 19 unanswered
+    router = make(net(202), [net(k) for k in range(60)], {net(k) for k in range(60)},
+                  t=T0 + 40 * SEC, mac=7)
+    dhcp = make(net(203), [net(k) for k in range(100, 105)], set(), t=T0 + 60 * SEC, gap=SEC)
+    rows = sorted(sweep + short + router + dhcp + dad, key=lambda r: r["ts_ns"])
+    alerts = run(engine(*only(rule)), rows)
+    assert [(a.rule, a.src_ip, a.src_mac, a.count, a.outcomes["open"]) for a in alerts] == [
+        (rule, net(200), "02:42:ac:11:00:01", 20, 3)]
+    assert not {a for a in alerts[0].dst_ips} & found

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import naive
-from batch_builder import batches_from_rows, icmp_row, syn_row, udp_row
+from batch_builder import arp_row, batches_from_rows, icmp_row, nd_row, syn_row, udp_row
 from kernels.batch import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG
-from sensor.addresses import to_text
+from sensor.addresses import from_text, mac_text, to_text
 from sensor.alerts import expand_ports
 from sensor.config import DEFAULT_HOME_NET, load_config
 from sensor.engine import Engine
@@ -20,10 +20,17 @@ HOSTS = ["10.0.0.1", "10.0.0.2", "192.168.1.7", "::ffff:10.0.0.3", "198.51.100.4
          "203.0.113.9", "2001:db8::5", "fd00::9", "127.0.0.1", "10.9.9.9"]
 FLAGS = [TH_SYN] * 6 + [TH_SYN | TH_ACK, TH_RST, TH_RST | TH_ACK, TH_ACK, 0, TH_FIN,
                         TH_FIN | TH_PUSH | TH_URG, TH_FIN | TH_ACK]
+LINK4 = ["10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.9.9.9", "127.0.0.1"]
+LINK6 = ["fe80::1", "fe80::2", "fd00::9", "fd00::a", "fd00::b", "2001:db8::5"]
 ALLOW = ["10.9.9.9/32"]
 IGNORE = ["10.0.0.2/32"]
 EXPOSED = ["10.0.0.1/32", "fd00::9/128"]
 IGNORE_PORTS = [7]
+
+
+def link_mac(address):
+    """A fixed MAC per address (one interface each)."""
+    return 0x020000000000 | (from_text(address)[1] & 0xFFFFFFFF)
 
 
 @st.composite
@@ -38,7 +45,28 @@ def mixed_rows(draw):
         port = draw(st.one_of(st.sampled_from([22, 80, 443]), st.integers(1, 30)))
         port = port * draw(st.sampled_from([1, 1, 1, 997])) % 65536
         kind = draw(st.sampled_from(["tcp"] * 6 + ["echo", "unreach", "udp", "udp", "error",
-                                                   "trace"]))
+                                                   "trace", "arp", "ndp"]))
+        if kind in ("arp", "ndp"):
+            # neighbour resolution: a burst of requests for link targets, some answered;
+            # now and then gratuitous ARP, a DAD probe, or an unsolicited reply
+            v6 = kind == "ndp"
+            asker = draw(st.sampled_from(LINK6 if v6 else LINK4))
+            mac = link_mac(asker)
+            for k in range(draw(st.integers(1, 12))):
+                target = draw(st.sampled_from(LINK6 if v6 else LINK4))
+                odd = draw(st.integers(0, 11))
+                who = ("::" if v6 else "0.0.0.0") if odd == 0 else (target if odd == 1 else asker)
+                if v6:
+                    rows.append(nd_row(ts, who, "ff02::1:ff00:1", target, mac=mac))
+                else:
+                    rows.append(arp_row(ts, who, target, 1, mac))
+                if draw(st.integers(0, 2)) == 0 or odd == 2:
+                    at = ts + draw(st.sampled_from([5, 1000, 2 * SEC]))
+                    rows.append(nd_row(at, target, who, target, solicit=False) if v6 else
+                                arp_row(at, target, who, 2, link_mac(target), mac))
+                    ts = at          # rows stay in packet-time order
+                ts += draw(st.sampled_from([0, 1, 1000, SEC // 10]))
+            continue
         if kind == "trace":
             # a traceroute burst: probes to consecutive ports, time exceeded for the
             # first ones, port unreachable (or nothing) for the rest
@@ -173,7 +201,7 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
     alerts = run(engine_with_timeout(rule, timeout_s, **settings_), rows, capacity)
     fed = rows
     if rule in ("failed_connections", "trw_scanner", "exposed_host_probe", "stealth_scan",
-                "udp_scan") or net.get("from_outcomes"):
+                "udp_scan", "arp_sweep", "ndp_sweep") or net.get("from_outcomes"):
         fed = naive.probe_reference(rows, timeout_s * SEC)[0]
     ref = naive.counter_reference(
         rule, fed, net, threshold,
@@ -202,7 +230,7 @@ def summarise_alert(a):
             a.dst_ports if a.rule in ("port_scan", "stealth_scan", "udp_scan",
                                       "exposed_host_probe", "failed_connections") else "",
             tuple(sorted(a.dst_ips)), a.direction, tuple(a.probe_types or ()),
-            tuple(sorted((s["ip"], s["probes"]) for s in a.sources or ())))
+            tuple(sorted((s["ip"], s["probes"]) for s in a.sources or ())), a.src_mac)
 
 
 def summarise_ref(rule, r):
@@ -224,9 +252,15 @@ def summarise_ref(rule, r):
             direction = name
             break
     kinds = tuple(k for k in ("null", "fin", "xmas", "other", "ack", "maimon") if k in r["evidence"])
-    sources = tuple(sorted((to_text(*p), n) for p, n in r["contributors"].items()))
+    mac = None
+    if rule in ("arp_sweep", "ndp_sweep"):
+        sources = ()
+        if r["contributors"]:        # one MAC per sender in mixed_rows: the top is exact
+            mac = mac_text(max(r["contributors"].items(), key=lambda kv: kv[1])[0])
+    else:
+        sources = tuple(sorted((to_text(*p), n) for p, n in r["contributors"].items()))
     return (src, r["seq"], r["count"], r["probes"], rfc3339(r["first_seen_ns"]),
-            rfc3339(r["last_seen_ns"]), ports, dsts, direction, kinds, sources)
+            rfc3339(r["last_seen_ns"]), ports, dsts, direction, kinds, sources, mac)
 
 
 def test_udp_scan_lists_every_probed_port_open_and_excluded_too():

@@ -6,13 +6,13 @@ import numpy as np
 from kernels import alert_slots as ks
 from kernels.host_set import CONTRIBUTORS, HostSetState, host_set_update
 from kernels.port_set import PortSetState, port_set_update
-from kernels.probes import outcomes_of
+from kernels.probes import PROTO_ARP, PROTO_NDP, outcomes_of
 from kernels.rules import (
-    DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
-    HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_PORT_SCAN, PS_STEALTH,
-    PS_UDP_PROBES, STEALTH_NAMES,
+    DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_ARP_SWEEP,
+    HS_FAILED, HS_HOST_SWEEP, HS_NDP_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE,
+    PS_PORT_SCAN, PS_STEALTH, PS_UDP_PROBES, STEALTH_NAMES,
 )
-from sensor.addresses import to_text
+from sensor.addresses import mac_text, to_text
 from sensor.alerts import Alert, alert_id, compress_ports, expand_ports, rfc3339
 from sensor.config import port_ranges
 from sensor.rules import direction_mask
@@ -89,7 +89,8 @@ class CounterDetector:
         self.count_kind = "attempts" if p[ks.P_COUNT_ATTEMPTS] else rule.count_kind
         self.excluded_ports = port_bitmap(s["exclude_ports"])
         if rule.table == "host_set":
-            self.reads_outcomes = rule.mode in (HS_FAILED, HS_TRW) or bool(p[ks.P_FROM_OUTCOMES])
+            self.reads_outcomes = (rule.mode in (HS_FAILED, HS_TRW, HS_ARP_SWEEP, HS_NDP_SWEEP)
+                                   or bool(p[ks.P_FROM_OUTCOMES]))
         else:
             self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH, PS_UDP_PROBES)
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
@@ -220,7 +221,9 @@ class CounterDetector:
     OUTCOME_SCOPE = {"port_scan": (6, False), "exposed_host_probe": (6, False),
                      "udp_scan": (17, False), "host_sweep": (6, True),
                      "failed_connections": (0, False), "trw_scanner": (0, False),
-                     "stealth_scan": (6, False)}
+                     "stealth_scan": (6, False), "arp_sweep": (PROTO_ARP, False),
+                     "ndp_sweep": (PROTO_NDP, False)}
+    L2_RULES = ("arp_sweep", "ndp_sweep")     # outcomes = hosts found / unanswered; no ports
 
     def _outcomes(self, key, dst_ports):
         """outcomes and open_ports of the key's probes in the probe table; for
@@ -238,10 +241,11 @@ class CounterDetector:
             self.probes.arrays, key[0], key[1], key[2], key[3], by_target, port, proto,
             self.name == "stealth_scan", self.open_ports_buf, self.probed_buf)
         ports = sorted(set(self.open_ports_buf[:min(n_ports, len(self.open_ports_buf))].tolist()))
-        out = dict(outcomes={"open": int(n_open), "closed": int(n_closed),
-                             "filtered": int(n_filtered),
-                             "unknown": int(n_unknown + n_pending)},
-                   open_ports=compress_ports(ports))
+        outcomes = {"open": int(n_open), "closed": int(n_closed), "filtered": int(n_filtered),
+                    "unknown": int(n_unknown + n_pending)}
+        if self.name in self.L2_RULES:
+            return dict(outcomes=outcomes)
+        out = dict(outcomes=outcomes, open_ports=compress_ports(ports))
         if self.name == "udp_scan":
             probed = set(np.flatnonzero(self.probed_buf).tolist())
             probed.update(expand_ports(dst_ports or ""))
@@ -309,4 +313,10 @@ class CounterDetector:
                           sources_complete=sum(s["probes"] for s in sources) == int(self.lc.probes[slot]))
         else:
             fields.setdefault("src_ip", to_text(key[0], key[1]))
+        if mode in (HS_ARP_SWEEP, HS_NDP_SWEEP):
+            # the sender's MAC(s), most requests first: the one identity an L2 sweeper shows
+            macs = sorted((k for k in range(CONTRIBUTORS) if t.contrib_n[slot, k] > 0),
+                          key=lambda k: -int(t.contrib_n[slot, k]))
+            if macs:
+                fields["src_mac"] = mac_text(t.contrib_lo[slot, macs[0]])
         return fields

@@ -18,6 +18,7 @@ CommonSecurityLog after the arrow):
   first/last packet. All integer epoch milliseconds (the one form every parser reads).
 * ``src`` -> SourceIP (the prober; IPv6 too); ``dst`` -> DestinationIP and ``dpt`` ->
   DestinationPort only when the alert has exactly one target / one port.
+* ``smac`` -> SourceMACAddress (arp_sweep, ndp_sweep: the sender's MAC).
 * ``cnt`` -> EventCount (packets counted; for the summary: alerts held back).
 * ``act`` -> DeviceAction: ``alert`` (first report), ``update`` (seq > 1), ``summary``.
 * ``dvchost`` -> DeviceName (the sensor name); ``externalId`` -> ExtID (the alert id:
@@ -44,7 +45,7 @@ CS_SLOTS = {"dst_ports": 1, "suppressed": 1, "dst_ips": 2, "sources": 3,
 CN_SLOTS = {"count": 1, "suppressed_total": 1, "dst_port_count": 2, "max_per_minute": 2,
             "dst_ip_count": 3}
 # fields fully carried by a standard key (not repeated as scanSensor* keys)
-CONSUMED = {"rule", "src_ip", "id", "packets"}
+CONSUMED = {"rule", "src_ip", "src_mac", "id", "packets"}
 HEADER_LIMITS = (63, 63, 31, 1023, 512)
 CUSTOM_PREFIX = "scanSensor"
 
@@ -74,6 +75,8 @@ def extension_pairs(view, ctx):
         pairs.append(("end", F.epoch_ms(view.last_ns)))
     if "src_ip" in f:
         pairs.append(("src", f["src_ip"]))
+    if "src_mac" in f:
+        pairs.append(("smac", f["src_mac"]))
     target, port = F.single_target(view), F.single_port(view)
     if target is not None:
         pairs.append(("dst", target))

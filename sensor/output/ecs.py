@@ -16,7 +16,8 @@ Fields (ECS 8.x; types in ``tests/test_formats.py:ECS_TYPES``):
   on Elastic's scale (high 73, medium 47, rate-limit summary 21), ``event.start`` /
   ``event.end`` (first / last packet), ``event.id`` = the alert id and
   ``event.sequence`` = ``seq`` (updates share the id), ``event.dataset: scan_sensor.alert``.
-* ``source.ip`` (the prober), ``destination.ip`` / ``destination.port`` only when single,
+* ``source.ip`` (the prober), ``source.mac`` (arp_sweep, ndp_sweep: the sender's MAC,
+  upper case with hyphens as ECS writes it), ``destination.ip`` / ``destination.port`` only when single,
   ``network.direction`` (inbound, outbound, internal, external: ECS's perimeter values),
   ``related.ip`` (prober, listed targets, listed sources). Address fields hold only
   values that parse as IP addresses (others stay in ``scan_sensor`` only).
@@ -99,6 +100,9 @@ def document(view, ctx):
     src = F.ip_or_none(f.get("src_ip", ""))
     if src:
         doc["source"] = {"ip": src}
+    mac = F.mac_or_none(f.get("src_mac"))
+    if mac:     # ECS spells MACs upper case, hyphen-separated
+        doc.setdefault("source", {})["mac"] = mac
     target, port = F.single_target(view), F.single_port(view)
     target = F.ip_or_none(target) if target is not None else None
     if target or port is not None:

@@ -70,6 +70,8 @@ RULE_TITLES = {
     "udp_scan": "UDP port scan",
     "icmp_sweep": "ICMP sweep",
     "trw_scanner": "Scanner (threshold random walk)",
+    "arp_sweep": "ARP sweep",
+    "ndp_sweep": "IPv6 neighbour discovery sweep",
     RATE_LIMIT_RULE: "Alert rate limit",
 }
 
@@ -209,6 +211,16 @@ def ip_or_none(text):
         return str(ipaddress.ip_address(str(text)))
     except ValueError:
         return None
+
+
+_MAC = re.compile("[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def mac_or_none(text):
+    """``aa:bb:cc:dd:ee:ff`` -> ECS's ``AA-BB-CC-DD-EE-FF``; None if the text is not a MAC."""
+    if not isinstance(text, str) or not _MAC.fullmatch(text):
+        return None
+    return text.upper().replace(":", "-")
 
 
 def single_target(view_):

@@ -17,7 +17,8 @@ What it writes (RFC 3164 header, as IBM's LEEF documentation shows)::
 * Attributes, in order: the QRadar predefined ones ``devTime`` (packet time of the
   report) with ``devTimeFormat=MMM dd yyyy HH:mm:ss.SSS z`` (e.g. ``Nov 22 2026
   15:11:15.892 UTC``), ``sev`` (1-10: high 8, medium 5, rate-limit summary 3), ``cat``
-  (``alert``, ``update`` or ``summary``), ``src``, ``dst`` and ``dstPort`` (``dst`` and
+  (``alert``, ``update`` or ``summary``), ``src``, ``srcMAC`` (arp_sweep, ndp_sweep),
+  ``dst`` and ``dstPort`` (``dst`` and
   ``dstPort`` only when single), then every field of the record under its own name,
   encoded as in ``fields`` (lists comma-separated, ports as ranges, ``sources`` +
   ``sources_probes``, counters ``key:n``), ``truncated`` last when shortened.
@@ -53,6 +54,8 @@ def attributes(view):
              ("sev", F.severity(view, 2)), ("cat", F.action(view))]
     if view.fields.get("src_ip"):
         pairs.append(("src", view.fields["src_ip"]))
+    if view.fields.get("src_mac"):
+        pairs.append(("srcMAC", view.fields["src_mac"]))
     target, port = F.single_target(view), F.single_port(view)
     if target is not None:
         pairs.append(("dst", target))
