@@ -56,7 +56,7 @@ from sensor.output.fields import parse_rfc3339_ns
 
 # primary rule: the first of these that matched (also the order of ``rules``)
 PRIORITY = ("port_scan", "udp_scan", "stealth_scan", "host_sweep", "icmp_sweep",
-            "exposed_host_probe", "failed_connections", "trw_scanner")
+            "exposed_host_probe", "failed_connections", "trw_scanner", "slow_scan")
 SEPARATE = ("port_sweep",)          # never merged: keyed by a port, names many sources
 DIRECTIONS = ("inbound", "outbound", "external", "internal")   # most outward-facing first
 RULE_EVIDENCE = ("count", "count_kind", "threshold", "window_s", "first_seen", "last_seen",
@@ -114,6 +114,7 @@ class Episode:
         self.direction = None
         self.scope = None
         self.probe_types = []
+        self.slow = None                 # slow_scan's shape, target and span, once it matched
         self.quiet_ns = 0
         self.max_ns = 0
         # what the last sent report held (material-change test) and when it went
@@ -324,6 +325,9 @@ class Episodes:
             ep.direction = a.direction
         ep.scope = ep.scope or a.scope
         ep.probe_types += [p for p in a.probe_types or () if p not in ep.probe_types]
+        if a.slow:
+            span = max(a.span_s or 0.0, (ep.slow or {}).get("span_s", 0.0))
+            ep.slow = {"slow_shape": a.slow_shape, "slow_target": a.slow_target, "span_s": span}
         ep.dirty = True
         ep.seen_ns = max(ep.seen_ns, at)
         self._schedule(ep)
@@ -366,7 +370,8 @@ class Episodes:
             sensitive_ports=None if ep.sensitive is None else bits_text(ep.sensitive),
             outcomes=None if ep.outcomes is None else dict(ep.outcomes),
             open_ports=None if ep.open_ports is None else bits_text(ep.open_ports),
-            rules=list(ep.rules), rule_evidence=evidence, emitted_ns=at_ns)
+            rules=list(ep.rules), rule_evidence=evidence, emitted_ns=at_ns,
+            slow=True if ep.slow else None, **(ep.slow or {}))
 
     # --- checkpoints ---------------------------------------------------------
     def capture(self):

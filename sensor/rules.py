@@ -27,6 +27,7 @@ class Rule:
     max_keys: int = 4096
     max_listed: int = 64
     extra: tuple = ()     # (name, default, help, bounds dict) of rule-specific settings
+    defaults: tuple = ()  # (name, value): this rule's defaults of the common settings
 
 
 COUNT_OPEN = ("count_open", False,
@@ -133,6 +134,29 @@ RULES = (
          "One prober sending ICMP/ICMPv6 echo requests to many distinct hosts (ping sweep).",
          "distinct_hosts", threshold=25, window_s=300.0,
          mitre=("T1018",), mitre_from_outside=("T1018", "T1595.001")),
+    Rule("slow_scan", "slow_tier", 0,
+         "The long-horizon tier: a prober whose TCP connection attempts that did not succeed "
+         "(refused, filtered, or never seen answered) reach, over hours (`window_s`, default "
+         "6 h), `threshold` distinct ports on one target (a slow vertical scan: nmap -T1/-T0) "
+         "or distinct targets on one port (a slow sweep: one host every 90 s across a /24). "
+         "Only activity that took at least `min_span_s` to get there is reported here; "
+         "faster scans are the five-minute rules' (and merge into the same alert). "
+         "Successful connections never count, so a monitoring host polling its services or "
+         "a busy client is not counted at all. A prober gets a slot only at its second failed "
+         "attempt: the first marks the doorkeeper (`doorkeeper_entries`), so a spoofed flood, "
+         "one attempt per forged source, claims no slot (ARCHITECTURE.md). The alert says "
+         "`slow: true`, `span_s`, and the shape (`slow_shape`: \"ports_on_target\" or "
+         "\"targets_on_port\").",
+         "distinct_ports_or_targets", threshold=25, window_s=21600.0, max_keys=4096,
+         max_listed=128,
+         defaults=(("suppress_s", 86400.0), ("new_target_updates", False),
+                   ("update_interval_s", 600.0), ("growth_factor", 2)),
+         extra=(("min_span_s", 300.0, "Report only once the prober's failed attempts span at "
+                 "least this many seconds (at most `window_s`).", {"min": 0, "max": 7 * 86400}),
+                ("doorkeeper_entries", 1 << 20, "Entries (4 bytes each) of the doorkeeper that "
+                 "holds a prober's first failed attempt; rounded up to a power of two. A real "
+                 "prober is admitted at its second attempt unless about this many other new "
+                 "probers came between the two.", {"min": 1024, "max": 1 << 26}))),
 )
 RULE_BY_NAME = {r.name: r for r in RULES}
 

@@ -70,6 +70,7 @@ RULE_TITLES = {
     "udp_scan": "UDP port scan",
     "icmp_sweep": "ICMP sweep",
     "trw_scanner": "Scanner (threshold random walk)",
+    "slow_scan": "Slow scan",
     RATE_LIMIT_RULE: "Alert rate limit",
 }
 
