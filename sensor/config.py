@@ -218,6 +218,11 @@ SETTINGS = [
             "group = \"prober\": send an update when the episode's size (largest of port "
             "count, target count, any rule's count) reaches this many times the last sent "
             "size. 0: no growth updates.", min=0, max=1 << 20),
+    Setting("alerts.new_target_updates_until", 8,
+            "group = \"prober\": a target not in the last sent report is worth an update "
+            "while that report listed fewer than this many targets (a scan moving on to "
+            "another host); past it only growth (`update_growth`) is (a sweep's new targets "
+            "are its growth). 0: never.", min=0, max=1 << 20),
 ]
 for _rule in RULES:
     _p = _rule.name + "."

@@ -37,7 +37,9 @@ turns them into one alert per *prober episode*:
   ``seq`` + 1, ``update: true``) is sent only on a material change -- a rule not
   in the last sent report, the size (largest of port count, target count and any
   rule's count) reaching ``growth`` times the last sent size, or a target not
-  listed in the last sent report -- and no sooner than ``update_interval_s``
+  listed in the last sent report while that report listed fewer than
+  ``new_target_until`` targets (a scan moving to another host; a sweep's new
+  targets are its growth) -- and no sooner than ``update_interval_s``
   after the last one. When the episode ends (or at ``finish``) whatever was
   folded since the last sent report is sent, so nothing is silently lost.
 * **Order**: every event (a report, a first-report delay running out, a held
@@ -130,12 +132,14 @@ class Episode:
         counts = [r["count"] for r in self.rules.values()]
         return max([self.ports.bit_count(), self.dst_ip_count] + counts)
 
-    def material(self, growth):
+    def material(self, growth, new_target_until):
         if any(r not in self.sent_rules for r in self.rules):
             return True
         if growth and self.size() >= growth * max(self.sent_size, 1):
             return True
-        return len(self.dst_ips) > self.sent_ips
+        # a new target matters while the scan had few (it moved on to another host);
+        # past that, a sweep's new targets are its growth
+        return len(self.dst_ips) > self.sent_ips and self.sent_ips < new_target_until
 
     BIT_SETS = ("ports", "open_ports", "sensitive")
 
@@ -163,7 +167,7 @@ class Episodes:
     """The merging layer of one engine. ``admit(alerts, now_ns)`` returns what to send."""
 
     def __init__(self, sensor_name, rules, *, group="prober", update_interval_s=300.0,
-                 growth=2.0, first_delay_s=5.0, max_listed=1024):
+                 growth=2.0, first_delay_s=5.0, max_listed=1024, new_target_until=8):
         """``rules``: {rule name: (window_s, suppress_s)} of the rules this engine counts."""
         self.sensor_name = sensor_name
         self.rules = dict(rules)
@@ -171,6 +175,7 @@ class Episodes:
         self.active = group == "prober" and len(prober_rules) >= 2
         self.interval_ns = int(round(update_interval_s * 1e9))
         self.growth = growth
+        self.new_target_until = new_target_until
         self.delay_ns = int(round(first_delay_s * 1e9))
         self.max_listed = max_listed
         self.episodes = {}               # src_ip -> Episode
@@ -187,6 +192,7 @@ class Episodes:
                    group=cfg["alerts.group"], update_interval_s=cfg["alerts.update_interval_s"],
                    growth=cfg["alerts.update_growth"],
                    first_delay_s=cfg["alerts.first_report_delay_s"],
+                   new_target_until=cfg["alerts.new_target_updates_until"],
                    max_listed=max([cfg[r + ".max_listed"] for r in names], default=64))
 
     # --- input ---------------------------------------------------------------
@@ -249,7 +255,7 @@ class Episodes:
             if kind == EV_QUIET:
                 self._end(ep, time_ns)
                 del self.episodes[src]
-            elif kind == EV_FIRST or ep.material(self.growth):
+            elif kind == EV_FIRST or ep.material(self.growth, self.new_target_until):
                 self._send(ep, time_ns)
                 self._schedule(ep)
 
@@ -257,7 +263,7 @@ class Episodes:
         ep.version += 1
         if ep.seq == 0:
             self._push(ep, ep.start_ns + self.delay_ns, EV_FIRST)
-        elif ep.dirty and ep.material(self.growth):
+        elif ep.dirty and ep.material(self.growth, self.new_target_until):
             self._push(ep, max(ep.sent_ns + self.interval_ns, ep.seen_ns), EV_UPDATE)
         self._push(ep, max(ep.last_ns + ep.quiet_ns, ep.seen_ns), EV_QUIET)
 
