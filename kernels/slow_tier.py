@@ -1,4 +1,5 @@
-"""Long-horizon tier (slow_scan): failed attempts per prober over hours.
+"""Failed-attempt shapes per prober: the long-horizon tier (slow_scan) and small
+vertical scans (vertical_scan), one kernel in two modes.
 
 Counts, per prober, the distinct (target, port) pairs of its connection
 attempts that did not succeed (TCP SYN attempts decided closed, filtered or
@@ -14,7 +15,15 @@ previous pane (between one and two horizons of history), exactly, up to
 ``P_LIST`` pairs; pairs past the list are counted (``dropped``) but not
 kept, so counts are then lower bounds and the alert says so.
 
-Admission (the flood defence): a prober gets a slot only at its *second*
+Modes (``P_MODE``): ``ST_SLOW`` (slow_scan) counts both shapes over a horizon of
+hours; ``ST_VERTICAL`` (vertical_scan) counts ports on one target only, over a
+five-minute window with no span required and, by default, no doorkeeper
+(``doorkeeper_entries = 0``: every prober gets a slot at its first failed
+attempt, so a 20-port probe is counted whole; slots are then defended by the
+eviction rule alone, which under a one-packet spoofed flood evicts one-attempt
+keys before any key with two or more).
+
+Admission (the flood defence, slow_scan): a prober gets a slot only at its *second*
 failed attempt. The first one only writes a 32-bit fingerprint of the
 prober into the doorkeeper, a direct-mapped array of ``D`` entries (the
 entry at hash mod D; a later prober with the same index overwrites it). A
@@ -28,7 +37,7 @@ such attempts). Slots are evicted by the shared table rule
 (kernels/addr_table.py): stale after two horizons idle, else the lowest
 count, least recently seen.
 
-Memory (fixed at allocation): D * 4 B of doorkeeper, and per slot 24 B per
+Memory (fixed at allocation): D * 4 B of doorkeeper (none when D = 0), and per slot 24 B per
 listed pair plus 64 B of scalars (and the shared episode state,
 kernels/alert_slots.py).
 """
@@ -37,7 +46,7 @@ import numpy as np
 from kernels.addr_table import hash_key, lookup_slot, slot_columns
 from kernels.alert_slots import (
     EV_DUE, EV_FORCED, EV_NONE, M_DIR_FILTERED, M_PORT_FILTERED, P_DIR_MASK, P_LIST,
-    P_MIN_SPAN_NS, P_SLOW_THRESHOLD, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, claim_slot, due_slot,
+    P_MIN_SPAN_NS, P_MODE, P_SLOW_THRESHOLD, P_SUPPRESS_NS, P_WAYS, P_WINDOW_NS, claim_slot, due_slot,
     pane_at, row_counted,
 )
 from kernels.jit import inline, kernel
@@ -46,6 +55,8 @@ from kernels.classify import C_DST_HOME, C_SRC_HOME
 from kernels.batch import TH_SYN
 
 U0 = np.uint64(0)
+ST_SLOW = 0              # both shapes (slow_scan)
+ST_VERTICAL = 1          # ports on one target only (vertical_scan)
 DOORKEEPER_SEED = np.uint64(0xD00D4EE9E7000001)
 
 # doorkeeper bookkeeping, in dk_meta
@@ -53,6 +64,11 @@ DK_HELD = 0              # attempts that only marked the doorkeeper
 DK_ADMITTED = 1          # probers admitted (second attempt found their mark)
 DK_OVERWRITTEN = 2       # marks overwritten by another prober before a second attempt
 N_DK_META = 3
+
+
+def doorkeeper_size(entries):
+    """Configured ``doorkeeper_entries`` -> array length: a power of two, or 1 (off) for 0."""
+    return 1 << (int(entries) - 1).bit_length() if entries > 0 else 1
 
 
 class SlowTierState:
@@ -224,6 +240,8 @@ def slow_tier_update(cols, cls, start, n, lc, st, params, excluded_ports, seed, 
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
+    vertical_only = params[P_MODE] == ST_VERTICAL
+    use_doorkeeper = doorkeeper.shape[0] > 1
     horizon_ns = params[P_WINDOW_NS]
     suppress_ns = params[P_SUPPRESS_NS]
     ways = params[P_WAYS]
@@ -252,7 +270,8 @@ def slow_tier_update(cols, cls, start, n, lc, st, params, excluded_ports, seed, 
             continue
         k0 = c_src_hi[i]
         k1 = c_src_lo[i]
-        if lookup_slot(fps, keys, last_seen_ns, k0, k1, U0, U0, U0, ways, seed) < 0:
+        if use_doorkeeper and lookup_slot(fps, keys, last_seen_ns, k0, k1, U0, U0, U0, ways,
+                                          seed) < 0:
             if not admitted(doorkeeper, dk_meta, k0, k1, seed):
                 continue
         full, slot, fresh = claim_slot(lc, k0, k1, U0, U0, ts, stale_ns, suppress_ns, ways, seed)
@@ -264,7 +283,7 @@ def slow_tier_update(cols, cls, start, n, lc, st, params, excluded_ports, seed, 
         elif pane > pane_a[slot]:
             advance_pane(st, slot, pane)
         is_new = add_pair(st, slot, c_dst_hi[i], c_dst_lo[i], port, pane_a[slot], list_len)
-        count[slot] = max(vbest[slot], hbest[slot])
+        count[slot] = vbest[slot] if vertical_only else max(vbest[slot], hbest[slot])
         due_now = count[slot] >= threshold and ts - first_seen_ns[slot] >= min_span_ns
         forced = row_counted(lc, slot, ts, d, is_new, params, due_now)
         if forced >= 0:

@@ -424,10 +424,11 @@ class Config:
             if delay > window:
                 raise ConfigError(f"`{rule.name}.report_delay_s` must not exceed "
                                   f"`{rule.name}.window_s` ({delay} > {window})")
-        span, window = self["slow_scan.min_span_s"], self["slow_scan.window_s"]
-        if span > window:
-            raise ConfigError(f"`slow_scan.min_span_s` must not exceed `slow_scan.window_s` "
-                              f"({span} > {window})")
+        for name in ("slow_scan", "vertical_scan"):
+            span, window = self[name + ".min_span_s"], self[name + ".window_s"]
+            if span > window:
+                raise ConfigError(f"`{name}.min_span_s` must not exceed `{name}.window_s` "
+                                  f"({span} > {window})")
 
 
 def _flatten(table, origin, prefix=""):

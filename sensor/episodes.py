@@ -57,7 +57,7 @@ from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
 from sensor.output.fields import parse_rfc3339_ns
 
 # primary rule: the first of these that matched (also the order of ``rules``)
-PRIORITY = ("port_scan", "udp_scan", "stealth_scan", "host_sweep", "icmp_sweep",
+PRIORITY = ("port_scan", "vertical_scan", "udp_scan", "stealth_scan", "host_sweep", "icmp_sweep",
             "exposed_host_probe", "failed_connections", "trw_scanner", "slow_scan")
 SEPARATE = ("port_sweep",)          # never merged: keyed by a port, names many sources
 DIRECTIONS = ("inbound", "outbound", "external", "internal")   # most outward-facing first

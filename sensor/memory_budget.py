@@ -14,7 +14,7 @@ from kernels.batch import ROW_BYTES
 from kernels.host_set import HostSetState
 from kernels.port_set import PortSetState
 from kernels.probes import ProbeState
-from kernels.slow_tier import SlowTierState
+from kernels.slow_tier import SlowTierState, doorkeeper_size
 from sensor.config import ConfigError
 from sensor.rules import RULES
 
@@ -42,7 +42,7 @@ def table_bytes(cfg):
         if rule.table == "port_set":
             state = PortSetState
         elif rule.table == "slow_tier":
-            entries = 1 << (int(s["doorkeeper_entries"]) - 1).bit_length()
+            entries = doorkeeper_size(s["doorkeeper_entries"])
             state = lambda n, listed, entries=entries: SlowTierState(n, listed, entries)
         else:
             state = HostSetState

@@ -157,6 +157,23 @@ RULES = (
                  "holds a prober's first failed attempt; rounded up to a power of two. A real "
                  "prober is admitted at its second attempt unless about this many other new "
                  "probers came between the two.", {"min": 1024, "max": 1 << 26}))),
+    Rule("vertical_scan", "slow_tier", 1,
+         "A small vertical scan: one prober's TCP connection attempts that did not succeed "
+         "(refused, filtered, or never seen answered) to `threshold` distinct ports of one "
+         "target within the window (Zeek's port scan: 15 failed ports on one host; Elastic's "
+         "first rule: 20). Catches the 20-30-port probes under port_scan's 50 on a SPAN port "
+         "that sees only one direction (outcomes `unknown`, which failed_connections does not "
+         "count). A benign client almost never fails on 20 ports of one host in 5 minutes; "
+         "one that succeeds (passive FTP data ports, RPC) is not counted, unless the sensor "
+         "sees only one direction: then its connections' outcomes are unknown too (allow-list "
+         "such clients, or raise `threshold`).",
+         "distinct_ports", threshold=20, window_s=300.0, max_keys=4096, max_listed=64,
+         extra=(("min_span_s", 0.0, "Report only once the counted attempts span at least "
+                 "this many seconds (at most `window_s`). 0: at once.",
+                 {"min": 0, "max": 7 * 86400}),
+                ("doorkeeper_entries", 0, "0: every prober is counted from its first failed "
+                 "attempt. N > 0: as `slow_scan.doorkeeper_entries` (a prober gets a slot at its "
+                 "second; costs the first attempt's evidence).", {"min": 0, "max": 1 << 26}))),
 )
 RULE_BY_NAME = {r.name: r for r in RULES}
 

@@ -1239,15 +1239,20 @@ def first_regression(ts_ns, start, n, latest_ns, tolerance_ns):
 
 def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns, directions,
                         list_len=128, exclude_ports=(), growth=0, update_ns=0,
-                        suppress_ns=1 << 62, new_target_updates=False):
-    """slow_scan on outcome rows, with an ideal doorkeeper (a prober with no slot
-    is admitted at its second failed attempt; the first only marks it) and an
+                        suppress_ns=1 << 62, new_target_updates=False, vertical_only=False,
+                        doorkeeper=True):
+    """slow_scan (or, ``vertical_only``, vertical_scan) on outcome rows, with an
+    ideal doorkeeper (a prober with no slot is admitted at its second failed
+    attempt; the first only marks it; none if not ``doorkeeper``) and an
     unbounded table. Returns report dicts in emission order: key, seq, count,
     pairs (list of ((hi, lo), port) in list order), shape, target, port,
     first_seen_ns, last_seen_ns, probes, dropped, directions."""
     keys, marked = {}, set()
     pending, out = [], []
     order = 0
+
+    def count_of(s):
+        return s["vbest"] if vertical_only else max(s["vbest"], s["hbest"])
 
     def recount(s):
         s["vbest"] = s["hbest"] = 0
@@ -1262,7 +1267,7 @@ def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns,
     def report(key):
         s = keys[key]
         vertical = s["vbest"] >= s["hbest"]
-        out.append(dict(key=key, seq=s["seq"] + 1, count=max(s["vbest"], s["hbest"]),
+        out.append(dict(key=key, seq=s["seq"] + 1, count=count_of(s),
                         pairs=[pp for pp in s["pairs"]],
                         shape="ports_on_target" if vertical else "targets_on_port",
                         target=s["vtarget"] if vertical else None,
@@ -1270,7 +1275,7 @@ def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns,
                         last_seen_ns=s["last"], probes=s["probes"], dropped=s["dropped"],
                         directions=set(s["dirs"])))
         s["seq"] += 1
-        s["reported"] = max(s["vbest"], s["hbest"], 1)
+        s["reported"] = max(count_of(s), 1)
         s["last_report"] = s["last"]
         s["new_target"] = False
         s["pinned"] = False
@@ -1299,7 +1304,7 @@ def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns,
             continue
         key = (int(r["src_hi"]), int(r["src_lo"]))
         host = (int(r["dst_hi"]), int(r["dst_lo"]))
-        if key not in keys:
+        if doorkeeper and key not in keys:
             if key not in marked:
                 marked.add(key)
                 continue
@@ -1337,7 +1342,7 @@ def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns,
             s["new_target"] = True
         if s["pinned"]:
             continue
-        c = max(s["vbest"], s["hbest"])
+        c = count_of(s)
         if s["seq"] == 0:
             if not (c >= threshold and ts - s["first"] >= min_span_ns):
                 continue

@@ -7,7 +7,9 @@ from kernels import alert_slots as ks
 from kernels.host_set import CONTRIBUTORS, HostSetState, host_set_update
 from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import outcomes_of
-from kernels.slow_tier import DK_ADMITTED, DK_HELD, DK_OVERWRITTEN, SlowTierState, slow_tier_update
+from kernels.slow_tier import (
+    DK_ADMITTED, DK_HELD, DK_OVERWRITTEN, ST_SLOW, SlowTierState, doorkeeper_size, slow_tier_update,
+)
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_FAILED,
     HS_HOST_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE, PS_STEALTH, PS_UDP_PROBES,
@@ -55,8 +57,8 @@ class CounterDetector:
             self.table = PortSetState(capacity, s["max_listed"])
             self._update = port_set_update
         elif rule.table == "slow_tier":
-            entries = 1 << (int(s["doorkeeper_entries"]) - 1).bit_length()
-            self.table = SlowTierState(capacity, s["max_listed"], entries)
+            self.table = SlowTierState(capacity, s["max_listed"],
+                                       doorkeeper_size(s["doorkeeper_entries"]))
             self._update = slow_tier_update
         else:
             self.table = HostSetState(capacity, s["max_listed"])
@@ -216,7 +218,8 @@ class CounterDetector:
     OUTCOME_SCOPE = {"port_scan": (6, False), "exposed_host_probe": (6, False),
                      "udp_scan": (17, False), "host_sweep": (6, True),
                      "failed_connections": (0, False), "trw_scanner": (0, False),
-                     "stealth_scan": (6, False), "slow_scan": (6, False)}
+                     "stealth_scan": (6, False), "slow_scan": (6, False),
+                     "vertical_scan": (6, False)}
 
     def _outcomes(self, key):
         scope = self.OUTCOME_SCOPE.get(self.name)
@@ -307,13 +310,15 @@ class CounterDetector:
                 hosts.append(h)
             ports.add(int(t.item_tag[slot, j]) & 0xFFFFFFFF)
         dropped = int(t.dropped[slot])
-        vertical = int(t.vbest[slot]) >= int(t.hbest[slot])
-        span_ns = int(self.lc.last_seen_ns[slot]) - int(self.lc.first_seen_ns[slot])
         fields = dict(src_ip=to_text(key[0], key[1]), dst_ips=hosts, dst_ip_count=len(hosts),
                       dst_ips_omitted=0, dst_ip_count_estimated=dropped > 0,
                       dst_ports=compress_ports(ports), dst_port_count=len(ports),
-                      count_estimated=dropped > 0, pairs_omitted=dropped, slow=True,
-                      span_s=round(span_ns / 1e9, 3),
+                      count_estimated=dropped > 0, pairs_omitted=dropped)
+        if self.rule.mode != ST_SLOW:        # vertical_scan: the ports of one target
+            return fields
+        vertical = int(t.vbest[slot]) >= int(t.hbest[slot])
+        span_ns = int(self.lc.last_seen_ns[slot]) - int(self.lc.first_seen_ns[slot])
+        fields.update(slow=True, span_s=round(span_ns / 1e9, 3),
                       slow_shape="ports_on_target" if vertical else "targets_on_port")
         if vertical:
             fields["slow_target"] = to_text(t.vbest_target[slot, 0], t.vbest_target[slot, 1])

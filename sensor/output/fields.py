@@ -71,6 +71,7 @@ RULE_TITLES = {
     "icmp_sweep": "ICMP sweep",
     "trw_scanner": "Scanner (threshold random walk)",
     "slow_scan": "Slow scan",
+    "vertical_scan": "Vertical scan (failed ports)",
     RATE_LIMIT_RULE: "Alert rate limit",
 }
 
