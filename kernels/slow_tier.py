@@ -13,7 +13,8 @@ five-minute rules' business; they still merge into the same alert).
 Window: panes of ``horizon_ns``; a prober keeps the pairs of its current and
 previous pane (between one and two horizons of history), exactly, up to
 ``P_LIST`` pairs; pairs past the list are counted (``dropped``) but not
-kept, so counts are then lower bounds and the alert says so.
+kept, so counts are then lower bounds and the alert says so (the target count
+only if a dropped pair's target was not listed).
 
 Modes (``P_MODE``): ``ST_SLOW`` (slow_scan) counts both shapes over a horizon of
 hours; ``ST_VERTICAL`` (vertical_scan) counts ports on one target only, over a
@@ -81,7 +82,10 @@ class SlowTierState:
         # port in the low 32 bits, pane in the high 32 bits
         self.item_tag = pairs[:, :, 2]
         row = slot_columns(capacity, ("pane", "item_n", "dropped", "vbest", "hbest",
-                                      "hbest_port"))
+                                      "hbest_port", "dropped_hosts"))
+        # pairs not kept whose target was not in the list either (dst_ip_count is then
+        # a lower bound)
+        self.dropped_hosts = row["dropped_hosts"]
         self.pane = row["pane"]
         self.item_n = row["item_n"]
         self.dropped = row["dropped"]          # pairs not kept (list full), this episode
@@ -95,7 +99,8 @@ class SlowTierState:
     @property
     def arrays(self):
         return (self.pane, self.item_hi, self.item_lo, self.item_tag, self.item_n,
-                self.dropped, self.vbest, self.vbest_target, self.hbest, self.hbest_port)
+                self.dropped, self.vbest, self.vbest_target, self.hbest, self.hbest_port,
+                self.dropped_hosts)
 
     def nbytes(self):
         return (self.item_hi.base.nbytes + self.pane.base.nbytes + self.vbest_target.nbytes
@@ -111,7 +116,7 @@ def tag_of(port, pane):
 def recount(st, slot):
     """Recompute the slot's best vertical and horizontal counts from its list."""
     (pane_a, item_hi, item_lo, item_tag, item_n, dropped, vbest, vbest_target, hbest,
-     hbest_port) = st
+     hbest_port, dropped_hosts) = st
     n = item_n[slot]
     vbest[slot] = 0
     hbest[slot] = 0
@@ -136,10 +141,11 @@ def recount(st, slot):
 @inline
 def clear_slot(st, slot, pane):
     (pane_a, item_hi, item_lo, item_tag, item_n, dropped, vbest, vbest_target, hbest,
-     hbest_port) = st
+     hbest_port, dropped_hosts) = st
     pane_a[slot] = pane
     item_n[slot] = 0
     dropped[slot] = 0
+    dropped_hosts[slot] = 0
     vbest[slot] = 0
     hbest[slot] = 0
     vbest_target[slot, 0] = U0
@@ -151,7 +157,7 @@ def clear_slot(st, slot, pane):
 def advance_pane(st, slot, pane):
     """Drop the pairs older than the previous pane of ``pane``."""
     (pane_a, item_hi, item_lo, item_tag, item_n, dropped, vbest, vbest_target, hbest,
-     hbest_port) = st
+     hbest_port, dropped_hosts) = st
     keep = 0
     for k in range(item_n[slot]):
         if np.int64(item_tag[slot, k] >> np.uint64(32)) >= pane - 1:
@@ -168,7 +174,7 @@ def advance_pane(st, slot, pane):
 def add_pair(st, slot, hi, lo, port, pane, list_len):
     """Record pair (target, port) in the current pane. Returns True if it is new."""
     (pane_a, item_hi, item_lo, item_tag, item_n, dropped, vbest, vbest_target, hbest,
-     hbest_port) = st
+     hbest_port, dropped_hosts) = st
     n = item_n[slot]
     same_host = 1
     same_port = 1
@@ -185,6 +191,8 @@ def add_pair(st, slot, hi, lo, port, pane, list_len):
             same_port += 1
     if n >= list_len:
         dropped[slot] += 1
+        if same_host == 1:
+            dropped_hosts[slot] += 1
         return True
     item_hi[slot, n] = hi
     item_lo[slot, n] = lo
@@ -236,7 +244,7 @@ def slow_tier_update(cols, cls, start, n, lc, st, params, excluded_ports, seed, 
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     (pane_a, item_hi, item_lo, item_tag, item_n, dropped, vbest, vbest_target, hbest,
-     hbest_port) = st
+     hbest_port, dropped_hosts) = st
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols

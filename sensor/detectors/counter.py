@@ -311,7 +311,7 @@ class CounterDetector:
             ports.add(int(t.item_tag[slot, j]) & 0xFFFFFFFF)
         dropped = int(t.dropped[slot])
         fields = dict(src_ip=to_text(key[0], key[1]), dst_ips=hosts, dst_ip_count=len(hosts),
-                      dst_ips_omitted=0, dst_ip_count_estimated=dropped > 0,
+                      dst_ips_omitted=0, dst_ip_count_estimated=int(t.dropped_hosts[slot]) > 0,
                       dst_ports=compress_ports(ports), dst_port_count=len(ports),
                       count_estimated=dropped > 0, pairs_omitted=dropped)
         if self.rule.mode != ST_SLOW:        # vertical_scan: the ports of one target
