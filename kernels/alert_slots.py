@@ -52,7 +52,9 @@ P_TRW_LOWER = 16      # log(eta0): declare benign at or below
 P_COUNT_FILTERED = 17  # failed_connections: unanswered/filtered attempts count as failures
 P_FROM_OUTCOMES = 18  # host_sweep/port_sweep: count decided attempts that did not succeed
 P_SENSITIVE = 19      # port_scan: also alert at this many distinct sensitive ports (0: off)
-N_PARAMS = 20
+P_SLOW_THRESHOLD = 20  # slow_scan: ports on one target or targets on one port (P_THRESHOLD unused)
+P_MIN_SPAN_NS = 21    # slow_scan: the failed attempts must span at least this long
+N_PARAMS = 22
 
 # meta (int64): pending-list bookkeeping and counters
 M_NPENDING = 0

@@ -86,6 +86,10 @@ class Alert:
     open_ports: str = None    # ports the scan found open, as ranges
     pairs_omitted: int = None  # failed_connections: refusing host+port pairs not listed
                                # (dst_ips/dst_ports come from the listed pairs)
+    slow: bool = None         # slow_scan (the long-horizon tier): True
+    slow_shape: str = None    # slow_scan: "ports_on_target" or "targets_on_port"
+    slow_target: str = None   # slow_scan, ports_on_target: the target (dst_port: targets_on_port)
+    span_s: float = None      # slow_scan: seconds from the first to the last counted attempt
     rules: list = None        # merged prober alert (sensor/episodes.py): every rule that
                               # matched, in priority order; `rule` is the first
     rule_evidence: dict = None  # merged: {rule: {count, count_kind, threshold, window_s,

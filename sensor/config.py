@@ -218,9 +218,15 @@ SETTINGS = [
             "group = \"prober\": send an update when the episode's size (largest of port "
             "count, target count, any rule's count) reaches this many times the last sent "
             "size. 0: no growth updates.", min=0, max=1 << 20),
+    Setting("alerts.new_target_updates_until", 8,
+            "group = \"prober\": a target not in the last sent report is worth an update "
+            "while that report listed fewer than this many targets (a scan moving on to "
+            "another host); past it only growth (`update_growth`) is (a sweep's new targets "
+            "are its growth). 0: never.", min=0, max=1 << 20),
 ]
 for _rule in RULES:
     _p = _rule.name + "."
+    _own = dict(_rule.defaults)
     SETTINGS += [
         Setting(_p + "enabled", True, f"Run the {_rule.name} rule."),
         Setting(_p + "threshold", _rule.threshold,
@@ -257,14 +263,14 @@ for _rule in RULES:
         Setting(_p + "max_pending_alerts", 4096,
                 "Alerts that may wait for `report_delay_s` at once; past that an alert is "
                 "sent at once (never dropped).", min=1, max=1 << 20),
-        Setting(_p + "growth_factor", 10,
+        Setting(_p + "growth_factor", _own.get("growth_factor", 10),
                 "Send an update (same id, next `seq`) when the count reaches this many times "
                 "the last reported count. 0: no growth updates.", min=0, max=1 << 20),
-        Setting(_p + "new_target_updates", True,
+        Setting(_p + "new_target_updates", _own.get("new_target_updates", True),
                 "Send an update when the key hits a target not in its last report."),
-        Setting(_p + "update_interval_s", 60.0,
+        Setting(_p + "update_interval_s", _own.get("update_interval_s", 60.0),
                 "Minimum seconds between two reports of one episode.", min=0, max=7 * 86400),
-        Setting(_p + "suppress_s", 3600.0,
+        Setting(_p + "suppress_s", _own.get("suppress_s", 3600.0),
                 "Longest episode: after this long, a key that is still active starts a new "
                 "alert (new id). An episode also ends when the key is idle for two windows.",
                 min=1, max=30 * 86400),
@@ -418,6 +424,11 @@ class Config:
             if delay > window:
                 raise ConfigError(f"`{rule.name}.report_delay_s` must not exceed "
                                   f"`{rule.name}.window_s` ({delay} > {window})")
+        for name in ("slow_scan", "vertical_scan"):
+            span, window = self[name + ".min_span_s"], self[name + ".window_s"]
+            if span > window:
+                raise ConfigError(f"`{name}.min_span_s` must not exceed `{name}.window_s` "
+                                  f"({span} > {window})")
 
 
 def _flatten(table, origin, prefix=""):

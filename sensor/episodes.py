@@ -37,7 +37,9 @@ turns them into one alert per *prober episode*:
   ``seq`` + 1, ``update: true``) is sent only on a material change -- a rule not
   in the last sent report, the size (largest of port count, target count and any
   rule's count) reaching ``growth`` times the last sent size, or a target not
-  listed in the last sent report -- and no sooner than ``update_interval_s``
+  listed in the last sent report while that report listed fewer than
+  ``new_target_until`` targets (a scan moving to another host; a sweep's new
+  targets are its growth) -- and no sooner than ``update_interval_s``
   after the last one. When the episode ends (or at ``finish``) whatever was
   folded since the last sent report is sent, so nothing is silently lost.
 * **Order**: every event (a report, a first-report delay running out, a held
@@ -55,8 +57,9 @@ from sensor.alerts import Alert, alert_id, compress_ports, rfc3339
 from sensor.output.fields import parse_rfc3339_ns
 
 # primary rule: the first of these that matched (also the order of ``rules``)
-PRIORITY = ("port_scan", "udp_scan", "stealth_scan", "host_sweep", "icmp_sweep",
-            "arp_sweep", "ndp_sweep", "exposed_host_probe", "failed_connections", "trw_scanner")
+PRIORITY = ("port_scan", "vertical_scan", "udp_scan", "stealth_scan", "host_sweep", "icmp_sweep",
+            "arp_sweep", "ndp_sweep", "exposed_host_probe", "failed_connections", "trw_scanner",
+            "slow_scan")
 SEPARATE = ("port_sweep",)          # never merged: keyed by a port, names many sources
 DIRECTIONS = ("inbound", "outbound", "external", "internal")   # most outward-facing first
 RULE_EVIDENCE = ("count", "count_kind", "threshold", "window_s", "first_seen", "last_seen",
@@ -115,6 +118,7 @@ class Episode:
         self.src_mac = None              # the first reported by an ARP/NDP rule
         self.scope = None
         self.probe_types = []
+        self.slow = None                 # slow_scan's shape, target and span, once it matched
         self.quiet_ns = 0
         self.max_ns = 0
         # what the last sent report held (material-change test) and when it went
@@ -130,12 +134,14 @@ class Episode:
         counts = [r["count"] for r in self.rules.values()]
         return max([self.ports.bit_count(), self.dst_ip_count] + counts)
 
-    def material(self, growth):
+    def material(self, growth, new_target_until):
         if any(r not in self.sent_rules for r in self.rules):
             return True
         if growth and self.size() >= growth * max(self.sent_size, 1):
             return True
-        return len(self.dst_ips) > self.sent_ips
+        # a new target matters while the scan had few (it moved on to another host);
+        # past that, a sweep's new targets are its growth
+        return len(self.dst_ips) > self.sent_ips and self.sent_ips < new_target_until
 
     BIT_SETS = ("ports", "open_ports", "sensitive")
 
@@ -163,7 +169,7 @@ class Episodes:
     """The merging layer of one engine. ``admit(alerts, now_ns)`` returns what to send."""
 
     def __init__(self, sensor_name, rules, *, group="prober", update_interval_s=300.0,
-                 growth=2.0, first_delay_s=5.0, max_listed=1024):
+                 growth=2.0, first_delay_s=5.0, max_listed=1024, new_target_until=8):
         """``rules``: {rule name: (window_s, suppress_s)} of the rules this engine counts."""
         self.sensor_name = sensor_name
         self.rules = dict(rules)
@@ -171,6 +177,7 @@ class Episodes:
         self.active = group == "prober" and len(prober_rules) >= 2
         self.interval_ns = int(round(update_interval_s * 1e9))
         self.growth = growth
+        self.new_target_until = new_target_until
         self.delay_ns = int(round(first_delay_s * 1e9))
         self.max_listed = max_listed
         self.episodes = {}               # src_ip -> Episode
@@ -187,6 +194,7 @@ class Episodes:
                    group=cfg["alerts.group"], update_interval_s=cfg["alerts.update_interval_s"],
                    growth=cfg["alerts.update_growth"],
                    first_delay_s=cfg["alerts.first_report_delay_s"],
+                   new_target_until=cfg["alerts.new_target_updates_until"],
                    max_listed=max([cfg[r + ".max_listed"] for r in names], default=64))
 
     # --- input ---------------------------------------------------------------
@@ -249,7 +257,7 @@ class Episodes:
             if kind == EV_QUIET:
                 self._end(ep, time_ns)
                 del self.episodes[src]
-            elif kind == EV_FIRST or ep.material(self.growth):
+            elif kind == EV_FIRST or ep.material(self.growth, self.new_target_until):
                 self._send(ep, time_ns)
                 self._schedule(ep)
 
@@ -257,7 +265,7 @@ class Episodes:
         ep.version += 1
         if ep.seq == 0:
             self._push(ep, ep.start_ns + self.delay_ns, EV_FIRST)
-        elif ep.dirty and ep.material(self.growth):
+        elif ep.dirty and ep.material(self.growth, self.new_target_until):
             self._push(ep, max(ep.sent_ns + self.interval_ns, ep.seen_ns), EV_UPDATE)
         self._push(ep, max(ep.last_ns + ep.quiet_ns, ep.seen_ns), EV_QUIET)
 
@@ -326,6 +334,9 @@ class Episodes:
         ep.scope = ep.scope or a.scope
         ep.src_mac = ep.src_mac or a.src_mac
         ep.probe_types += [p for p in a.probe_types or () if p not in ep.probe_types]
+        if a.slow:
+            span = max(a.span_s or 0.0, (ep.slow or {}).get("span_s", 0.0))
+            ep.slow = {"slow_shape": a.slow_shape, "slow_target": a.slow_target, "span_s": span}
         ep.dirty = True
         ep.seen_ns = max(ep.seen_ns, at)
         self._schedule(ep)
@@ -369,7 +380,8 @@ class Episodes:
             sensitive_ports=None if ep.sensitive is None else bits_text(ep.sensitive),
             outcomes=None if ep.outcomes is None else dict(ep.outcomes),
             open_ports=None if ep.open_ports is None else bits_text(ep.open_ports),
-            rules=list(ep.rules), rule_evidence=evidence, emitted_ns=at_ns)
+            rules=list(ep.rules), rule_evidence=evidence, emitted_ns=at_ns,
+            slow=True if ep.slow else None, **(ep.slow or {}))
 
     # --- checkpoints ---------------------------------------------------------
     def capture(self):

@@ -14,6 +14,7 @@ from kernels.batch import ROW_BYTES
 from kernels.host_set import HostSetState
 from kernels.port_set import PortSetState
 from kernels.probes import ProbeState
+from kernels.slow_tier import SlowTierState, doorkeeper_size
 from sensor.config import ConfigError
 from sensor.rules import RULES
 
@@ -38,7 +39,13 @@ def table_bytes(cfg):
         if not cfg[rule.name + ".enabled"]:
             continue
         s = cfg.section(rule.name)
-        state = PortSetState if rule.table == "port_set" else HostSetState
+        if rule.table == "port_set":
+            state = PortSetState
+        elif rule.table == "slow_tier":
+            entries = doorkeeper_size(s["doorkeeper_entries"])
+            state = lambda n, listed, entries=entries: SlowTierState(n, listed, entries)
+        else:
+            state = HostSetState
 
         def nbytes_of(n, s=s, state=state):
             return ks.Lifecycle(n, s["max_pending_alerts"]).nbytes() + \

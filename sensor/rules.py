@@ -27,6 +27,7 @@ class Rule:
     max_keys: int = 4096
     max_listed: int = 64
     extra: tuple = ()     # (name, default, help, bounds dict) of rule-specific settings
+    defaults: tuple = ()  # (name, value): this rule's defaults of the common settings
 
 
 COUNT_OPEN = ("count_open", False,
@@ -168,6 +169,46 @@ RULES = (
          "on-link hosts are `icmp_sweep`.",
          "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
          mitre=("T1018",), mitre_from_outside=("T1018",)),
+    Rule("slow_scan", "slow_tier", 0,
+         "The long-horizon tier: a prober whose TCP connection attempts that did not succeed "
+         "(refused, filtered, or never seen answered) reach, over hours (`window_s`, default "
+         "6 h), `threshold` distinct ports on one target (a slow vertical scan: nmap -T1/-T0) "
+         "or distinct targets on one port (a slow sweep: one host every 90 s across a /24). "
+         "Only activity that took at least `min_span_s` to get there is reported here; "
+         "faster scans are the five-minute rules' (and merge into the same alert). "
+         "Successful connections never count, so a monitoring host polling its services or "
+         "a busy client is not counted at all. A prober gets a slot only at its second failed "
+         "attempt: the first marks the doorkeeper (`doorkeeper_entries`), so a spoofed flood, "
+         "one attempt per forged source, claims no slot (ARCHITECTURE.md). The alert says "
+         "`slow: true`, `span_s`, and the shape (`slow_shape`: \"ports_on_target\" or "
+         "\"targets_on_port\").",
+         "distinct_ports_or_targets", threshold=25, window_s=21600.0, max_keys=4096,
+         max_listed=128,
+         defaults=(("suppress_s", 86400.0), ("new_target_updates", False),
+                   ("update_interval_s", 600.0), ("growth_factor", 2)),
+         extra=(("min_span_s", 300.0, "Report only once the prober's failed attempts span at "
+                 "least this many seconds (at most `window_s`).", {"min": 0, "max": 7 * 86400}),
+                ("doorkeeper_entries", 1 << 20, "Entries (4 bytes each) of the doorkeeper that "
+                 "holds a prober's first failed attempt; rounded up to a power of two. A real "
+                 "prober is admitted at its second attempt unless about this many other new "
+                 "probers came between the two.", {"min": 1024, "max": 1 << 26}))),
+    Rule("vertical_scan", "slow_tier", 1,
+         "A small vertical scan: one prober's TCP connection attempts that did not succeed "
+         "(refused, filtered, or never seen answered) to `threshold` distinct ports of one "
+         "target within the window (Zeek's port scan: 15 failed ports on one host; Elastic's "
+         "first rule: 20). Catches the 20-30-port probes under port_scan's 50 on a SPAN port "
+         "that sees only one direction (outcomes `unknown`, which failed_connections does not "
+         "count). A benign client almost never fails on 20 ports of one host in 5 minutes; "
+         "one that succeeds (passive FTP data ports, RPC) is not counted, unless the sensor "
+         "sees only one direction: then its connections' outcomes are unknown too (allow-list "
+         "such clients, or raise `threshold`).",
+         "distinct_ports", threshold=20, window_s=300.0, max_keys=4096, max_listed=64,
+         extra=(("min_span_s", 0.0, "Report only once the counted attempts span at least "
+                 "this many seconds (at most `window_s`). 0: at once.",
+                 {"min": 0, "max": 7 * 86400}),
+                ("doorkeeper_entries", 0, "0: every prober is counted from its first failed "
+                 "attempt. N > 0: as `slow_scan.doorkeeper_entries` (a prober gets a slot at its "
+                 "second; costs the first attempt's evidence).", {"min": 0, "max": 1 << 26}))),
 )
 RULE_BY_NAME = {r.name: r for r in RULES}
 

@@ -19,7 +19,7 @@ slots, or as the non-zero elements of those rows (flat index + value) when
 that is smaller (port bitmaps, sketches, item lists, unused columns); port
 bitmaps only for keys whose ports are in bitmaps (``tier_n == IN_BITMAPS``;
 kernels/port_set.py keeps them all-zero otherwise). A checkpoint is
-therefore proportional to the live keys, not to the 237 MiB the tables take at default settings.
+therefore proportional to the live keys, not to the ~275 MiB the tables take at default settings.
 
 The same pair moves state from the old engine to a new one on a config
 reload: thresholds, lists and outputs come from the new config, tables from
@@ -45,6 +45,7 @@ from kernels import alert_slots as ks
 from kernels import probes as kp
 from kernels.addr_table import EMPTY
 from kernels.port_set import IN_BITMAPS
+from kernels.slow_tier import SlowTierState
 
 
 class StateRefused(Exception):
@@ -78,6 +79,11 @@ def _host_set_arrays(t):
     return tuple((name, getattr(t, name)) for name in HOST_SET_NAMES)
 
 
+def _slow_tier_arrays(t):
+    return (("pairs", _owner(t.item_hi)), ("row", _owner(t.pane)),
+            ("vbest_target", t.vbest_target))
+
+
 def _probe_arrays(p):
     return (("keys", p.keys), ("fps", p.fps), ("last_seen_ns", p.last_seen_ns),
             ("pinned", p.pinned), ("sent_ns", p.sent_ns), ("row", _owner(p.state)))
@@ -90,6 +96,8 @@ def slot_arrays(obj):
         return _lifecycle_arrays(obj)
     if isinstance(obj, kp.ProbeState):
         return _probe_arrays(obj)
+    if isinstance(obj, SlowTierState):
+        return _slow_tier_arrays(obj)
     if hasattr(obj, "ports"):
         return _port_set_arrays(obj)
     return _host_set_arrays(obj)
@@ -162,10 +170,16 @@ def _capture_detector(det):
     if det.rule.table == "port_set":
         only["ports"] = live[t.tier_n[live] == IN_BITMAPS]
     n = int(lc.meta[ks.M_NPENDING])
-    return {"shape": _detector_shape(det), "meaning": _detector_meaning(det), "live": live,
-            "lifecycle": _capture_slots(_lifecycle_arrays(lc), live),
-            "table": _capture_slots(slot_arrays(t), live, only),
-            "pending": lc.pending[:n].copy(), "meta": lc.meta.copy()}
+    out = {"shape": _detector_shape(det), "meaning": _detector_meaning(det), "live": live,
+           "lifecycle": _capture_slots(_lifecycle_arrays(lc), live),
+           "table": _capture_slots(slot_arrays(t), live, only),
+           "pending": lc.pending[:n].copy(), "meta": lc.meta.copy()}
+    if isinstance(t, SlowTierState):
+        # the doorkeeper's marks (probers seen failing once), as (index, fingerprint)
+        marked = np.flatnonzero(t.doorkeeper).astype(np.int64)
+        out["doorkeeper"] = {"entries": int(t.doorkeeper.shape[0]), "index": marked,
+                             "fp": t.doorkeeper[marked].copy(), "meta": t.dk_meta.copy()}
+    return out
 
 
 def _capture_probes(probes):
@@ -451,6 +465,15 @@ def restore_state(engine, state, drop_mismatched=False):
         _restore_slots(slot_arrays(det.table), live, saved["table"])
         det.lc.meta[:] = saved["meta"]
         det.lc.pending[:len(saved["pending"])] = saved["pending"]
+        dk = saved.get("doorkeeper")
+        if dk is not None and isinstance(det.table, SlowTierState):
+            det.table.dk_meta[:] = dk["meta"]
+            if dk["entries"] == det.table.doorkeeper.shape[0]:
+                det.table.doorkeeper[dk["index"]] = dk["fp"]
+            else:
+                messages.append(f"{name}: doorkeeper_entries changed: its {len(dk['index'])} "
+                                "marks are dropped (those probers are admitted one failed "
+                                "attempt later)")
         summary.append(f"{name} {len(live)}")
     for name in by_name:
         if name not in state["detectors"]:

@@ -1293,3 +1293,128 @@ def first_regression(ts_ns, start, n, latest_ns, tolerance_ns):
         elif latest - t > tolerance_ns:
             return i, latest
     return n, latest
+
+
+# --- long-horizon tier reference (kernels/slow_tier.py) ---
+
+def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns, directions,
+                        list_len=128, exclude_ports=(), growth=0, update_ns=0,
+                        suppress_ns=1 << 62, new_target_updates=False, vertical_only=False,
+                        doorkeeper=True):
+    """slow_scan (or, ``vertical_only``, vertical_scan) on outcome rows, with an
+    ideal doorkeeper (a prober with no slot is admitted at its second failed
+    attempt; the first only marks it; none if not ``doorkeeper``) and an
+    unbounded table. Returns report dicts in emission order: key, seq, count,
+    pairs (list of ((hi, lo), port) in list order), shape, target, port,
+    first_seen_ns, last_seen_ns, probes, dropped, directions."""
+    keys, marked = {}, set()
+    pending, out = [], []
+    order = 0
+
+    def count_of(s):
+        return s["vbest"] if vertical_only else max(s["vbest"], s["hbest"])
+
+    def recount(s):
+        s["vbest"] = s["hbest"] = 0
+        for host, port in s["pairs"]:
+            same_host = sum(1 for h, _ in s["pairs"] if h == host)
+            same_port = sum(1 for _, p in s["pairs"] if p == port)
+            if same_host > s["vbest"]:
+                s["vbest"], s["vtarget"] = same_host, host
+            if same_port > s["hbest"]:
+                s["hbest"], s["hport"] = same_port, port
+
+    def report(key):
+        s = keys[key]
+        vertical = s["vbest"] >= s["hbest"]
+        out.append(dict(key=key, seq=s["seq"] + 1, count=count_of(s),
+                        pairs=[pp for pp in s["pairs"]],
+                        shape="ports_on_target" if vertical else "targets_on_port",
+                        target=s["vtarget"] if vertical else None,
+                        port=None if vertical else s["hport"], first_seen_ns=s["first"],
+                        last_seen_ns=s["last"], probes=s["probes"], dropped=s["dropped"],
+                        directions=set(s["dirs"])))
+        s["seq"] += 1
+        s["reported"] = max(count_of(s), 1)
+        s["last_report"] = s["last"]
+        s["new_target"] = False
+        s["pinned"] = False
+
+    def fresh(ts):
+        return dict(first=ts, last=ts, pane=ts // horizon_ns, pairs=[], pane_of={}, dropped=0,
+                    vbest=0, hbest=0, vtarget=(0, 0), hport=0, probes=0, seq=0, reported=0,
+                    last_report=0, pinned=False, new_target=False, dirs=set())
+
+    for r in rows:
+        ts = int(r["ts_ns"])
+        while pending and ts >= min(p[0] for p in pending):
+            p = min(pending)
+            pending.remove(p)
+            report(p[2])
+        if (r["proto"] != 6 or r["tcp_flags"] != _TH_SYN
+                or r.get("outcome", 0) not in (OUT_CLOSED, OUT_FILTERED, OUT_UNKNOWN)):
+            continue
+        src, dst = _addr(r["src_hi"], r["src_lo"]), _addr(r["dst_hi"], r["dst_lo"])
+        if (_in_any(src, net["allow"]) or _special(src) or _in_any(dst, net["ignore"])
+                or int(r["dport"]) in net["ignore_ports"]):
+            continue
+        d = _direction(_in_any(src, net["home"]), _in_any(dst, net["home"]))
+        port = int(r["dport"])
+        if d not in directions or port in exclude_ports:
+            continue
+        key = (int(r["src_hi"]), int(r["src_lo"]))
+        host = (int(r["dst_hi"]), int(r["dst_lo"]))
+        if doorkeeper and key not in keys:
+            if key not in marked:
+                marked.add(key)
+                continue
+            marked.discard(key)
+        s = keys.get(key)
+        pane = ts // horizon_ns
+        if s is None or (not s["pinned"] and (ts - s["last"] >= 2 * horizon_ns or
+                                              (s["seq"] > 0 and ts - s["first"] >= suppress_ns))):
+            s = keys[key] = fresh(ts)
+        elif pane > s["pane"]:
+            s["pairs"] = [pp for pp in s["pairs"] if s["pane_of"][pp] >= pane - 1]
+            s["pane"] = pane
+            recount(s)
+        pp = (host, port)
+        if pp in s["pairs"]:
+            s["pane_of"][pp] = s["pane"]
+            is_new = False
+        elif len(s["pairs"]) >= list_len:
+            s["dropped"] += 1
+            is_new = True
+        else:
+            same_host = 1 + sum(1 for h, _ in s["pairs"] if h == host)
+            same_port = 1 + sum(1 for _, p in s["pairs"] if p == port)
+            s["pairs"].append(pp)
+            s["pane_of"][pp] = s["pane"]
+            if same_host > s["vbest"]:
+                s["vbest"], s["vtarget"] = same_host, host
+            if same_port > s["hbest"]:
+                s["hbest"], s["hport"] = same_port, port
+            is_new = True
+        s["probes"] += 1
+        s["last"] = max(s["last"], ts)
+        s["dirs"].add(d)
+        if is_new and s["seq"] > 0:
+            s["new_target"] = True
+        if s["pinned"]:
+            continue
+        c = count_of(s)
+        if s["seq"] == 0:
+            if not (c >= threshold and ts - s["first"] >= min_span_ns):
+                continue
+        else:
+            grown = growth > 0 and c >= growth * s["reported"]
+            if not (grown or (new_target_updates and s["new_target"])):
+                continue
+            if ts - s["last_report"] < update_ns:
+                continue
+        s["pinned"] = True
+        pending.append([ts + delay_ns, order, key])
+        order += 1
+    for p in sorted(pending):
+        report(p[2])
+    return out

@@ -198,7 +198,26 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
         trw = dict(fail=micro(math.log((1 - thetas[1]) / (1 - thetas[0]))),
                    success=micro(math.log(thetas[1] / thetas[0])),
                    upper=micro(math.log(0.99 / 0.01)), lower=micro(math.log(0.01 / 0.99)))
+    min_span_s = 0 if growth == 0 else min(5, window_s)     # reusing draws
+    tier = rule in ("slow_scan", "vertical_scan")
+    doorkeeper = rule == "slow_scan" or thetas[0] == 0.8        # reusing draws
+    if tier:
+        settings_["min_span_s"] = min_span_s
+        settings_["max_listed"] = 8 if attempts else 128      # the list filling up, too
+        settings_["doorkeeper_entries"] = 1 << 20 if doorkeeper else 0
     alerts = run(engine_with_timeout(rule, timeout_s, **settings_), rows, capacity)
+    if tier:
+        fed = naive.probe_reference(rows, timeout_s * SEC)[0]
+        ref = naive.slow_tier_reference(
+            fed, network("source"), threshold, window_s * SEC, min_span_s * SEC, delay_s * SEC,
+            set(directions), list_len=int(settings_["max_listed"]),
+            exclude_ports=set([3] + list(range(20, 26))) if exclude else set(), growth=growth,
+            update_ns=update_s * SEC, suppress_ns=suppress_s * SEC, new_target_updates=new_target,
+            vertical_only=rule == "vertical_scan", doorkeeper=doorkeeper)
+        vertical_only = rule == "vertical_scan"
+        assert sorted(summarise_slow(a) for a in alerts) == \
+            sorted(summarise_slow_ref(r, vertical_only) for r in ref)
+        return
     fed = rows
     if rule in ("failed_connections", "trw_scanner", "exposed_host_probe", "stealth_scan",
                 "udp_scan", "arp_sweep", "ndp_sweep") or net.get("from_outcomes"):
@@ -223,6 +242,27 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
             assert set(expand_ports(w_ports)) <= set(expand_ports(g_ports))
         return
     assert got == want
+
+
+def summarise_slow(a):
+    return (a.src_ip, a.seq, a.count, a.packets, a.first_seen, a.last_seen, a.dst_ports,
+            tuple(sorted(a.dst_ips)), a.direction, a.slow_shape, a.slow_target, a.dst_port,
+            a.pairs_omitted, a.span_s)
+
+
+def summarise_slow_ref(r, vertical_only=False):
+    from sensor.alerts import compress_ports, rfc3339
+    direction = next(n for n in ("inbound", "outbound", "external", "internal")
+                     if n in r["directions"])
+    ports = {p for _, p in r["pairs"]}
+    shape = (r["shape"], to_text(*r["target"]) if r["target"] is not None else None, r["port"],
+             round((r["last_seen_ns"] - r["first_seen_ns"]) / 1e9, 3))
+    if vertical_only:    # vertical_scan: none of the slow fields
+        shape = (None, None, None, None)
+    return (to_text(*r["key"]), r["seq"], r["count"], r["probes"], rfc3339(r["first_seen_ns"]),
+            rfc3339(r["last_seen_ns"]), compress_ports(ports),
+            tuple(sorted({to_text(*h) for h, _ in r["pairs"]})), direction, *shape[:3],
+            r["dropped"], shape[3])
 
 
 def summarise_alert(a):

@@ -120,10 +120,35 @@ def _zipf_index(k, n):
     return n - 1
 
 
+# --- (d) a monitoring host polling for 24 hours --------------------------------------
+MONITOR = "10.0.0.240"
+MONITORED = ["10.0.4.1", "10.0.4.2", "10.0.4.3"]
+MONITORED_PORTS = (22, 80, 443, 3306, 5432)
+POLL_EVERY_S, POLL_HOURS = 60, 24
+
+
+def monitoring_poller():
+    """Every minute for 24 hours, a TCP connect (handshake, then the poller's RST, as
+    check_tcp-style probes do) to 5 ports on each of 3 hosts: 15 connections a round,
+    100 ms apart, 21,600 in all, every one succeeding (the long-horizon tier's benign
+    case: issue 12)."""
+    cap = Capture()
+    n = 0
+    for r in range(POLL_HOURS * 3600 // POLL_EVERY_S):
+        for h, host in enumerate(MONITORED):
+            for p, port in enumerate(MONITORED_PORTS):
+                t = T0 + r * POLL_EVERY_S * US + (h * len(MONITORED_PORTS) + p) * 100 * MS
+                connect(cap, t, MONITOR, 32768 + n % 28232, host, port, rtt=300, think=100,
+                        close="client_rst")
+                n += 1
+    return cap
+
+
 FILES = {
     "many_clients.pcap": many_clients,
     "health_checker.pcap.gz": health_checker,
     "nat_gateway.pcap": nat_gateway,
+    "monitoring_poller_24h.pcap.gz": monitoring_poller,
 }
 
 

@@ -7,6 +7,9 @@ from kernels import alert_slots as ks
 from kernels.host_set import CONTRIBUTORS, HostSetState, host_set_update
 from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import PROTO_ARP, PROTO_NDP, outcomes_of
+from kernels.slow_tier import (
+    DK_ADMITTED, DK_HELD, DK_OVERWRITTEN, ST_SLOW, SlowTierState, doorkeeper_size, slow_tier_update,
+)
 from kernels.rules import (
     DIR_EXTERNAL, DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES, HS_ARP_SWEEP,
     HS_FAILED, HS_HOST_SWEEP, HS_NDP_SWEEP, HS_PORT_SWEEP, HS_TRW, PS_EXPOSED_PROBE,
@@ -53,6 +56,10 @@ class CounterDetector:
         if rule.table == "port_set":
             self.table = PortSetState(capacity, s["max_listed"])
             self._update = port_set_update
+        elif rule.table == "slow_tier":
+            self.table = SlowTierState(capacity, s["max_listed"],
+                                       doorkeeper_size(s["doorkeeper_entries"]))
+            self._update = slow_tier_update
         else:
             self.table = HostSetState(capacity, s["max_listed"])
             self._update = host_set_update
@@ -85,12 +92,19 @@ class CounterDetector:
         self.sensitive_ports = set(p_ for lo, hi in port_ranges(s.get("sensitive_ports", []))
                                    for p_ in range(lo, hi + 1))
         p[ks.P_SENSITIVE] = s.get("sensitive_threshold", 0)
+        if rule.table == "slow_tier":
+            # the kernel decides when an alert falls due (threshold and span)
+            p[ks.P_THRESHOLD] = 1 << 62
+            p[ks.P_SLOW_THRESHOLD] = self.threshold
+            p[ks.P_MIN_SPAN_NS] = int(round(s["min_span_s"] * 1e9))
         self.params = p
         self.count_kind = "attempts" if p[ks.P_COUNT_ATTEMPTS] else rule.count_kind
         self.excluded_ports = port_bitmap(s["exclude_ports"])
         if rule.table == "host_set":
             self.reads_outcomes = (rule.mode in (HS_FAILED, HS_TRW, HS_ARP_SWEEP, HS_NDP_SWEEP)
                                    or bool(p[ks.P_FROM_OUTCOMES]))
+        elif rule.table == "slow_tier":
+            self.reads_outcomes = True
         else:
             self.reads_outcomes = rule.mode in (PS_EXPOSED_PROBE, PS_STEALTH, PS_UDP_PROBES)
         self.probes = None          # the engine's ProbeState, for outcomes in alerts
@@ -112,7 +126,9 @@ class CounterDetector:
         cols = batch.columns
         lc = self.lc.arrays
         tab = self.table.arrays
-        extra = (self.sensitive_bits,) if self.rule.table == "port_set" else ()
+        extra = ((self.sensitive_bits,) if self.rule.table == "port_set" else
+                 (self.table.doorkeeper, self.table.dk_meta) if self.rule.table == "slow_tier"
+                 else ())
         i = 0
         while True:
             i, event, slot = self._update(cols, cls, i, batch.n, lc, tab, self.params,
@@ -141,7 +157,13 @@ class CounterDetector:
     def stats(self):
         m = self.lc.meta
         p = self.name + "_"
-        return {
+        own = {}
+        if self.rule.table == "slow_tier":
+            dk = self.table.dk_meta
+            own = {p + "doorkeeper_held": int(dk[DK_HELD]),
+                   p + "doorkeeper_admitted": int(dk[DK_ADMITTED]),
+                   p + "doorkeeper_overwritten": int(dk[DK_OVERWRITTEN])}
+        return {**own,
             p + "counted": int(m[ks.M_COUNTED]),
             p + "evictions": int(m[ks.M_EVICTIONS]),
             p + "forced_reports": int(m[ks.M_FORCED]),
@@ -182,6 +204,8 @@ class CounterDetector:
         key = lc.keys[slot]
         if self.rule.table == "port_set":
             fields = self._port_set_evidence(slot)
+        elif self.rule.table == "slow_tier":
+            fields = self._slow_tier_evidence(slot)
         else:
             fields = self._host_set_evidence(slot)
         count = int(lc.count[slot])
@@ -222,7 +246,8 @@ class CounterDetector:
                      "udp_scan": (17, False), "host_sweep": (6, True),
                      "failed_connections": (0, False), "trw_scanner": (0, False),
                      "stealth_scan": (6, False), "arp_sweep": (PROTO_ARP, False),
-                     "ndp_sweep": (PROTO_NDP, False)}
+                     "ndp_sweep": (PROTO_NDP, False), "slow_scan": (6, False),
+                     "vertical_scan": (6, False)}
     L2_RULES = ("arp_sweep", "ndp_sweep")     # outcomes = hosts found / unanswered; no ports
 
     def _outcomes(self, key, dst_ports):
@@ -319,4 +344,31 @@ class CounterDetector:
                           key=lambda k: -int(t.contrib_n[slot, k]))
             if macs:
                 fields["src_mac"] = mac_text(t.contrib_lo[slot, macs[0]])
+        return fields
+
+    def _slow_tier_evidence(self, slot):
+        t = self.table
+        key = self.lc.keys[slot]
+        n = int(t.item_n[slot])
+        hosts, ports = [], set()
+        for j in range(n):
+            h = to_text(t.item_hi[slot, j], t.item_lo[slot, j])
+            if h not in hosts:
+                hosts.append(h)
+            ports.add(int(t.item_tag[slot, j]) & 0xFFFFFFFF)
+        dropped = int(t.dropped[slot])
+        fields = dict(src_ip=to_text(key[0], key[1]), dst_ips=hosts, dst_ip_count=len(hosts),
+                      dst_ips_omitted=0, dst_ip_count_estimated=int(t.dropped_hosts[slot]) > 0,
+                      dst_ports=compress_ports(ports), dst_port_count=len(ports),
+                      count_estimated=dropped > 0, pairs_omitted=dropped)
+        if self.rule.mode != ST_SLOW:        # vertical_scan: the ports of one target
+            return fields
+        vertical = int(t.vbest[slot]) >= int(t.hbest[slot])
+        span_ns = int(self.lc.last_seen_ns[slot]) - int(self.lc.first_seen_ns[slot])
+        fields.update(slow=True, span_s=round(span_ns / 1e9, 3),
+                      slow_shape="ports_on_target" if vertical else "targets_on_port")
+        if vertical:
+            fields["slow_target"] = to_text(t.vbest_target[slot, 0], t.vbest_target[slot, 1])
+        else:
+            fields["dst_port"] = int(t.hbest_port[slot])
         return fields

@@ -72,6 +72,8 @@ RULE_TITLES = {
     "trw_scanner": "Scanner (threshold random walk)",
     "arp_sweep": "ARP sweep",
     "ndp_sweep": "IPv6 neighbour discovery sweep",
+    "slow_scan": "Slow scan",
+    "vertical_scan": "Vertical scan (failed ports)",
     RATE_LIMIT_RULE: "Alert rate limit",
 }
 
