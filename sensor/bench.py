@@ -271,7 +271,10 @@ def main(argv=None):
 
 def _flood(args, sensor, results, workdir):
     """All-flood capture streamed through a pipe: memory must stay at the table budget."""
-    proc = subprocess.Popen(sensor + ["--stats-json", os.path.join(workdir, "s.json"), "-"],
+    # the long-horizon tier must hold too: the flood's packet time (2 us a packet) is far
+    # less than its min_span_s, so that is 0 here to let it report the hidden scanner
+    proc = subprocess.Popen(sensor + ["--set", "slow_scan.min_span_s=0",
+                                      "--stats-json", os.path.join(workdir, "s.json"), "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     rng = np.random.default_rng(2)
     t0 = time.perf_counter()
@@ -294,7 +297,14 @@ def _flood(args, sensor, results, workdir):
         flood_pps=round(args.packets / secs), flood_peak_rss_mib=round(_child_peak_rss() / 2**20, 1),
         table_bytes_mib=round(sum(v for k, v in stats.items() if k.endswith("table_bytes")) / 2**20, 1),
         probes_evictions=stats["probes_evictions"],
-        scanner_found=any(a["rule"] == "port_scan" and a["src_ip"].startswith("10.66.") for a in alerts))
+        scanner_found=any(a["rule"] == "port_scan" and a["src_ip"].startswith("10.66.") for a in alerts),
+        # the long-horizon tier: the flood writes doorkeeper marks, claims no slot
+        slow_scan_table_mib=round(stats["slow_scan_table_bytes"] / 2**20, 1),
+        slow_scan_doorkeeper_held=stats["slow_scan_doorkeeper_held"],
+        slow_scan_doorkeeper_admitted=stats["slow_scan_doorkeeper_admitted"],
+        slow_scan_evictions=stats["slow_scan_evictions"],
+        slow_scanner_found=any("slow_scan" in (a.get("rules") or [a["rule"]])
+                               and a["src_ip"].startswith("10.66.") for a in alerts))
     _print(results)
     if args.json:
         with open(args.json, "w") as fh:
