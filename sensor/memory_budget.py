@@ -38,11 +38,15 @@ def table_bytes(cfg):
         if not cfg[rule.name + ".enabled"]:
             continue
         s = cfg.section(rule.name)
-        state = PortSetState if rule.table == "port_set" else HostSetState
+        if rule.table == "port_set":
+            def table(n, s=s):
+                return PortSetState(n, s["max_listed"])
+        else:       # port_sweep's source lists by max_sources (0 for the other rules)
+            def table(n, s=s):
+                return HostSetState(n, s["max_listed"], s.get("max_sources", 0))
 
-        def nbytes_of(n, s=s, state=state):
-            return ks.Lifecycle(n, s["max_pending_alerts"]).nbytes() + \
-                state(n, s["max_listed"]).nbytes()
+        def nbytes_of(n, s=s, table=table):
+            return ks.Lifecycle(n, s["max_pending_alerts"]).nbytes() + table(n).nbytes()
         out[rule.name] = _linear(nbytes_of, _slots(s["max_keys"], s["table_ways"]),
                                  s["table_ways"])
     ways = cfg["probes.table_ways"]

@@ -57,12 +57,22 @@ RULES = (
          extra=(COUNT_OPEN,)),
     Rule("port_sweep", "host_set", kr.HS_PORT_SWEEP,
          "Many hosts in home_net hit on one destination port, by any number of probers "
-         "(Sentinel \"Network Port Sweep from External Network\"). The alert names the "
-         "probers responsible (`sources`, top contributors with counts) and `src_ip` is the "
-         "top one. By default only attempts that did not succeed count, so clients of a "
-         "server farm are not a sweep.",
+         "(Sentinel \"Network Port Sweep from External Network\"). The alert names every "
+         "prober of the episode (`sources`: address, probes, the hosts it touched), up to "
+         "`max_sources`, most probes first; `source_count` is exact while all are listed "
+         "and an estimate (`source_count_estimated`) beyond; `src_ip` is the top source. By "
+         "default only attempts that did not succeed count, so clients of a server farm "
+         "are not a sweep.",
          "distinct_hosts", threshold=50, window_s=300.0, directions=("inbound",),
-         max_keys=1024, extra=(COUNT_OPEN,)),
+         max_keys=1024,
+         extra=(COUNT_OPEN,
+                ("max_sources", 256, "Sources (probers) listed exactly per key and episode, "
+                 "each with its probes and the hosts it touched (named among the episode's "
+                 "first 64 hosts; `hosts_omitted` counts the rest, estimated). Past it a "
+                 "prober is counted but not listed, and `source_count` becomes a linear-"
+                 "counting estimate (`source_count_estimated`, `sources_omitted`). Memory: "
+                 "about 44 B per source per key, plus 1.5 KiB per key (12.6 KiB per key at "
+                 "256).", {"min": 8, "max": 4096}))),
     Rule("failed_connections", "host_set", kr.HS_FAILED,
          "A prober whose connection attempts fail: refused (TCP RST or ICMP port "
          "unreachable from the target) or never answered (filtered), as decided by the "
