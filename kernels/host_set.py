@@ -40,7 +40,7 @@ number of sources is exact.
 Memory (fixed at allocation, per slot): 26 B per list entry, 1 KiB of pane
 sketches, about 130 B of scalars; port_sweep adds 40 B per source, 4 B per
 source of index, 512 B of source sketch, 16 B per episode host
-(``HOST_BITS``) and 24 B: 12.6 KiB at the default 256 sources.
+(``HOST_BITS``) and 24 B: 12.5 KiB at the default 256 sources.
 """
 import numpy as np
 

@@ -71,7 +71,7 @@ RULES = (
                  "first 64 hosts; `hosts_omitted` counts the rest, estimated). Past it a "
                  "prober is counted but not listed, and `source_count` becomes a linear-"
                  "counting estimate (`source_count_estimated`, `sources_omitted`). Memory: "
-                 "about 44 B per source per key, plus 1.5 KiB per key (12.6 KiB per key at "
+                 "about 44 B per source per key, plus 1.5 KiB per key (12.5 KiB per key at "
                  "256).", {"min": 8, "max": 4096}))),
     Rule("failed_connections", "host_set", kr.HS_FAILED,
          "A prober whose connection attempts fail: refused (TCP RST or ICMP port "

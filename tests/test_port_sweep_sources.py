@@ -114,8 +114,7 @@ def sweeps(draw):
         ts += draw(st.sampled_from([1, 1000, SEC // 10]))
         s = draw(st.integers(0, n_src - 1)) if draw(st.booleans()) else 0
         h = draw(st.integers(0, n_host - 1))
-        rows.append(syn_row(ts, f"198.51.{100 + s // 200}.{s % 200 + 1}", f"10.1.{h // 200}.{h % 200 + 1}",
-                            445, sport=40000 + s))
+        rows.append(syn_row(ts, f"198.51.100.{s + 1}", f"10.1.0.{h + 1}", 445, sport=40000 + s))
     return rows
 
 

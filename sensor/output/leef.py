@@ -19,8 +19,9 @@ What it writes (RFC 3164 header, as IBM's LEEF documentation shows)::
   15:11:15.892 UTC``), ``sev`` (1-10: high 8, medium 5, rate-limit summary 3), ``cat``
   (``alert``, ``update`` or ``summary``), ``src``, ``dst`` and ``dstPort`` (``dst`` and
   ``dstPort`` only when single), then every field of the record under its own name,
-  encoded as in ``fields`` (lists comma-separated, ports as ranges, ``sources`` +
-  ``sources_probes``, counters ``key:n``), ``truncated`` last when shortened.
+  encoded as in ``fields`` (lists comma-separated, ports as ranges, ``sources`` as
+  parallel lists ``sources``, ``sources_probes``, ``sources_hosts`` ..., counters
+  ``key:n``), ``truncated`` last when shortened.
 """
 import time
 
