@@ -231,7 +231,7 @@ def add_source(hs, slot, p_hi, p_lo, t_hi, t_lo, seed):
     src_hi, src_lo, src_probes, src_hosts, src_beyond = hs[11], hs[12], hs[13], hs[14], hs[15]
     src_index, src_sketch, src_meta, host_hi, host_lo = hs[16], hs[17], hs[18], hs[19], hs[20]
     # the target's position in the episode's host list (-1: past HOST_BITS)
-    nh = src_meta[slot, SM_HOSTS]
+    nh = min(src_meta[slot, SM_HOSTS], HOST_BITS)
     pos = -1
     for j in range(nh):
         if host_hi[slot, j] == t_hi and host_lo[slot, j] == t_lo:
@@ -250,19 +250,24 @@ def add_source(hs, slot, p_hi, p_lo, t_hi, t_lo, seed):
     mask = np.int64(src_index.shape[1] - 1)
     at = np.int64(h >> np.uint64(20)) & mask
     e = -1
-    while src_index[slot, at] != 0:
+    n = min(src_meta[slot, SM_SOURCES], cap)
+    free = -1
+    # bounded even for an index restored damaged: at most one pass over it
+    for _ in range(src_index.shape[1]):
         k = np.int64(src_index[slot, at]) - 1
-        if src_hi[slot, k] == p_hi and src_lo[slot, k] == p_lo:
+        if k < 0:
+            free = at
+            break
+        if k < n and src_hi[slot, k] == p_hi and src_lo[slot, k] == p_lo:
             e = k
             break
         at = (at + 1) & mask
     if e < 0:
-        n = src_meta[slot, SM_SOURCES]
-        if n >= cap:
+        if n >= cap or free < 0:
             src_meta[slot, SM_UNLISTED] += 1
             return
         e = n
-        src_index[slot, at] = np.int16(e + 1)     # the index is at most half full
+        src_index[slot, free] = np.int16(e + 1)   # the index is at most half full
         src_hi[slot, e] = p_hi
         src_lo[slot, e] = p_lo
         src_probes[slot, e] = 0
