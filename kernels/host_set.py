@@ -1,10 +1,10 @@
 """Host-set counter: distinct targets (or target + port pairs) per key, over a sliding window.
 
-Serves host_sweep (key = prober + port), port_sweep (key = port, with the
-probers as contributors), icmp_sweep (key = prober), failed_connections
+Serves host_sweep (key = prober + port), port_sweep (key = port, with every
+prober listed as a source), icmp_sweep (key = prober), failed_connections
 (key = prober, item = refusing host + port), trw_scanner (key = prober,
 item = host contacted) and arp_sweep / ndp_sweep (key = sender, item =
-unanswered target, with the sender's MACs as contributors);
+unanswered target, with the sender's MACs listed as its sources);
 ``kernels/rules.py`` says which rows each counts.
 
 trw_scanner is Threshold Random Walk (Jung, Paxson, Berger, Balakrishnan,
@@ -22,13 +22,27 @@ of the current and previous pane and the count is exact while the list has
 room. Two 4,096-bit pane sketches (hashed items) estimate the count by linear
 counting once the list is full; the estimate is flagged in the alert.
 
-Contributors: port_sweep keeps the top ``CONTRIBUTORS`` probers per key (arp_sweep
-and ndp_sweep the sender's MACs) with
-Misra-Gries counters (exact when no more probers than that; otherwise each
-count is a lower bound, off by at most probes / (CONTRIBUTORS + 1)).
+Sources (port_sweep, and arp_sweep / ndp_sweep whose "sources" are the sender's MACs as (0, MAC); the other rules get zero-width source arrays): per
+episode (the lifecycle's, ``kernels/alert_slots.py``: never shrinks until the
+episode ends), an exact list of up to ``max_sources`` probers in order of
+first probe, each with its probes and a ``HOST_BITS``-bit mask over the
+episode's host list (the first ``HOST_BITS`` distinct targets of the
+episode, in order), so each source names the hosts it touched; a source's
+hosts past that list go into a 64-bit linear-counting sketch of its own
+(``src_beyond``, unseeded hash so the reference reproduces it) from which the
+alert estimates how many it did not name. A source is found through an
+open-addressed index of ``2 * max_sources`` (rounded up to a power of two)
+int16 entries, at most half full, so a lookup is O(1) however many sources
+the sweep has. A prober beyond the cap is not listed: its probes are counted
+(``src_meta[:, SM_UNLISTED]``) and every prober, listed or not, is hashed into
+a 4,096-bit sketch of the episode's sources, whose linear-counting estimate
+the alert gives (flagged) once a source was left out; while none was, the
+number of sources is exact.
 
 Memory (fixed at allocation, per slot): 26 B per list entry, 1 KiB of pane
-sketches, 24 B per contributor, about 130 B of scalars.
+sketches, about 130 B of scalars; port_sweep adds 40 B per source, 4 B per
+source of index, 512 B of source sketch, 16 B per episode host
+(``HOST_BITS``) and 24 B: 12.5 KiB at the default 256 sources.
 """
 import numpy as np
 
@@ -50,11 +64,23 @@ from kernels.rules import (
 
 SKETCH_WORDS = 64
 SKETCH_BITS = SKETCH_WORDS * 64
-CONTRIBUTORS = 8
+HOST_BITS = 64              # port_sweep: episode hosts a source's mask can name
+SM_SOURCES = 0              # src_meta columns: sources listed,
+SM_HOSTS = 1                # episode hosts listed (<= HOST_BITS),
+SM_UNLISTED = 2             # probes of sources beyond max_sources
+N_SRC_META = 3
+
+
+def source_index_len(max_sources):
+    """Entries of a slot's source index: a power of two >= 2 * max_sources."""
+    n = 1
+    while n < 2 * max_sources:
+        n *= 2
+    return n if max_sources > 0 else 0
 
 
 class HostSetState:
-    def __init__(self, capacity, list_len):
+    def __init__(self, capacity, list_len, max_sources=0):
         self.pane = np.zeros(capacity, np.int64)
         self.item_hi = np.zeros((capacity, list_len), np.uint64)
         self.item_lo = np.zeros((capacity, list_len), np.uint64)
@@ -62,19 +88,31 @@ class HostSetState:
         self.item_pane = np.zeros((capacity, list_len), np.int64)
         self.item_n = np.zeros(capacity, np.int64)
         self.sketch = np.zeros((capacity, 2, SKETCH_WORDS), np.uint64)
-        self.contrib_hi = np.zeros((capacity, CONTRIBUTORS), np.uint64)
-        self.contrib_lo = np.zeros((capacity, CONTRIBUTORS), np.uint64)
-        self.contrib_n = np.zeros((capacity, CONTRIBUTORS), np.int64)
         self.llr = np.zeros(capacity, np.int64)        # trw_scanner log-likelihood ratio
         self.failures = np.zeros(capacity, np.int64)   # trw_scanner failed first contacts
         self.trw_state = np.zeros(capacity, np.uint8)  # 0 scoring, 1 benign
         self.attempts = np.zeros((capacity, 2), np.int64)  # per pane, for count = attempts
+        # port_sweep's sources (zero-width for the other rules)
+        m = max_sources
+        on = 1 if m > 0 else 0
+        self.src_hi = np.zeros((capacity, m), np.uint64)
+        self.src_lo = np.zeros((capacity, m), np.uint64)
+        self.src_probes = np.zeros((capacity, m), np.int64)
+        self.src_hosts = np.zeros((capacity, m), np.uint64)    # bit j: episode host j
+        self.src_beyond = np.zeros((capacity, m), np.uint64)   # sketch of hosts past HOST_BITS
+        self.src_index = np.zeros((capacity, source_index_len(m)), np.int16)  # entry + 1
+        self.src_sketch = np.zeros((capacity, SKETCH_WORDS * on), np.uint64)
+        self.src_meta = np.zeros((capacity, N_SRC_META * on), np.int64)
+        self.host_hi = np.zeros((capacity, HOST_BITS * on), np.uint64)  # episode hosts
+        self.host_lo = np.zeros((capacity, HOST_BITS * on), np.uint64)
 
     @property
     def arrays(self):
         return (self.pane, self.item_hi, self.item_lo, self.item_port, self.item_pane,
-                self.item_n, self.sketch, self.contrib_hi, self.contrib_lo, self.contrib_n,
-                self.llr, self.failures, self.trw_state, self.attempts)
+                self.item_n, self.sketch, self.llr, self.failures, self.trw_state,
+                self.attempts, self.src_hi, self.src_lo, self.src_probes, self.src_hosts,
+                self.src_beyond, self.src_index, self.src_sketch, self.src_meta,
+                self.host_hi, self.host_lo)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -82,15 +120,21 @@ class HostSetState:
 
 @inline
 def clear_slot(hs, slot, pane):
-    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
+     trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
+     src_sketch, src_meta, host_hi, host_lo) = hs
     pane_a[slot] = pane
     item_n[slot] = 0
     for w in range(SKETCH_WORDS):
         sketch[slot, 0, w] = 0
         sketch[slot, 1, w] = 0
-    for k in range(CONTRIBUTORS):
-        contrib_n[slot, k] = 0
+    if src_meta.shape[1] > 0:
+        for k in range(N_SRC_META):
+            src_meta[slot, k] = 0
+        for k in range(src_index.shape[1]):
+            src_index[slot, k] = 0
+        for w in range(SKETCH_WORDS):
+            src_sketch[slot, w] = 0
     llr[slot] = 0
     failures[slot] = 0
     trw_state[slot] = 0
@@ -119,8 +163,9 @@ def live_count(hs, slot, list_len):
 
 @inline
 def advance_pane(hs, slot, pane):
-    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
+     trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
+     src_sketch, src_meta, host_hi, host_lo) = hs
     old = pane_a[slot]
     if pane <= old:
         return
@@ -150,8 +195,9 @@ def advance_pane(hs, slot, pane):
 @inline
 def add_item(hs, slot, hi, lo, port, pane, list_len, seed):
     """Record an item in the current pane; returns True if it is new to the window."""
-    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
+     trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
+     src_sketch, src_meta, host_hi, host_lo) = hs
     h = mix64(mix64(hi ^ seed) ^ lo ^ np.uint64(port))
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
@@ -177,26 +223,65 @@ def add_item(hs, slot, hi, lo, port, pane, list_len, seed):
 
 
 @inline
-def add_contributor(hs, slot, hi, lo):
-    """Misra-Gries update of the slot's top probers."""
-    contrib_hi = hs[7]
-    contrib_lo = hs[8]
-    contrib_n = hs[9]
+def host_hash(hi, lo):
+    """Unseeded hash of an address (a source's beyond-the-mask sketch)."""
+    return mix64(mix64(hi) ^ lo)
+
+
+@inline
+def add_source(hs, slot, p_hi, p_lo, t_hi, t_lo, seed):
+    """port_sweep: prober (p_hi, p_lo) probed target (t_hi, t_lo) in ``slot``'s episode."""
+    src_hi, src_lo, src_probes, src_hosts, src_beyond = hs[11], hs[12], hs[13], hs[14], hs[15]
+    src_index, src_sketch, src_meta, host_hi, host_lo = hs[16], hs[17], hs[18], hs[19], hs[20]
+    # the target's position in the episode's host list (-1: past HOST_BITS)
+    nh = min(src_meta[slot, SM_HOSTS], HOST_BITS)
+    pos = -1
+    for j in range(nh):
+        if host_hi[slot, j] == t_hi and host_lo[slot, j] == t_lo:
+            pos = j
+            break
+    if pos < 0 and nh < HOST_BITS:
+        host_hi[slot, nh] = t_hi
+        host_lo[slot, nh] = t_lo
+        src_meta[slot, SM_HOSTS] = nh + 1
+        pos = nh
+    # the prober: every one into the sketch, the first max_sources into the list
+    h = mix64(mix64(p_hi ^ seed) ^ p_lo)
+    bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
+    src_sketch[slot, bit >> 6] |= np.uint64(1) << np.uint64(bit & 63)
+    cap = src_hi.shape[1]
+    mask = np.int64(src_index.shape[1] - 1)
+    at = np.int64(h >> np.uint64(20)) & mask
+    e = -1
+    n = min(src_meta[slot, SM_SOURCES], cap)
     free = -1
-    for k in range(CONTRIBUTORS):
-        if contrib_n[slot, k] > 0:
-            if contrib_hi[slot, k] == hi and contrib_lo[slot, k] == lo:
-                contrib_n[slot, k] += 1
-                return
-        elif free < 0:
-            free = k
-    if free >= 0:
-        contrib_hi[slot, free] = hi
-        contrib_lo[slot, free] = lo
-        contrib_n[slot, free] = 1
-        return
-    for k in range(CONTRIBUTORS):
-        contrib_n[slot, k] -= 1
+    # bounded even for an index restored damaged: at most one pass over it
+    for _ in range(src_index.shape[1]):
+        k = np.int64(src_index[slot, at]) - 1
+        if k < 0:
+            free = at
+            break
+        if k < n and src_hi[slot, k] == p_hi and src_lo[slot, k] == p_lo:
+            e = k
+            break
+        at = (at + 1) & mask
+    if e < 0:
+        if n >= cap or free < 0:
+            src_meta[slot, SM_UNLISTED] += 1
+            return
+        e = n
+        src_index[slot, free] = np.int16(e + 1)   # the index is at most half full
+        src_hi[slot, e] = p_hi
+        src_lo[slot, e] = p_lo
+        src_probes[slot, e] = 0
+        src_hosts[slot, e] = U0
+        src_beyond[slot, e] = U0
+        src_meta[slot, SM_SOURCES] = n + 1
+    src_probes[slot, e] += 1
+    if pos >= 0:
+        src_hosts[slot, e] |= np.uint64(1) << np.uint64(pos)
+    else:
+        src_beyond[slot, e] |= np.uint64(1) << (host_hash(t_hi, t_lo) & np.uint64(63))
 
 
 @kernel
@@ -204,8 +289,9 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
     """Feed rows [start, n) of a batch. Returns (next_row, event, slot)."""
     (keys, last_seen_ns, first_seen_ns, pinned, seq, reported_count, last_report_ns,
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
-    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, contrib_hi,
-     contrib_lo, contrib_n, llr, failures, trw_state, attempts) = hs
+    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
+     trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
+     src_sketch, src_meta, host_hi, host_lo) = hs
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
@@ -272,9 +358,9 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         else:
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:
-            add_contributor(hs, slot, p_hi, p_lo)
+            add_source(hs, slot, p_hi, p_lo, it_hi, it_lo, seed)
         elif (mode == HS_ARP_SWEEP or mode == HS_NDP_SWEEP) and c_inner_src_lo[i] != U0:
-            add_contributor(hs, slot, U0, c_inner_src_lo[i])    # the requester's MAC
+            add_source(hs, slot, U0, c_inner_src_lo[i], it_hi, it_lo, seed)   # requester's MAC
         forced = row_counted(lc, slot, ts, d, is_new, params, False)
         if forced >= 0:
             return i + 1, EV_FORCED, forced

@@ -78,8 +78,13 @@ class Alert:
     update: bool = False      # seq > 1
     scope: str = None         # port_scan: "source" or "pair"
     dst_port: int = None      # rules keyed by one port (host_sweep, port_sweep)
-    sources: list = None      # port_sweep: [{"ip": ..., "probes": n}] top contributors
-    sources_complete: bool = None  # port_sweep: False if more probers than listed
+    sources: list = None      # port_sweep: every prober of the episode up to max_sources,
+                              # most probes first: [{"ip", "probes", "hosts": [...],
+                              # "host_count", "hosts_omitted"}]
+    source_count: int = None  # port_sweep: distinct probers (exact unless estimated)
+    source_count_estimated: bool = None  # port_sweep: more probers than max_sources
+    sources_omitted: int = None  # port_sweep: source_count - len(sources)
+    sources_complete: bool = None  # port_sweep: every prober is listed (= not estimated)
     probe_types: list = None  # stealth_scan: ["fin", "null", "xmas", "other"]
     sensitive_ports: str = None  # port_scan with `sensitive_ports` set: those probed, as ranges
     outcomes: dict = None     # {"open", "closed", "filtered", "unknown"} of the prober's attempts

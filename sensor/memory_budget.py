@@ -40,16 +40,19 @@ def table_bytes(cfg):
             continue
         s = cfg.section(rule.name)
         if rule.table == "port_set":
-            state = PortSetState
+            def table(n, s=s):
+                return PortSetState(n, s["max_listed"])
         elif rule.table == "slow_tier":
             entries = doorkeeper_size(s["doorkeeper_entries"])
-            state = lambda n, listed, entries=entries: SlowTierState(n, listed, entries)
-        else:
-            state = HostSetState
 
-        def nbytes_of(n, s=s, state=state):
-            return ks.Lifecycle(n, s["max_pending_alerts"]).nbytes() + \
-                state(n, s["max_listed"]).nbytes()
+            def table(n, s=s, entries=entries):
+                return SlowTierState(n, s["max_listed"], entries)
+        else:       # port_sweep's source lists by max_sources (arp/ndp: MACs; 0 for the others)
+            def table(n, s=s):
+                return HostSetState(n, s["max_listed"], s.get("max_sources", 0))
+
+        def nbytes_of(n, s=s, table=table):
+            return ks.Lifecycle(n, s["max_pending_alerts"]).nbytes() + table(n).nbytes()
         out[rule.name] = _linear(nbytes_of, _slots(s["max_keys"], s["table_ways"]),
                                  s["table_ways"])
     ways = cfg["probes.table_ways"]

@@ -40,9 +40,9 @@ PRESETS = {p.name: p for p in (
                 count_open=True),
            "Original: > 20 distinct destination IPs on one port, inbound, per hour, with no "
            "source in the alert and 100 destinations kept. Here: >= 21 over a sliding hour "
-           "(successful connections count too, as in the original), "
-           "the alert names the sources responsible with their counts, lists destinations up "
-           "to `max_listed` and says how many were left out."),
+           "(successful connections count too, as in the original), the alert names every "
+           "source with its probes and the hosts it touched, lists destinations up to "
+           "`max_listed` and says how many were left out."),
     Preset("defender-internet-facing",
            "Defender XDR \"Detecting Port Scanning On Internet Facing Devices\"",
            only("exposed_host_probe", threshold=3, window_s=3600.0,

@@ -66,12 +66,22 @@ RULES = (
          extra=(COUNT_OPEN,)),
     Rule("port_sweep", "host_set", kr.HS_PORT_SWEEP,
          "Many hosts in home_net hit on one destination port, by any number of probers "
-         "(Sentinel \"Network Port Sweep from External Network\"). The alert names the "
-         "probers responsible (`sources`, top contributors with counts) and `src_ip` is the "
-         "top one. By default only attempts that did not succeed count, so clients of a "
-         "server farm are not a sweep.",
+         "(Sentinel \"Network Port Sweep from External Network\"). The alert names every "
+         "prober of the episode (`sources`: address, probes, the hosts it touched), up to "
+         "`max_sources`, most probes first; `source_count` is exact while all are listed "
+         "and an estimate (`source_count_estimated`) beyond; `src_ip` is the top source. By "
+         "default only attempts that did not succeed count, so clients of a server farm "
+         "are not a sweep.",
          "distinct_hosts", threshold=50, window_s=300.0, directions=("inbound",),
-         max_keys=1024, extra=(COUNT_OPEN,)),
+         max_keys=1024,
+         extra=(COUNT_OPEN,
+                ("max_sources", 256, "Sources (probers) listed exactly per key and episode, "
+                 "each with its probes and the hosts it touched (named among the episode's "
+                 "first 64 hosts; `hosts_omitted` counts the rest, estimated). Past it a "
+                 "prober is counted but not listed, and `source_count` becomes a linear-"
+                 "counting estimate (`source_count_estimated`, `sources_omitted`). Memory: "
+                 "about 44 B per source per key, plus 1.5 KiB per key (12.5 KiB per key at "
+                 "256).", {"min": 8, "max": 4096}))),
     Rule("failed_connections", "host_set", kr.HS_FAILED,
          "A prober whose connection attempts fail: refused (TCP RST or ICMP port "
          "unreachable from the target) or never answered (filtered), as decided by the "
@@ -159,7 +169,9 @@ RULES = (
          "switched-off devices on its own segment, asks the same way: put it in "
          "`net.allow_sources` if its ARP alerts are noise.",
          "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
-         mitre=("T1018",), mitre_from_outside=("T1018",)),
+         mitre=("T1018",), mitre_from_outside=("T1018",),
+         extra=(("max_sources", 8, "Sender MAC addresses kept per key and episode (the alert's "
+                 "`src_mac` is the one with the most requests).", {"min": 1, "max": 64}),)),
     Rule("ndp_sweep", "host_set", kr.HS_NDP_SWEEP,
          "The IPv6 twin of `arp_sweep`: one sender sending neighbour solicitations for "
          "many distinct target addresses that never answer with a neighbour advertisement "
@@ -168,7 +180,9 @@ RULES = (
          "solicitation's source link-layer address option. ICMPv6 echo requests to many "
          "on-link hosts are `icmp_sweep`.",
          "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
-         mitre=("T1018",), mitre_from_outside=("T1018",)),
+         mitre=("T1018",), mitre_from_outside=("T1018",),
+         extra=(("max_sources", 8, "Sender MAC addresses kept per key and episode (the alert's "
+                 "`src_mac` is the one with the most requests).", {"min": 1, "max": 64}),)),
     Rule("slow_scan", "slow_tier", 0,
          "The long-horizon tier: a prober whose TCP connection attempts that did not succeed "
          "(refused, filtered, or never seen answered) reach, over hours (`window_s`, default "

@@ -35,7 +35,7 @@ from sensor.state_tables import (  # noqa: F401
 )
 
 FORMAT = "scan-sensor-state"
-VERSION = 1
+VERSION = 2
 
 
 class StateCorrupt(Exception):
@@ -132,9 +132,70 @@ def write_checkpoint(state, path, meta=None, *, created_ns=None):
     return SaveResult(path, len(data), time.perf_counter() - started)
 
 
-# one function per format version, converting a state of that version to the next:
-# CONVERTERS[1] will take a version-1 (header, state) to version 2, and so on
-CONVERTERS = {}
+# --- converters: one function per format version, to the next (mitmproxy io/compat.py) --
+V1_CONTRIB = ("contrib_hi", "contrib_lo", "contrib_n")
+V2_SOURCES = {"src_hi": "<u8", "src_lo": "<u8", "src_probes": "<i8", "src_hosts": "<u8",
+              "src_beyond": "<u8", "src_index": "<i2", "src_sketch": "<u8",
+              "src_meta": "<i8", "host_hi": "<u8", "host_lo": "<u8"}
+V1_EPISODE_WIDTH, V1_EPISODE_PROBES = 9, 5    # lifecycle "episode" row: probes column
+V2_SRC_META_WIDTH, V2_SM_UNLISTED = 3, 2      # kernels/host_set.py src_meta
+V1_PORT_SWEEP_MODE = 1                        # kernels/rules.py HS_PORT_SWEEP
+
+
+def _empty_sparse(dtype):
+    return {"index": np.zeros(0, np.int32), "values": np.zeros(0, np.dtype(dtype))}
+
+
+def _v1_episode_probes(lifecycle, live):
+    """The probes column of a format-1 lifecycle's "episode" rows, one per live slot."""
+    if "episode" in lifecycle["dense"]:
+        return np.asarray(lifecycle["dense"]["episode"])[:, V1_EPISODE_PROBES].astype(np.int64)
+    s = lifecycle["sparse"]["episode"]
+    index = np.asarray(s["index"]).astype(np.int64)
+    at = index % V1_EPISODE_WIDTH == V1_EPISODE_PROBES
+    out = np.zeros(len(live), np.int64)
+    out[np.searchsorted(live, index[at] // V1_EPISODE_WIDTH)] = np.asarray(s["values"])[at]
+    return out
+
+
+def v1_to_v2(header, state):
+    """Format 1 -> 2: port_sweep's top-8 Misra-Gries contributors became an exact
+    per-episode source list (``kernels/host_set.py``).
+
+    Every host-set table loses its ``contrib_hi``/``contrib_lo``/``contrib_n``
+    arrays and gets the source arrays empty: the other rules' tables, the
+    lifecycles, the probe table and everything else are kept as they were. A
+    port_sweep episode in progress keeps its id, count, targets and pending
+    alert, but its source list starts empty: the sources seen before the
+    upgrade are not named. So that the alert does not claim to be complete,
+    the probes counted before the upgrade are recorded as probes of unlisted
+    sources (``sources_complete: false``, ``source_count_estimated: true``). The
+    saved shape gets ``max_sources: None``: an empty list fits any
+    ``port_sweep.max_sources``."""
+    state = dict(state)
+    detectors = {}
+    for name, saved in state["detectors"].items():
+        if saved["shape"].get("kind") != "host_set":
+            detectors[name] = saved
+            continue
+        table = {"dense": {k: v for k, v in saved["table"]["dense"].items() if k not in V1_CONTRIB},
+                 "sparse": {k: v for k, v in saved["table"]["sparse"].items()
+                            if k not in V1_CONTRIB}}
+        for array, dtype in V2_SOURCES.items():
+            table["sparse"][array] = _empty_sparse(dtype)
+        live = np.asarray(saved["live"]).astype(np.int64)
+        if saved["meaning"].get("mode") == V1_PORT_SWEEP_MODE and len(live):
+            probes = _v1_episode_probes(saved["lifecycle"], live)
+            at = probes > 0
+            table["sparse"]["src_meta"] = {
+                "index": (live[at] * V2_SRC_META_WIDTH + V2_SM_UNLISTED).astype(np.int64),
+                "values": probes[at]}
+        detectors[name] = dict(saved, table=table, shape=dict(saved["shape"], max_sources=None))
+    state["detectors"] = detectors
+    return header, state
+
+
+CONVERTERS = {1: v1_to_v2}
 
 
 def migrate(header, state, converters=None, current=None):

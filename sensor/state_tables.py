@@ -19,7 +19,7 @@ slots, or as the non-zero elements of those rows (flat index + value) when
 that is smaller (port bitmaps, sketches, item lists, unused columns); port
 bitmaps only for keys whose ports are in bitmaps (``tier_n == IN_BITMAPS``;
 kernels/port_set.py keeps them all-zero otherwise). A checkpoint is
-therefore proportional to the live keys, not to the ~275 MiB the tables take at default settings.
+therefore proportional to the live keys, not to the ~288 MiB the tables take at default settings.
 
 The same pair moves state from the old engine to a new one on a config
 reload: thresholds, lists and outputs come from the new config, tables from
@@ -29,7 +29,8 @@ its keys are re-placed into the new layout (``placement``: the bucket of each
 saved key hash; in a bucket too full, keys with alerts waiting first, then
 the heaviest; keys that do not fit are dropped and counted as evictions; if
 a key with an alert waiting does not fit, the state is refused). A table
-whose ``max_listed``, ``window_s``, ``scope`` or ``count`` changed means
+whose ``max_listed``, ``window_s``, ``scope`` or ``count`` (or port_sweep's
+``max_sources``: its source lists are as long as that) changed means
 something else now: the whole state is refused with ``StateRefused`` naming
 the setting, before anything is written into the engine (the caller keeps
 the old config, or starts fresh), or, with ``drop_mismatched``, that table
@@ -71,8 +72,10 @@ def _port_set_arrays(t):
 
 
 HOST_SET_NAMES = ("pane", "item_hi", "item_lo", "item_port", "item_pane", "item_n", "sketch",
-                  "contrib_hi", "contrib_lo", "contrib_n", "llr", "failures", "trw_state",
-                  "attempts")
+                  "llr", "failures", "trw_state", "attempts",
+                  # port_sweep's sources (zero-width in the other host-set rules)
+                  "src_hi", "src_lo", "src_probes", "src_hosts", "src_beyond", "src_index",
+                  "src_sketch", "src_meta", "host_hi", "host_lo")
 
 
 def _host_set_arrays(t):
@@ -135,6 +138,8 @@ def _restore_slots(pairs, live, saved):
             arr[live] = saved["dense"][name]
         else:
             s = saved["sparse"][name]
+            if arr.size == 0 and len(s["index"]) == 0:
+                continue        # a zero-width array (port_sweep's sources in other rules)
             flat = arr.reshape(-1)
             if not np.shares_memory(flat, arr):
                 raise ValueError(f"{name}: table array is not contiguous")
@@ -150,6 +155,7 @@ def _live(last_seen_ns):
 def _detector_shape(det):
     return {"kind": det.rule.table, "capacity": int(det.lc.keys.shape[0]),
             "ways": int(det.params[ks.P_WAYS]), "max_listed": int(det.params[ks.P_LIST]),
+            "max_sources": int(det.max_sources),
             "max_pending_alerts": int(det.lc.pending.shape[0])}
 
 
@@ -219,7 +225,7 @@ def capture_state(engine):
 MEANING_SETTINGS = {"window_ns": "window_s", "pair_scope": "scope",
                     "count_attempts": "count", "mode": "(rule mode)"}
 SHAPE_SETTINGS = {"capacity": "max_keys", "ways": "table_ways", "max_listed": "max_listed",
-                  "kind": "(table kind)"}
+                  "max_sources": "max_sources", "kind": "(table kind)"}
 
 
 def _check_detector(det, saved):
@@ -228,6 +234,8 @@ def _check_detector(det, saved):
     problems = []
     shape, now = saved["shape"], _detector_shape(det)
     for key, setting in SHAPE_SETTINGS.items():
+        if key == "max_sources" and shape.get(key) is None:
+            continue        # converted from format 1: its source lists start empty (state.py)
         if key not in RELOCATABLE and shape[key] != now[key]:
             problems.append(f"{det.name}.{setting} changed ({shape[key]} -> {now[key]})")
     meaning, now_m = saved["meaning"], _detector_meaning(det)

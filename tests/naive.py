@@ -19,6 +19,7 @@ not report truncation, and ``dpkt.pcapng.Reader`` reads one section with one
 interface only, so pcapng is walked here with ``struct``. Everything the spec
 decides (what counts as cut or malformed, which counter) is written out here.
 """
+import math
 import ipaddress
 import struct
 import zlib
@@ -834,13 +835,54 @@ def rule_item(rule, r, net):
     raise ValueError(rule)
 
 
+_MASK64 = (1 << 64) - 1
+SOURCE_HOST_BITS = 64       # kernels/host_set.py HOST_BITS
+
+
+def mix64(x):
+    """splitmix64 finaliser (kernels/addr_table.py)."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def host_hash(hi, lo):
+    """kernels/host_set.py host_hash: unseeded, for a source's hosts past the mask."""
+    return mix64(mix64(hi) ^ lo)
+
+
+def small_linear_count(word):
+    zeros = 64 - bin(word).count("1")
+    return int(round(-64 * math.log(max(zeros, 1) / 64)))
+
+
+def sweep_sources(s):
+    """port_sweep evidence of an episode state: (sources most probes first, each
+    (prober, probes, hosts in episode order, host_count); distinct probers;
+    complete)."""
+    out = []
+    for prober, src in s["sources"].items():
+        hosts = [h for j, h in enumerate(s["ep_hosts"]) if j in src["positions"]]
+        beyond = 0
+        for h in src["beyond"]:
+            beyond |= 1 << (host_hash(*h) & 63)
+        out.append((prober, src["probes"], hosts,
+                    len(hosts) + (small_linear_count(beyond) if beyond else 0)))
+    out.sort(key=lambda x: (-x[1], x[0]))
+    return out, len(s["all_sources"]), s["unlisted"] == 0
+
+
 def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, directions,
                       exclude_ports=(), growth=0, update_ns=0, suppress_ns=1 << 62,
                       new_target_updates=False, count_attempts=False, trw=None,
-                      sensitive=(), sensitive_threshold=0):
+                      sensitive=(), sensitive_threshold=0, max_sources=256):
     """Reference for every counter rule. Returns report dicts in emission order:
     key, seq, count, items (set in window), targets (first-seen order), first_seen_ns,
-    last_seen_ns, probes, directions (set), evidence (set), contributors (dict prober->n)."""
+    last_seen_ns, probes, directions (set), evidence (set), and for port_sweep
+    ``sources`` (``sweep_sources``: every prober of the episode up to
+    ``max_sources``, in order of first probe, with its probes and the hosts it
+    touched among the episode's first 64), ``source_count`` (distinct probers,
+    listed or not) and ``sources_complete``."""
     port_set = rule in ("port_scan", "stealth_scan", "udp_scan", "exposed_host_probe")
     count_attempts = count_attempts or rule == "exposed_host_probe"
     keys = {}
@@ -862,7 +904,9 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
                         items=set(s["items"]) if not port_set else None,
                         targets=list(s["targets"]), first_seen_ns=s["first"],
                         last_seen_ns=s["last"], probes=s["probes"], directions=set(s["dirs"]),
-                        evidence=set(s["evidence"]), contributors=dict(s["contrib"])))
+                        evidence=set(s["evidence"]), contributors=dict(s["contrib"]),
+                        **(dict(zip(("sources", "source_count", "sources_complete"),
+                                    sweep_sources(s))) if rule == "port_sweep" else {})))
         s["seq"] += 1
         s["reported"] = max(count_of(s), 1)
         s["last_report"] = s["last"]
@@ -872,7 +916,8 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
     def fresh(ts):
         return dict(first=ts, last=ts, pane=ts // window_ns, cur=set(), prev=set(), items={},
                     probes=0, attempts=0, targets=[], seq=0, reported=0, last_report=0,
-                    pinned=False, new_target=False, dirs=set(), evidence=set(), contrib={},
+                    pinned=False, new_target=False, dirs=set(), evidence=set(),
+                    sources={}, ep_hosts=[], all_sources=set(), unlisted=0, contrib={},
                     llr=0, fails=0, benign=False, att_cur=0, att_prev=0)
 
     for r in rows:
@@ -924,7 +969,21 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
         if it["evidence"]:
             s["evidence"].add(it["evidence"])
         if rule == "port_sweep":
-            s["contrib"][it["prober"]] = s["contrib"].get(it["prober"], 0) + 1
+            target = it["item"][0]
+            if target not in s["ep_hosts"] and len(s["ep_hosts"]) < SOURCE_HOST_BITS:
+                s["ep_hosts"].append(target)
+            s["all_sources"].add(it["prober"])
+            src = s["sources"].get(it["prober"])
+            if src is None and len(s["sources"]) < max_sources:
+                src = s["sources"][it["prober"]] = dict(probes=0, positions=set(), beyond=set())
+            if src is None:
+                s["unlisted"] += 1
+            else:
+                src["probes"] += 1
+                if target in s["ep_hosts"]:
+                    src["positions"].add(s["ep_hosts"].index(target))
+                else:
+                    src["beyond"].add(target)
         if rule in ("arp_sweep", "ndp_sweep") and it["mac"]:
             s["contrib"][it["mac"]] = s["contrib"].get(it["mac"], 0) + 1     # sender MACs
         if port_set:

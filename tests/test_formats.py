@@ -72,8 +72,13 @@ def flat(d, truncated=None):
         elif isinstance(value, dict):
             out.append((name, counts(value)))
         elif isinstance(value, list) and value and isinstance(value[0], dict):
-            out.append((name, ",".join(item(text_of(s["ip"])) for s in value)))
-            out.append((name + "_probes", ",".join(text_of(s["probes"]) for s in value)))
+            # one field per key: ip first, the rest alphabetical; a list inside an
+            # object as its items joined by spaces
+            for key in sorted(value[0], key=lambda k: (k != "ip", k)):
+                out.append((name if key == "ip" else f"{name}_{key}", ",".join(
+                    " ".join(item(text_of(h)).replace(" ", "%20") for h in s.get(key, ""))
+                    if isinstance(s.get(key), list) else item(text_of(s.get(key, "")))
+                    for s in value)))
         elif isinstance(value, list):
             out.append((name, ",".join(item(text_of(v)) for v in value)))
         else:
@@ -627,7 +632,11 @@ def hostile_alerts(draw):
     t1, t2 = sorted((draw(TIMES), draw(TIMES)))
     opt = lambda s: draw(st.one_of(st.none(), s))  # noqa: E731
     sources = opt(st.lists(st.fixed_dictionaries({"ip": text_strategy(1).filter(bool),
-                                                  "probes": COUNT}), min_size=1, max_size=20))
+                                                  "probes": COUNT,
+                                                  "hosts": items_strategy(4),
+                                                  "host_count": COUNT,
+                                                  "hosts_omitted": COUNT}),
+                           min_size=1, max_size=20))
     return Alert(
         rule=draw(st.one_of(st.sampled_from(["port_scan", "port_sweep", "udp_scan"]), text_strategy())),
         src_ip=draw(st.one_of(st.sampled_from(["10.77.0.1", "2001:db8::1"]), text_strategy())),
@@ -646,6 +655,8 @@ def hostile_alerts(draw):
         src_mac=opt(st.one_of(st.just("02:42:ac:11:00:02"), text_strategy())),
         seq=draw(st.integers(1, 1000)), update=draw(st.booleans()), scope=opt(text_strategy()),
         dst_port=opt(st.integers(0, 65535)), sources=sources,
+        source_count=opt(COUNT), source_count_estimated=opt(st.booleans()),
+        sources_omitted=opt(COUNT),
         sources_complete=opt(st.booleans()), probe_types=opt(items_strategy(4)),
         sensitive_ports=opt(text_strategy()),
         outcomes=opt(st.dictionaries(text_strategy(1).filter(bool), COUNT, max_size=5)),
@@ -744,7 +755,11 @@ def test_sentinel_parser_reads_what_cef_writes(port_scan):
                        "PortCount": cef_module.CN_SLOTS["dst_port_count"],
                        "TargetCount": cef_module.CN_SLOTS["dst_ip_count"]}
     sweep = Alert(**{**port_scan.to_dict(), "rule": "port_sweep", "dst_port": 3389,
-                     "sources": [{"ip": "203.0.113.5", "probes": 4}], "sources_complete": True},
+                     "sources": [{"ip": "203.0.113.5", "probes": 4,
+                                  "hosts": ["10.0.0.1", "10.0.0.2"], "host_count": 2,
+                                  "hosts_omitted": 0}],
+                     "source_count": 1, "source_count_estimated": False, "sources_omitted": 0,
+                     "sources_complete": True},
                   emitted_ns=port_scan.emitted_ns)
     written = set()
     for record in (port_scan, sweep):

@@ -30,6 +30,8 @@ CASES = [
     ("distributed_port_sweep.pcap", [], "distributed_port_sweep.jsonl"),
     ("distributed_port_sweep.pcap", ["--preset", "sentinel-port-sweep"],
      "distributed_port_sweep.sentinel.jsonl"),
+    ("distributed_sweep_445.pcap", ["--preset", "sentinel-port-sweep"],
+     "distributed_sweep_445.sentinel.jsonl"),
     ("exposed_host_probe.pcap", ["--set", 'net.exposed_hosts=["10.77.0.2"]'],
      "exposed_host_probe.jsonl"),
     ("exposed_host_probe.pcap", ["--preset", "defender-internet-facing", "--set",

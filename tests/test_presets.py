@@ -28,7 +28,11 @@ CASES = {
         src_ip="198.51.100.23", dst_port=3389, dst_ports="3389", count=21,
         count_kind="distinct_hosts", dst_ip_count=21,
         dst_ips=[f"10.4.0.{k}" for k in range(11, 32)],
-        sources=[{"ip": "198.51.100.23", "probes": 14}, {"ip": "203.0.113.45", "probes": 7}],
+        sources=[{"ip": "198.51.100.23", "probes": 14, "host_count": 14, "hosts_omitted": 0,
+                  "hosts": [f"10.4.0.{k}" for k in range(11, 25)]},
+                 {"ip": "203.0.113.45", "probes": 7, "host_count": 7, "hosts_omitted": 0,
+                  "hosts": [f"10.4.0.{k}" for k in range(25, 32)]}],
+        source_count=2, source_count_estimated=False, sources_omitted=0, sources_complete=True,
         direction="inbound", threshold=21, window_s=3600.0)),
     "defender-internet-facing": ("exposed_host_probe", EXPOSED, dict(
         src_ip="198.51.100.99", dst_ips=["10.1.0.80"], count=3, count_kind="attempts",

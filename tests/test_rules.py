@@ -187,6 +187,9 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
     if rule in ("host_sweep", "port_sweep"):
         settings_["count_open"] = str(attempts).lower()
         net["from_outcomes"] = not attempts
+    max_sources = 8 if thetas[0] == 0.6 else 256        # 8: fewer than HOSTS can send
+    if rule == "port_sweep":
+        settings_["max_sources"] = max_sources
     if rule == "failed_connections":
         settings_["count"] = "attempts" if attempts else "distinct"
         settings_["count_filtered"] = str(thetas[0] == 0.8).lower()
@@ -229,7 +232,8 @@ def test_rule_matches_reference(rule, rows, threshold, window_s, delay_s, growth
         growth=growth, update_ns=update_s * SEC, suppress_ns=suppress_s * SEC,
         new_target_updates=new_target,
         count_attempts=(rule == "failed_connections" and attempts), trw=trw,
-        sensitive=(22, 80, 443), sensitive_threshold=sensitive_threshold)
+        sensitive=(22, 80, 443), sensitive_threshold=sensitive_threshold,
+        max_sources=max_sources)
     got = sorted(summarise_alert(a) for a in alerts)
     want = sorted(summarise_ref(rule, r) for r in ref)
     if rule == "udp_scan":
@@ -270,15 +274,33 @@ def summarise_alert(a):
             a.dst_ports if a.rule in ("port_scan", "stealth_scan", "udp_scan",
                                       "exposed_host_probe", "failed_connections") else "",
             tuple(sorted(a.dst_ips)), a.direction, tuple(a.probe_types or ()),
-            tuple(sorted((s["ip"], s["probes"]) for s in a.sources or ())), a.src_mac)
+            sources_of(a), a.src_mac)
+
+
+def sources_of(a):
+    """port_sweep's sources as compared with the reference: every listed source in
+    order, with its hosts; the exact count only while complete."""
+    if a.sources is None:
+        return None
+    listed = tuple((s["ip"], s["probes"], tuple(s["hosts"]), s["host_count"])
+                   for s in a.sources)
+    assert a.sources_omitted == a.source_count - len(a.sources)
+    assert a.source_count_estimated == (not a.sources_complete)
+    return listed, a.source_count if a.sources_complete else None, a.sources_complete
+
+
+def ref_sources(r):
+    listed, count, complete = r["sources"], r["source_count"], r["sources_complete"]
+    return (tuple((to_text(*p), n, tuple(to_text(*h) for h in hosts), host_count)
+                  for p, n, hosts, host_count in listed),
+            count if complete else None, complete)
 
 
 def summarise_ref(rule, r):
     from sensor.alerts import compress_ports, rfc3339
     port_set = r["ports"] is not None
     if rule == "port_sweep":
-        top = max(r["contributors"].items(), key=lambda kv: kv[1])[0]
-        src = to_text(*top)
+        src = to_text(*r["sources"][0][0]) if r["sources"] else ""
     else:
         src = to_text(*r["key"][:2])
     if port_set:
@@ -293,12 +315,10 @@ def summarise_ref(rule, r):
             break
     kinds = tuple(k for k in ("null", "fin", "xmas", "other", "ack", "maimon") if k in r["evidence"])
     mac = None
-    if rule in ("arp_sweep", "ndp_sweep"):
-        sources = ()
-        if r["contributors"]:        # one MAC per sender in mixed_rows: the top is exact
-            mac = mac_text(max(r["contributors"].items(), key=lambda kv: kv[1])[0])
-    else:
-        sources = tuple(sorted((to_text(*p), n) for p, n in r["contributors"].items()))
+    if rule in ("arp_sweep", "ndp_sweep") and r["contributors"]:
+        # one MAC per sender in mixed_rows: the top is exact
+        mac = mac_text(max(r["contributors"].items(), key=lambda kv: kv[1])[0])
+    sources = ref_sources(r) if rule == "port_sweep" else None
     return (src, r["seq"], r["count"], r["probes"], rfc3339(r["first_seen_ns"]),
             rfc3339(r["last_seen_ns"]), ports, dsts, direction, kinds, sources, mac)
 

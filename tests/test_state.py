@@ -454,25 +454,82 @@ def test_converter_chain_runs_each_step_in_order():
 
 
 def test_an_older_file_is_converted_on_load(scanned, tmp_path, monkeypatch):
-    """With a (test-only) format 2 whose converter renames a field, a format-1 file
+    """With a (test-only) format 3 whose converter renames a field, a format-2 file
     loads through the chain."""
     engine0, good = scanned
 
-    def v1_to_v2(header, state):
+    def v2_to_v3(header, state):
         state = dict(state)
         state["hash_seed"] = state.pop("seed")
         return header, state
     path = tmp_path / "state.msgpack"
     path.write_bytes(good)
     real_restore = st.restore_state
-    monkeypatch.setattr(st, "VERSION", 2)
-    monkeypatch.setitem(st.CONVERTERS, 1, v1_to_v2)
+    monkeypatch.setattr(st, "VERSION", 3)
+    monkeypatch.setitem(st.CONVERTERS, 2, v2_to_v3)
     monkeypatch.setattr(st, "restore_state",
                         lambda e, s, *rest: real_restore(e, dict(s, seed=s.pop("hash_seed")), *rest))
     engine = Engine(config())
     result = st.load_checkpoint(engine, path)
-    assert result.status == "restored" and result.header["version"] == 2
+    assert result.status == "restored" and result.header["version"] == 3
     assert int(engine.seed) == int(engine0.seed)
+
+
+V1_FIXTURE = pathlib.Path(__file__).parent / "state_fixtures" / \
+    "checkpoint_v1_distributed_port_sweep.msgpack"
+V1_SETS = ("port_sweep.threshold=20",)    # the config it was written with (README there)
+
+
+def test_a_format_1_checkpoint_is_upgraded_keeping_the_other_tables(tmp_path):
+    """A real format-1 file (written by the code before port_sweep's source lists,
+    after rows [0, 120) of distributed_port_sweep.pcap) loads through CONVERTERS[1]:
+    every other rule goes on exactly as one uninterrupted run; port_sweep keeps its
+    episode (same id, count, targets) and names the sources seen after the upgrade,
+    flagged as not complete."""
+    header, _ = msgpack.unpackb(V1_FIXTURE.read_bytes(), raw=False)
+    assert header["version"] == 1 and "contrib_n" in V1_FIXTURE.read_bytes().decode("latin-1")
+    path = tmp_path / "state.msgpack"
+    path.write_bytes(V1_FIXTURE.read_bytes())
+    cfg = config(*V1_SETS)
+    rows = decode(shipped("distributed_port_sweep.pcap"))
+    at = 120
+    engine = Engine(cfg)
+    result = st.load_checkpoint(engine, path)
+    assert result.status == "restored", result.messages
+    assert result.header["version"] == st.VERSION
+    seed = int(engine.seed)
+    rest = feed(engine, rows, at, rows.n) + finish(engine)
+    head = Engine(cfg)
+    head.seed = np.uint64(seed)
+    for det in head.detectors:
+        det.seed = head.seed
+    before = feed(head, rows, 0, at)
+    whole = uninterrupted(cfg, rows, seed, at)
+    others = lambda alerts: [a for a in alerts if a["rule"] != "port_sweep"]  # noqa: E731
+    assert others(whole), "the capture gives other alerts"
+    assert others(before + rest) == others(whole)
+    sweep = [a for a in rest if a["rule"] == "port_sweep"]
+    want = [a for a in whole if a["rule"] == "port_sweep"]
+    assert len(sweep) == len(want) == 1
+    got, want = sweep[0], want[0]
+    assert (got["id"], got["count"], got["dst_ips"]) == (want["id"], want["count"], want["dst_ips"])
+    assert want["sources_complete"] and want["source_count"] == 8
+    assert not got["sources_complete"] and got["source_count_estimated"]
+    assert 0 < len(got["sources"]) < 8 and got["sources_omitted"] >= 1
+    wanted = {s["ip"]: s for s in want["sources"]}
+    assert all(s["probes"] <= wanted[s["ip"]]["probes"] for s in got["sources"])
+
+
+def test_other_max_sources_is_refused(tmp_path):
+    rows = decode(shipped("distributed_port_sweep.pcap"))
+    first = Engine(config())
+    feed(first, rows, 0, rows.n // 2)
+    with pytest.raises(st.StateRefused, match=r"port_sweep\.max_sources changed \(256 -> 64\)"):
+        st.restore_state(Engine(config("port_sweep.max_sources=64")), st.capture_state(first))
+    path = tmp_path / "state.msgpack"
+    st.save_checkpoint(first, path)
+    result = st.load_checkpoint(Engine(config("port_sweep.max_sources=64")), path)
+    assert result.status == "refused" and "port_sweep.max_sources changed" in result.messages[0]
 
 
 def test_a_failed_write_leaves_the_old_file(scanned, tmp_path, monkeypatch):

@@ -12,6 +12,9 @@ CASES = [
     ("distributed_port_sweep.pcap", [], None),
     ("distributed_port_sweep.pcap", ["port_sweep.threshold=20"], None),
     ("distributed_port_sweep.pcap", [], "sentinel-port-sweep"),
+    ("distributed_sweep_445.pcap", [], None),
+    ("distributed_sweep_445.pcap", [], "sentinel-port-sweep"),
+    ("distributed_sweep_445.pcap", ["port_sweep.max_sources=8"], "sentinel-port-sweep"),
     ("distributed_port_sweep.pcap", ["port_sweep.count_open=true",
                                      "port_sweep.threshold=10"], None),
     ("nmap_host_sweep.pcap", ["port_sweep.threshold=5", "port_sweep.directions=[\"internal\"]"],
@@ -50,6 +53,8 @@ def test_exported_port_sweep_counts_like_one_engine(name, sets, preset, batch):
                        Engine(cfg, rules={"port_sweep"}))
     assert merged == [a for a in whole if a["rule"] == "port_sweep"]
     assert rest == [a for a in whole if a["rule"] not in ("port_sweep", "alert_rate_limited")]
+    if name == "distributed_sweep_445.pcap":
+        assert len(merged) == 1 and len(merged[0]["sources"]) == (8 if sets else 40)
     if name == "distributed_port_sweep.pcap" and (sets or preset):
         assert merged, "the case is meant to raise a port_sweep alert"
 

@@ -4,7 +4,9 @@ import math
 import numpy as np
 
 from kernels import alert_slots as ks
-from kernels.host_set import CONTRIBUTORS, HostSetState, host_set_update
+from kernels.host_set import (
+    HOST_BITS, SM_HOSTS, SM_SOURCES, SM_UNLISTED, HostSetState, host_set_update,
+)
 from kernels.port_set import PortSetState, port_set_update
 from kernels.probes import PROTO_ARP, PROTO_NDP, outcomes_of
 from kernels.slow_tier import (
@@ -53,6 +55,7 @@ class CounterDetector:
         self.window_s = s["window_s"]
         self.scope = s.get("scope")
         self.lc = ks.Lifecycle(capacity, s["max_pending_alerts"])
+        self.max_sources = 0
         if rule.table == "port_set":
             self.table = PortSetState(capacity, s["max_listed"])
             self._update = port_set_update
@@ -61,7 +64,8 @@ class CounterDetector:
                                        doorkeeper_size(s["doorkeeper_entries"]))
             self._update = slow_tier_update
         else:
-            self.table = HostSetState(capacity, s["max_listed"])
+            self.max_sources = s.get("max_sources", 0)
+            self.table = HostSetState(capacity, s["max_listed"], self.max_sources)
             self._update = host_set_update
         p = np.zeros(ks.N_PARAMS, np.int64)
         p[ks.P_THRESHOLD] = self.threshold
@@ -329,21 +333,16 @@ class CounterDetector:
         else:  # icmp_sweep
             fields.update(dst_ports="", dst_port_count=0)
         if mode == HS_PORT_SWEEP:
-            order = sorted(range(CONTRIBUTORS), key=lambda k: -int(t.contrib_n[slot, k]))
-            sources = [{"ip": to_text(t.contrib_hi[slot, k], t.contrib_lo[slot, k]),
-                        "probes": int(t.contrib_n[slot, k])}
-                       for k in order if t.contrib_n[slot, k] > 0]
-            fields.update(src_ip=sources[0]["ip"] if sources else "",
-                          sources=sources,
-                          sources_complete=sum(s["probes"] for s in sources) == int(self.lc.probes[slot]))
+            fields.update(self._sources(slot))
         else:
             fields.setdefault("src_ip", to_text(key[0], key[1]))
         if mode in (HS_ARP_SWEEP, HS_NDP_SWEEP):
             # the sender's MAC(s), most requests first: the one identity an L2 sweeper shows
-            macs = sorted((k for k in range(CONTRIBUTORS) if t.contrib_n[slot, k] > 0),
-                          key=lambda k: -int(t.contrib_n[slot, k]))
+            n = int(t.src_meta[slot, SM_SOURCES])
+            macs = sorted(range(n), key=lambda e: (-int(t.src_probes[slot, e]),
+                                                   int(t.src_lo[slot, e])))
             if macs:
-                fields["src_mac"] = mac_text(t.contrib_lo[slot, macs[0]])
+                fields["src_mac"] = mac_text(t.src_lo[slot, macs[0]])
         return fields
 
     def _slow_tier_evidence(self, slot):
@@ -372,3 +371,35 @@ class CounterDetector:
         else:
             fields["dst_port"] = int(t.hbest_port[slot])
         return fields
+
+    def _sources(self, slot):
+        """port_sweep: every listed source of the episode, most probes first."""
+        t = self.table
+        meta = t.src_meta[slot]
+        hosts = [to_text(t.host_hi[slot, j], t.host_lo[slot, j])
+                 for j in range(int(meta[SM_HOSTS]))]
+        sources = []
+        for e in range(int(meta[SM_SOURCES])):
+            mask = int(t.src_hosts[slot, e])
+            named = [hosts[j] for j in range(HOST_BITS) if mask >> j & 1]
+            beyond = int(t.src_beyond[slot, e])
+            host_count = len(named) + (small_linear_count(beyond) if beyond else 0)
+            sources.append(((-int(t.src_probes[slot, e]), int(t.src_hi[slot, e]),
+                             int(t.src_lo[slot, e])),
+                            {"ip": to_text(t.src_hi[slot, e], t.src_lo[slot, e]),
+                             "probes": int(t.src_probes[slot, e]), "hosts": named,
+                             "host_count": host_count, "hosts_omitted": host_count - len(named)}))
+        sources = [entry for _, entry in sorted(sources, key=lambda x: x[0])]
+        complete = int(meta[SM_UNLISTED]) == 0
+        count = len(sources)
+        if not complete:
+            count = max(count + 1, linear_count(t.src_sketch[slot]))
+        return dict(src_ip=sources[0]["ip"] if sources else "", sources=sources,
+                    source_count=count, source_count_estimated=not complete,
+                    sources_omitted=count - len(sources), sources_complete=complete)
+
+
+def small_linear_count(word):
+    """Linear-counting estimate of the items hashed into one 64-bit word."""
+    zeros = 64 - bin(word).count("1")
+    return int(round(-64 * math.log(max(zeros, 1) / 64)))

@@ -16,8 +16,14 @@ Value rules (the same in every format; each format then applies its own escaping
   items joined with ``,``; in an item ``%`` is written ``%25`` and ``,`` ``%2C`` (so
   ``a,b`` as one item stays one item). An empty list is the empty string.
 * Port sets are already range text (``"1-1000,2000"``) and are written as they are.
-* Lists of objects (``sources: [{"ip", "probes"}]``): two parallel lists, ``sources``
-  (the ``ip`` values) and ``sources_probes`` (the counts), same order.
+* Lists of objects (``sources: [{"ip", "probes", "hosts", "host_count",
+  "hosts_omitted"}]``): parallel lists, one field per key of the first object, in the
+  same order: ``sources`` (the ``ip`` values), then ``sources_<key>`` in alphabetical
+  order (``sources_host_count``, ``sources_hosts``, ``sources_hosts_omitted``,
+  ``sources_probes``). A value that is itself a list (each source's ``hosts``) is
+  written as its items joined with a space, ``%``, ``,`` and space percent-encoded
+  (``%25``, ``%2C``, ``%20``): ``sources_hosts=10.0.0.1 10.0.0.2,10.0.0.7`` is two
+  sources, the first with two hosts.
 * Counters (``outcomes``, ``suppressed``, ``truncated``): ``key:value`` pairs joined
   with ``,`` (``open:3,closed:997,filtered:0,unknown:0``); in a key ``%``, ``,`` and
   ``:`` are percent-encoded as in lists.
@@ -169,6 +175,17 @@ def encode_list(items):
     return ",".join(_pct(i) for i in items)
 
 
+def encode_inner_list(items):
+    """A list inside one item of a list of objects: items joined with a space."""
+    return " ".join(_pct(scalar_text(i)).replace(" ", "%20") for i in items)
+
+
+def _object_item(value):
+    if isinstance(value, (list, tuple)):
+        return encode_inner_list(value)
+    return _pct(scalar_text(value))
+
+
 def encode_counts(mapping):
     return ",".join(f"{_pct(k, ':')}:{v}" for k, v in mapping.items())
 
@@ -197,7 +214,7 @@ def flat_fields(view_):
                 keys = sorted(value[0], key=lambda k: (k != "ip", k))
                 for key in keys:
                     sub = name if key == "ip" else f"{name}_{key}"
-                    out.append((sub, encode_list(scalar_text(v.get(key, "")) for v in value)))
+                    out.append((sub, ",".join(_object_item(v.get(key, "")) for v in value)))
             else:
                 out.append((name, encode_list(scalar_text(v) for v in value)))
         else:

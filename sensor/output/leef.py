@@ -20,8 +20,9 @@ What it writes (RFC 3164 header, as IBM's LEEF documentation shows)::
   (``alert``, ``update`` or ``summary``), ``src``, ``srcMAC`` (arp_sweep, ndp_sweep),
   ``dst`` and ``dstPort`` (``dst`` and
   ``dstPort`` only when single), then every field of the record under its own name,
-  encoded as in ``fields`` (lists comma-separated, ports as ranges, ``sources`` +
-  ``sources_probes``, counters ``key:n``), ``truncated`` last when shortened.
+  encoded as in ``fields`` (lists comma-separated, ports as ranges, ``sources`` as
+  parallel lists ``sources``, ``sources_probes``, ``sources_hosts`` ..., counters
+  ``key:n``), ``truncated`` last when shortened.
 """
 import time
 

@@ -17,7 +17,8 @@ What it writes::
   documentation, to be replaced by the project's own IANA private enterprise number
   once it has one (``FormatContext.sd_id``). Its SD-PARAMs are every field of the record
   in order (``fields.flat_fields``: lists comma-separated in one PARAM-VALUE, ports as
-  ranges, ``sources`` as ``sources`` + ``sources_probes``, counters as ``key:n``), then
+  ranges, ``sources`` as parallel lists
+  ``sources``, ``sources_probes``, ``sources_hosts`` ..., counters as ``key:n``), then
   ``truncated`` when shortened. PARAM-NAMEs are the record's field names (printable
   US-ASCII without ``=``, space, ``]``, ``"``, at most 32 characters; checked).
   PARAM-VALUE: text cleaned (``fields.clean_text``: controls and non-UTF-8 bytes become
