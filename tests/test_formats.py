@@ -334,7 +334,7 @@ def test_registry_contract():
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_nmap_alerts_round_trip(fmt, nmap_alerts):
-    assert {a.rule for a in nmap_alerts} == {"port_scan", "failed_connections"}
+    assert {a.rule for a in nmap_alerts} == {"port_scan", "vertical_scan", "failed_connections"}
     for alert in nmap_alerts:
         message = render(fmt, alert, CTX)
         check_round_trip(fmt, alert, message)
@@ -438,7 +438,7 @@ def test_updates_keep_id_and_seq(port_scan):
 @pytest.fixture(scope="module")
 def merged():
     """The default (alerts.group = "prober") alert of the nmap -sS scan: one alert,
-    port_scan primary, failed_connections beside it (sensor/episodes.py)."""
+    port_scan primary, vertical_scan and failed_connections beside it (sensor/episodes.py)."""
     from sensor.capture.files import CaptureFile
     from sensor.config import load_config
     from sensor.engine import Engine
@@ -450,7 +450,7 @@ def merged():
             alerts += engine.process(batch)
     alerts += engine.finish()
     [alert] = alerts
-    assert alert.rules == ["port_scan", "failed_connections"]
+    assert alert.rules == ["port_scan", "vertical_scan", "failed_connections"]
     return alert
 
 
@@ -461,16 +461,18 @@ def test_merged_alert_round_trip(fmt, merged):
     p = check_round_trip(fmt, merged, message)
     if fmt in ("ecs", "json"):
         doc = p["doc"]["scan_sensor"] if fmt == "ecs" else p["doc"]
-        assert doc["rules"] == ["port_scan", "failed_connections"]
+        assert doc["rules"] == ["port_scan", "vertical_scan", "failed_connections"]
         assert doc["rule_evidence"]["failed_connections"]["count"] == 997
         if fmt == "ecs":
             assert p["doc"]["rule"]["id"] == "port_scan" and p["doc"]["event"]["action"] == "port_scan"
     else:
         got = dict(fields_of(fmt, message)[0])
-        assert got["rules"] == "port_scan,failed_connections"
-        assert got["rule_evidence_count"] == "port_scan:1000,failed_connections:997"
-        assert got["rule_evidence_count_kind"] == "port_scan:distinct_ports,failed_connections:failed_pairs"
+        assert got["rules"] == "port_scan,vertical_scan,failed_connections"
+        assert got["rule_evidence_count"] == "port_scan:1000,vertical_scan:64,failed_connections:997"
+        assert got["rule_evidence_count_kind"] == ("port_scan:distinct_ports,vertical_scan:distinct_ports,"
+                                                   "failed_connections:failed_pairs")
         assert got["rule_evidence_first_seen"] == ("port_scan:2026-11-22T15:11:15.884358Z,"
+                                                  "vertical_scan:2026-11-22T15:11:15.884377Z,"
                                                   "failed_connections:2026-11-22T15:11:15.884377Z")
 
 
@@ -478,10 +480,10 @@ def test_merged_alert_names_its_rules(merged):
     p = parse_rfc5424(render("rfc5424", merged, CTX))
     assert p["msgid"] == "port_scan"
     assert p["msg"] == ("Port scan from 10.77.0.1: 1000 distinct ports, 1000 ports on 1 host; "
-                        "rules: port_scan, failed_connections")
+                        "rules: port_scan, vertical_scan, failed_connections")
     e = dict(parse_cef(parse_3164_header(render("cef", merged, CTX))[3])["ext"])
-    assert e["scanSensorRules"] == "port_scan,failed_connections"
-    assert e["scanSensorRuleEvidenceThreshold"] == "port_scan:50,failed_connections:10"
+    assert e["scanSensorRules"] == "port_scan,vertical_scan,failed_connections"
+    assert e["scanSensorRuleEvidenceThreshold"] == "port_scan:50,vertical_scan:20,failed_connections:10"
 
 
 def rate_limited(**over):
