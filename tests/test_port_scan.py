@@ -13,7 +13,8 @@ from sensor.engine import Engine
 
 SEC = 1_000_000_000
 OTHER_RULES = ["host_sweep", "port_sweep", "failed_connections", "exposed_host_probe",
-               "stealth_scan", "udp_scan", "icmp_sweep"]
+               "stealth_scan", "udp_scan", "icmp_sweep", "vertical_scan", "slow_scan",
+               "arp_sweep", "ndp_sweep"]
 
 
 def run_engine(rows, batch_capacity=4096, **settings_):

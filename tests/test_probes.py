@@ -108,7 +108,8 @@ def test_one_directional_capture_gives_unknown_never_filtered():
     rows = [syn_row(T0 + k * 1000, "10.5.0.1", "10.5.0.2", k + 1) for k in range(300)]
     eng = engine()
     alerts = run(eng, rows)
-    assert [a.rule for a in alerts] == ["port_scan"]
+    # vertical_scan counts unknown attempts too (issue 12: small scans on a one-way SPAN)
+    assert [a.rule for a in alerts] == ["port_scan", "vertical_scan"]
     assert alerts[0].outcomes == {"open": 0, "closed": 0, "filtered": 0, "unknown": 300}
     stats = eng.stats()
     assert stats["probes_unknown"] == 300 and stats["probes_filtered"] == 0
@@ -144,6 +145,7 @@ def test_connect_scan_counts_and_busy_client_of_one_service_does_not():
     rows.sort(key=lambda r: r["ts_ns"])
     alerts = run(engine(), rows)
     assert {(a.rule, a.src_ip) for a in alerts} == {("port_scan", "10.5.0.1"),
+                                                    ("vertical_scan", "10.5.0.1"),
                                                     ("failed_connections", "10.5.0.1")}
 
 
@@ -255,7 +257,8 @@ def test_alert_reported_on_idle_tick_carries_outcomes(workers):
     from sensor.capture.files import CaptureFile
     from sensor.engine import Engine
     cfg = load_config(None, [f"sensor.workers={workers}", "sensor.hash_seed=7",
-                             "port_scan.report_delay_s=60", "failed_connections.enabled=false"])
+                             "port_scan.report_delay_s=60", "failed_connections.enabled=false",
+                             "vertical_scan.enabled=false"])
     eng = Engine(cfg)
     alerts = []
     with CaptureFile(shipped("nmap_syn_scan.pcap")) as cf:

@@ -39,13 +39,14 @@ def last_of(alerts, src):
     return mine[-1]
 
 
-def test_nmap_t1_paced_scan_is_found_only_by_the_slow_tier(tmp_path):
+def test_nmap_t1_paced_scan_is_found_by_the_failed_attempt_rules(tmp_path):
     """15 s between probes, answers never seen: 20 ports per 5 minutes (port_scan needs 50)
-    and every outcome unknown (failed_connections counts none). slow_scan reports it once
-    25 ports of the target were tried over more than min_span_s (5 minutes)."""
+    and every outcome unknown (failed_connections counts none). vertical_scan sees the 20
+    of one window; slow_scan reports it once 25 ports of the target were tried over more
+    than min_span_s (5 minutes): one alert naming both."""
     alerts, stats = replay(shipped("nmap_t1_scan.pcap"), tmp_path)
     a = last_of(alerts, "198.51.100.9")
-    assert a["rules"] == ["slow_scan"]
+    assert a["rules"] == ["vertical_scan", "slow_scan"]
     assert a["slow"] is True and a["slow_shape"] == "ports_on_target"
     assert a["slow_target"] == "10.30.0.5" and a["dst_ips"] == ["10.30.0.5"]
     assert a["rule_evidence"]["slow_scan"]["count"] >= 25
