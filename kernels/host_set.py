@@ -230,7 +230,9 @@ def host_hash(hi, lo):
 
 @inline
 def add_source(hs, slot, p_hi, p_lo, t_hi, t_lo, seed):
-    """port_sweep: prober (p_hi, p_lo) probed target (t_hi, t_lo) in ``slot``'s episode."""
+    """port_sweep: prober (p_hi, p_lo) probed target (t_hi, t_lo) in ``slot``'s episode.
+    Returns True if the prober is new to the listed sources (worth an update, like a
+    new target: every source of a sweep must reach the SIEM)."""
     src_hi, src_lo, src_probes, src_hosts, src_beyond = hs[11], hs[12], hs[13], hs[14], hs[15]
     src_index, src_sketch, src_meta, host_hi, host_lo = hs[16], hs[17], hs[18], hs[19], hs[20]
     # the target's position in the episode's host list (-1: past HOST_BITS)
@@ -268,7 +270,7 @@ def add_source(hs, slot, p_hi, p_lo, t_hi, t_lo, seed):
     if e < 0:
         if n >= cap or free < 0:
             src_meta[slot, SM_UNLISTED] += 1
-            return
+            return False
         e = n
         src_index[slot, free] = np.int16(e + 1)   # the index is at most half full
         src_hi[slot, e] = p_hi
@@ -277,11 +279,13 @@ def add_source(hs, slot, p_hi, p_lo, t_hi, t_lo, seed):
         src_hosts[slot, e] = U0
         src_beyond[slot, e] = U0
         src_meta[slot, SM_SOURCES] = n + 1
+    fresh = src_probes[slot, e] == 0
     src_probes[slot, e] += 1
     if pos >= 0:
         src_hosts[slot, e] |= np.uint64(1) << np.uint64(pos)
     else:
         src_beyond[slot, e] |= np.uint64(1) << (host_hash(t_hi, t_lo) & np.uint64(63))
+    return fresh
 
 
 @kernel
@@ -358,7 +362,8 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         else:
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:
-            add_source(hs, slot, p_hi, p_lo, it_hi, it_lo, seed)
+            if add_source(hs, slot, p_hi, p_lo, it_hi, it_lo, seed):
+                is_new = True                  # a new source: an update names it
         elif (mode == HS_ARP_SWEEP or mode == HS_NDP_SWEEP) and c_inner_src_lo[i] != U0:
             add_source(hs, slot, U0, c_inner_src_lo[i], it_hi, it_lo, seed)   # requester's MAC
         forced = row_counted(lc, slot, ts, d, is_new, params, False)

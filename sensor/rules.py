@@ -69,7 +69,9 @@ RULES = (
          "(Sentinel \"Network Port Sweep from External Network\"). The alert names every "
          "prober of the episode (`sources`: address, probes, the hosts it touched), up to "
          "`max_sources`, most probes first; `source_count` is exact while all are listed "
-         "and an estimate (`source_count_estimated`) beyond; `src_ip` is the top source. By "
+         "and an estimate (`source_count_estimated`) beyond; `src_ip` is the top source. A "
+         "new source is worth an update, like a new target, and at the end of input an "
+         "episode that grew since its last report is reported once more. By "
          "default only attempts that did not succeed count, so clients of a server farm "
          "are not a sweep.",
          "distinct_hosts", threshold=50, window_s=300.0, directions=("inbound",),

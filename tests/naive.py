@@ -976,6 +976,7 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
             src = s["sources"].get(it["prober"])
             if src is None and len(s["sources"]) < max_sources:
                 src = s["sources"][it["prober"]] = dict(probes=0, positions=set(), beyond=set())
+                is_new_item = True        # a new listed source is worth an update too
             if src is None:
                 s["unlisted"] += 1
             else:
@@ -1014,6 +1015,10 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
         order += 1
     for p in sorted(pending):
         report(p[2], p[0])
+    if rule == "port_sweep":      # held updates of grown episodes, at the end of input
+        grown = [k for k, s in keys.items() if s["seq"] > 0 and s["new_target"]]
+        for key in sorted(grown, key=lambda k: (keys[k]["last"], k)):
+            report(key, keys[key]["last"])
     return out
 
 

@@ -157,3 +157,19 @@ def test_updates_never_shrink_the_sources():
     last = alerts[-1]
     assert last.source_count == 60 and len(last.sources) == 60
     assert last.dst_ip_count < 60 * 2        # the window's targets: fewer than the episode's
+
+
+def test_a_late_source_of_known_hosts_is_still_reported():
+    """A sweep spread over 20 minutes whose later sources only probe hosts already
+    probed: no new target, no growth, yet each new source is worth an update (the
+    default update interval, 60 s), so the last message names all 30 sources."""
+    rows, ts = [], 1_700_000_100 * SEC
+    for k in range(30):
+        for j in range(3):
+            rows.append(syn_row(ts, f"203.0.113.{k + 1}", f"10.77.1.{(3 * k + j) % 30 + 1}", 445))
+            ts += SEC
+        ts += 37 * SEC
+    alerts = run(sweep_engine(256, 20), rows)
+    assert len({a.id for a in alerts}) == 1
+    last = alerts[-1]
+    assert last.source_count == 30 and len(last.sources) == 30 and last.sources_complete

@@ -156,7 +156,17 @@ class CounterDetector:
         lc = self.lc
         n = int(lc.meta[ks.M_NPENDING])
         slots = sorted(lc.pending[:n].tolist(), key=lambda s: (lc.due_ns[s], s))
-        return [self._report(s, int(lc.due_ns[s])) for s in slots]
+        out = [self._report(s, int(lc.due_ns[s])) for s in slots]
+        if self.rule.mode == HS_PORT_SWEEP and self.rule.table == "host_set":
+            # port_sweep is not merged into prober episodes (sensor/episodes.py), so no
+            # episode end sends what came after its last report: an episode whose
+            # sources or targets grew since (an update held by update_interval_s) is
+            # reported once more here, last seen first
+            grown = [int(s) for s in np.flatnonzero((lc.seq > 0) & (lc.pinned == 0)
+                                                    & (lc.new_target != 0))]
+            grown.sort(key=lambda s: (int(lc.last_seen_ns[s]), int(lc.keys[s, 2])))
+            out += [self._report(s, int(lc.last_seen_ns[s])) for s in grown]
+        return out
 
     def stats(self):
         m = self.lc.meta
