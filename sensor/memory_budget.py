@@ -11,11 +11,9 @@ tables, instead of a numpy allocation error or a swapping machine.
 """
 from kernels import alert_slots as ks
 from kernels.batch import ROW_BYTES
-from kernels.host_set import HostSetState
-from kernels.port_set import PortSetState
 from kernels.probes import ProbeState
-from kernels.slow_tier import SlowTierState, doorkeeper_size
 from sensor.config import ConfigError
+from sensor.detectors.counter import counter_table
 from sensor.rules import RULES
 
 OUTCOME_BATCH_MAX = 16384     # as sensor/engine.py
@@ -39,20 +37,10 @@ def table_bytes(cfg):
         if not cfg[rule.name + ".enabled"]:
             continue
         s = cfg.section(rule.name)
-        if rule.table == "port_set":
-            def table(n, s=s):
-                return PortSetState(n, s["max_listed"])
-        elif rule.table == "slow_tier":
-            entries = doorkeeper_size(s["doorkeeper_entries"])
 
-            def table(n, s=s, entries=entries):
-                return SlowTierState(n, s["max_listed"], entries)
-        else:       # port_sweep's source lists by max_sources (arp/ndp: MACs; 0 for the others)
-            def table(n, s=s):
-                return HostSetState(n, s["max_listed"], s.get("max_sources", 0))
-
-        def nbytes_of(n, s=s, table=table):
-            return ks.Lifecycle(n, s["max_pending_alerts"]).nbytes() + table(n).nbytes()
+        def nbytes_of(n, s=s, rule=rule):
+            return (ks.Lifecycle(n, s["max_pending_alerts"]).nbytes()
+                    + counter_table(rule, s, n).nbytes())
         out[rule.name] = _linear(nbytes_of, _slots(s["max_keys"], s["table_ways"]),
                                  s["table_ways"])
     ways = cfg["probes.table_ways"]

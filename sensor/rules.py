@@ -35,6 +35,9 @@ COUNT_OPEN = ("count_open", False,
               "only attempts that were refused, filtered or never seen answered, decided by "
               "the probe table (up to `probes.timeout_s` later).", {})
 
+SENDER_MACS = ("max_sources", 8, "Sender MAC addresses kept per key and episode (the alert's "
+               "`src_mac` is the one with the most requests).", {"min": 1, "max": 64})
+
 RULES = (
     Rule("port_scan", "port_set", kr.PS_PORT_SCAN,
          "One prober sending TCP connection attempts (SYN without ACK/RST) to many distinct "
@@ -172,8 +175,7 @@ RULES = (
          "`net.allow_sources` if its ARP alerts are noise.",
          "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
          mitre=("T1018",), mitre_from_outside=("T1018",),
-         extra=(("max_sources", 8, "Sender MAC addresses kept per key and episode (the alert's "
-                 "`src_mac` is the one with the most requests).", {"min": 1, "max": 64}),)),
+         extra=(SENDER_MACS,)),
     Rule("ndp_sweep", "host_set", kr.HS_NDP_SWEEP,
          "The IPv6 twin of `arp_sweep`: one sender sending neighbour solicitations for "
          "many distinct target addresses that never answer with a neighbour advertisement "
@@ -183,8 +185,7 @@ RULES = (
          "on-link hosts are `icmp_sweep`.",
          "unanswered_hosts", threshold=20, window_s=300.0, max_keys=1024,
          mitre=("T1018",), mitre_from_outside=("T1018",),
-         extra=(("max_sources", 8, "Sender MAC addresses kept per key and episode (the alert's "
-                 "`src_mac` is the one with the most requests).", {"min": 1, "max": 64}),)),
+         extra=(SENDER_MACS,)),
     Rule("slow_scan", "slow_tier", 0,
          "The long-horizon tier: a prober whose TCP connection attempts that did not succeed "
          "(refused, filtered, or never seen answered) reach, over hours (`window_s`, default "

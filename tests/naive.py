@@ -872,6 +872,25 @@ def sweep_sources(s):
     return out, len(s["all_sources"]), s["unlisted"] == 0
 
 
+def _report_done(s, count):
+    """The lifecycle's ``release_slot`` (kernels/alert_slots.py): a key was reported."""
+    s["seq"] += 1
+    s["reported"] = max(count, 1)
+    s["last_report"] = s["last"]
+    s["new_target"] = False
+    s["pinned"] = False
+
+
+def _falls_due(s, c, first_due, ts, growth, update_ns, new_target_updates):
+    """The lifecycle's ``maybe_schedule``: whether key ``s`` (count ``c``) is pinned
+    now; ``first_due``: the first report's condition (threshold, the rule's own)."""
+    if s["seq"] == 0:
+        return first_due
+    grown = growth > 0 and c >= growth * s["reported"]
+    fresh_target = new_target_updates and s["new_target"]
+    return (grown or fresh_target) and ts - s["last_report"] >= update_ns
+
+
 def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, directions,
                       exclude_ports=(), growth=0, update_ns=0, suppress_ns=1 << 62,
                       new_target_updates=False, count_attempts=False, trw=None,
@@ -907,11 +926,7 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
                         evidence=set(s["evidence"]), contributors=dict(s["contrib"]),
                         **(dict(zip(("sources", "source_count", "sources_complete"),
                                     sweep_sources(s))) if rule == "port_sweep" else {})))
-        s["seq"] += 1
-        s["reported"] = max(count_of(s), 1)
-        s["last_report"] = s["last"]
-        s["new_target"] = False
-        s["pinned"] = False
+        _report_done(s, count_of(s))
 
     def fresh(ts):
         return dict(first=ts, last=ts, pane=ts // window_ns, cur=set(), prev=set(), items={},
@@ -1002,14 +1017,9 @@ def counter_reference(rule, rows, net, threshold, window_ns, delay_ns, direction
         c = count_of(s)
         sens_due = (port_set and sensitive_threshold > 0
                     and len((s["cur"] | s["prev"]) & set(sensitive)) >= sensitive_threshold)
-        if s["seq"] == 0:
-            if c < threshold and not sens_due:
-                continue
-        else:
-            grown = growth > 0 and c >= growth * s["reported"]
-            fresh_target = new_target_updates and s["new_target"]
-            if not (grown or fresh_target) or ts - s["last_report"] < update_ns:
-                continue
+        if not _falls_due(s, c, c >= threshold or sens_due, ts, growth, update_ns,
+                          new_target_updates):
+            continue
         s["pinned"] = True
         pending.append([ts + delay_ns, order, key])
         order += 1
@@ -1398,11 +1408,7 @@ def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns,
                         port=None if vertical else s["hport"], first_seen_ns=s["first"],
                         last_seen_ns=s["last"], probes=s["probes"], dropped=s["dropped"],
                         directions=set(s["dirs"])))
-        s["seq"] += 1
-        s["reported"] = max(count_of(s), 1)
-        s["last_report"] = s["last"]
-        s["new_target"] = False
-        s["pinned"] = False
+        _report_done(s, count_of(s))
 
     def fresh(ts):
         return dict(first=ts, last=ts, pane=ts // horizon_ns, pairs=[], pane_of={}, dropped=0,
@@ -1467,15 +1473,9 @@ def slow_tier_reference(rows, net, threshold, horizon_ns, min_span_ns, delay_ns,
         if s["pinned"]:
             continue
         c = count_of(s)
-        if s["seq"] == 0:
-            if not (c >= threshold and ts - s["first"] >= min_span_ns):
-                continue
-        else:
-            grown = growth > 0 and c >= growth * s["reported"]
-            if not (grown or (new_target_updates and s["new_target"])):
-                continue
-            if ts - s["last_report"] < update_ns:
-                continue
+        if not _falls_due(s, c, c >= threshold and ts - s["first"] >= min_span_ns, ts, growth,
+                          update_ns, new_target_updates):
+            continue
         s["pinned"] = True
         pending.append([ts + delay_ns, order, key])
         order += 1

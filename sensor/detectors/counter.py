@@ -40,6 +40,21 @@ def linear_count(sketch_words):
     return int(round(-SKETCH_BITS * math.log(max(zeros, 1) / SKETCH_BITS)))
 
 
+UPDATES = {"port_set": port_set_update, "host_set": host_set_update,
+           "slow_tier": slow_tier_update}
+
+
+def counter_table(rule, s, capacity):
+    """The counter arrays of ``rule`` (its table kind) with section settings ``s``, for
+    ``capacity`` slots (also what sensor/memory_budget.py measures)."""
+    if rule.table == "port_set":
+        return PortSetState(capacity, s["max_listed"])
+    if rule.table == "slow_tier":
+        return SlowTierState(capacity, s["max_listed"], doorkeeper_size(s["doorkeeper_entries"]))
+    # port_sweep's source lists by max_sources (arp/ndp: sender MACs; 0 for the others)
+    return HostSetState(capacity, s["max_listed"], s.get("max_sources", 0))
+
+
 class CounterDetector:
     """One rule on one counter kernel (port-set or host-set)."""
 
@@ -55,18 +70,9 @@ class CounterDetector:
         self.window_s = s["window_s"]
         self.scope = s.get("scope")
         self.lc = ks.Lifecycle(capacity, s["max_pending_alerts"])
-        self.max_sources = 0
-        if rule.table == "port_set":
-            self.table = PortSetState(capacity, s["max_listed"])
-            self._update = port_set_update
-        elif rule.table == "slow_tier":
-            self.table = SlowTierState(capacity, s["max_listed"],
-                                       doorkeeper_size(s["doorkeeper_entries"]))
-            self._update = slow_tier_update
-        else:
-            self.max_sources = s.get("max_sources", 0)
-            self.table = HostSetState(capacity, s["max_listed"], self.max_sources)
-            self._update = host_set_update
+        self.max_sources = s.get("max_sources", 0) if rule.table == "host_set" else 0
+        self.table = counter_table(rule, s, capacity)
+        self._update = UPDATES[rule.table]
         p = np.zeros(ks.N_PARAMS, np.int64)
         p[ks.P_THRESHOLD] = self.threshold
         p[ks.P_WINDOW_NS] = int(round(self.window_s * 1e9))
