@@ -98,4 +98,4 @@ def kernel(fn):
 
 def inline(fn):
     """Compile ``fn`` as a helper that is inlined into the kernels calling it."""
-    return numba.njit(inline="always", **OPTIONS)(fn)
+    return numba.njit(forceinline=True, **OPTIONS)(fn)

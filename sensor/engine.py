@@ -174,18 +174,26 @@ class Engine:
             alerts += det.advance(now)
         return self._deliver(alerts, now), following
 
-    def warm_up(self):
+    def warm_up(self, probes=True, rules=True):
         """Load the batch kernels now, with empty batches (no state changes): the
         first kernel loaded from the cache costs about 0.3 s of LLVM start-up, which
-        then counts as start-up rather than as packet processing."""
+        then counts as start-up rather than as packet processing. ``probes`` /
+        ``rules``: the probe stage's kernels, the rules' kernels (``scan-sensor
+        compile`` compiles the two in separate processes at once)."""
         empty = self.batch
         saved = empty.n
         empty.n = 0
         classify_rows(empty.columns, 0, self.nets, self.ignored_ports, self.classes)
         first_regression(empty.ts_ns, 0, 0, self.latest_ns, self.max_regression_ns)
-        kp.probe_update(empty.columns, 0, 0, self.probes.arrays, self.seed,
-                        self.outcomes.columns, self.outcomes.outcome, 0)
+        if probes:
+            kp.probe_update(empty.columns, 0, 0, self.probes.arrays, self.seed,
+                            self.outcomes.columns, self.outcomes.outcome, 0)
+            kp.expire_probes(self.probes.arrays, -END_OF_TIME_NS, self.outcomes.columns,
+                             self.outcomes.outcome, 0)
         self.outcomes.n = 0
+        if not rules:
+            empty.n = saved
+            return
         for det in self.packet_rules:
             det.process(empty, self.classes, self.no_outcome)
         for det in self.outcome_rules:

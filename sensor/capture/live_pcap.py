@@ -28,6 +28,7 @@ import numpy as np
 from kernels.decode_frame import LINKTYPE_ETHERNET
 from kernels.walk_pcap import walk_pcap
 from sensor.capture import bpf as bpf_mod
+from sensor.capture.buffers import read_only
 from sensor.capture.ring import CaptureSetupError, interface_names
 
 PCAP_ERRBUF_SIZE = 256
@@ -201,7 +202,7 @@ class LivePcapCapture:
             poller = select.poll()
             poller.register(self._fd, select.POLLIN)
             poller.poll(max(1, int(left * 1000 + 0.999)))
-        _, rows, _ = walk_pcap(self._buf, 0, self._fill, False, True, LINKTYPE_ETHERNET,
+        _, rows, _ = walk_pcap(read_only(self._buf), 0, self._fill, False, True, LINKTYPE_ETHERNET,
                                batch.columns, 0, stats)
         batch.n = rows
         return rows

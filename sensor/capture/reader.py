@@ -20,6 +20,7 @@ from kernels.walk_pcapng import (
     BT_SHB, MAX_BLOCK_BYTES, SEC_IDBS, SEC_LT_FIRST, SEC_LT_OTHERS, SEC_NO_IFACE, SEC_ORDER,
     SEC_TS_OVERFLOW, PcapngState, walk_pcapng,
 )
+from sensor.capture.buffers import read_only
 from sensor.capture.files import MAX_DAMAGE_REPORTS, CaptureError, CaptureWarning
 from sensor.capture.resync import find_pcap_record, find_pcapng_block
 
@@ -231,12 +232,12 @@ class _Reader:
                 buf, fill, start = w.buf, w.fill, pos
                 if header is not None:
                     big, nano, linktype = header
-                    pos, rows, status = walk_pcap(buf, pos, fill, big, nano, linktype, cols, 0,
+                    pos, rows, status = walk_pcap(read_only(buf), pos, fill, big, nano, linktype, cols, 0,
                                                   stats)
                     if pos > start:
                         self.last_run = (start, pos)
                 else:
-                    pos, rows, status = walk_pcapng(buf, pos, fill, self.ng.arrays, cols, 0,
+                    pos, rows, status = walk_pcapng(read_only(buf), pos, fill, self.ng.arrays, cols, 0,
                                                     stats)
                 cf.bytes_done = w.base + pos
                 if rows:

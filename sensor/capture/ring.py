@@ -38,6 +38,7 @@ import numpy as np
 
 from kernels.walk_ring import walk_ring_block
 from sensor.capture import bpf
+from sensor.capture.buffers import read_only
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -158,7 +159,7 @@ class RingCapture:
         self.last_error = None
         self._sock = None
         self._mmap = None
-        self._ring = None
+        self._ring = self._ring_ro = None
         self._totals = [0, 0, 0]
         self._block = 0               # index of the next block to read
         self._pkt_off = 0             # resume point inside the current block
@@ -244,6 +245,7 @@ class RingCapture:
             raise CaptureSetupError("ring_size", f"cannot map the capture ring of "
                                     f"{_mib(self.ring_bytes)} (ring_bytes): {exc.strerror}") from None
         self._ring = np.frombuffer(self._mmap, dtype=np.uint8)
+        self._ring_ro = read_only(self._ring)          # what the walker reads (one compiled type)
         self._status = np.frombuffer(self._mmap, dtype=np.uint32)   # u32 view for block headers
 
     def _join_fanout(self):
@@ -307,7 +309,7 @@ class RingCapture:
                 continue
             block_end = self._block * self.block_bytes + self.block_bytes
             self._pkt_off, self._pkts_left, row = walk_ring_block(
-                self._ring, block_end, self._pkt_off, self._pkts_left, cols, row, stats)
+                self._ring_ro, block_end, self._pkt_off, self._pkts_left, cols, row, stats)
             if self._pkts_left == 0:
                 self._release_block()
         batch.n = row
@@ -350,7 +352,7 @@ class RingCapture:
 
     # --- closing -----------------------------------------------------------
     def close(self):
-        self._ring = None
+        self._ring = self._ring_ro = None
         self._status = None
         if self._mmap is not None:
             try:
@@ -374,6 +376,6 @@ def warm_up():
     on an empty block: the daemon calls it before READY, ``scan-sensor compile`` at
     install time, so the first ring block never waits for the compiler."""
     from kernels.batch import PacketBatch, new_stats
-    ring = np.zeros(BLOCK_DESC_BYTES, np.uint8)
+    ring = read_only(np.zeros(BLOCK_DESC_BYTES, np.uint8))
     walk_ring_block(ring, int(BLOCK_DESC_BYTES), int(BLOCK_DESC_BYTES), 0,
                     PacketBatch(64).columns, 0, new_stats())

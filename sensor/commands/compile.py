@@ -1,22 +1,23 @@
 """``scan-sensor compile``: fill the kernel cache ahead of time.
 
-The packet kernels are compiled by Numba on first use (about 35 s on a
-2-core machine) and cached on disk (``kernels/jit.py``: a directory under
+The packet kernels are compiled by Numba on first use (about 45 s of CPU
+time; on a cold cache this command spreads it over the CPUs, in three
+groups of about equal size: decoders, probe stage, rules) and cached on disk (``kernels/jit.py``: a directory under
 ``$NUMBA_CACHE_DIR`` named after a hash of the kernel sources). Packaging
 runs this once at install time (and the systemd unit as ``ExecStartPre=``)
 so that neither the first ``replay`` nor the daemon's first start waits for
 the compiler. It compiles every specialisation the commands use: the engine
-kernels, the pcap and pcapng walkers over read-only buffers (memory-mapped
-files and streams), the pcap walker over a writable buffer (the libpcap live
-adapter) and the ring walker.
+kernels, the pcap and pcapng walkers and the ring walker, over the one
+read-only buffer type every capture adapter hands them
+(``sensor/capture/buffers.py``).
 """
+import multiprocessing
+import os
 import pathlib
 import struct
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 
 def register(sub):
@@ -52,45 +53,87 @@ def sample_pcapng():
     return shb + idb + epb
 
 
-def compile_all():
-    """Run every kernel once on tiny input; returns the cache directory."""
+# independent groups of kernels, compiled in separate processes on a cold cache;
+# roughly equal in compile time (probe stage ~ decoders ~ rules)
+GROUPS = ("decode", "probes", "rules")
+
+
+def compile_group(name):
+    """Compile (or load) one group of kernels into the cache."""
     from kernels.batch import PacketBatch, new_stats
-    from kernels.jit import CACHE_DIR
-    from kernels.walk_pcap import walk_pcap
-    from sensor.capture.files import CaptureFile
     from sensor.config import load_config
     from sensor.engine import Engine
 
-    engine = Engine(load_config())
-    engine.warm_up()
+    if name == "decode":
+        batches, stats = [PacketBatch(64)], new_stats()
+        _decode_samples(lambda capture: all(True for _ in capture.batches(batches, stats)))
+        _ring_warm_up()
+    elif name == "probes":
+        engine = Engine(load_config(), rules=())
+        engine.warm_up()
+        engine.finish()
+    elif name == "rules":
+        Engine(load_config()).warm_up(probes=False)
+    else:
+        raise ValueError(name)
+
+
+def _decode_samples(consume):
+    """Open each sample capture both ways (memory-mapped and streamed) and hand it
+    to ``consume``."""
+    from sensor.capture.files import CaptureFile
+
     with tempfile.TemporaryDirectory(prefix="scan-sensor-compile-") as tmp:
         for name, data in (("s.pcap", sample_pcap()), ("s.pcapng", sample_pcapng())):
             path = pathlib.Path(tmp) / name
             path.write_bytes(data)
             for use_mmap in (True, False):
                 with CaptureFile(str(path), use_mmap=use_mmap) as capture:
-                    for batch in capture.batches(engine.batches, engine.decode_stats):
-                        engine.process(batch)
+                    consume(capture)
+
+
+def compile_all(jobs=None):
+    """Run every kernel once on tiny input; returns the cache directory. On a cold
+    cache the groups are first compiled in up to ``jobs`` processes at once (default:
+    one per CPU); then this process runs everything end to end, loading what they
+    cached and compiling whatever they did not cover."""
+    from kernels.jit import CACHE_DIR, COLD_CACHE
+    from sensor.config import load_config
+    from sensor.engine import Engine
+
+    jobs = jobs or len(os.sched_getaffinity(0))
+    if COLD_CACHE and jobs > 1:
+        context = multiprocessing.get_context("spawn")      # a fresh interpreter each
+        with context.Pool(min(jobs, len(GROUPS))) as pool:
+            pool.map(compile_group, GROUPS, chunksize=1)
+    engine = Engine(load_config())
+    engine.warm_up()
+
+    def replay(capture):
+        for batch in capture.batches(engine.batches, engine.decode_stats):
+            engine.process(batch)
+
+    _decode_samples(replay)
     engine.tick(2_000_000_000_000_000_000)
     engine.finish()
-    # the libpcap live adapter decodes its own (writable) buffer
-    writable = np.frombuffer(bytearray(sample_pcap()), np.uint8)
-    batch = PacketBatch(64)
-    walk_pcap(writable, 24, writable.shape[0], False, False, 1, batch.columns, 0, new_stats())
-    try:
-        from sensor.capture.ring import warm_up as ring_warm_up
-    except ImportError:
-        ring_warm_up = None
-    if ring_warm_up is not None:
-        ring_warm_up()
+    _ring_warm_up()
     return CACHE_DIR
+
+
+def _ring_warm_up():
+    try:
+        from sensor.capture.ring import warm_up
+    except ImportError:                  # no AF_PACKET here: no ring walker to compile
+        return
+    warm_up()
 
 
 def run(args):
     from kernels.jit import COLD_CACHE
     started = time.perf_counter()
     if COLD_CACHE:
-        print("scan-sensor: compiling the packet kernels (about 35 s)", file=sys.stderr)
+        print("scan-sensor: compiling the packet kernels (about 45 s of CPU time, spread over "
+              "the CPUs)", file=sys.stderr)
     cache = compile_all()
     print(f"scan-sensor: kernels ready in "
           f"{time.perf_counter() - started:.1f} s; cache: {cache}", file=sys.stderr)
