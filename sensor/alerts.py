@@ -7,21 +7,29 @@ import dataclasses
 import datetime
 import uuid
 
+import numpy as np
+
 ALERT_NAMESPACE = uuid.UUID("6f1c3a52-6d1e-4c55-9a0e-5c2b9d7e8a41")
 
 
 def compress_ports(ports):
-    """Sorted distinct ports -> "21-23,80,443" (complete, never sampled)."""
-    parts = []
-    ports = sorted(set(int(p) for p in ports))
-    i = 0
-    while i < len(ports):
-        j = i
-        while j + 1 < len(ports) and ports[j + 1] == ports[j] + 1:
-            j += 1
-        parts.append(str(ports[i]) if i == j else f"{ports[i]}-{ports[j]}")
-        i = j + 1
-    return ",".join(parts)
+    """Distinct ports, any order -> "21-23,80,443" (complete, never sampled)."""
+    if isinstance(ports, np.ndarray):
+        values = ports.astype(np.int64, copy=False)
+    else:
+        values = np.fromiter((int(p) for p in ports), np.int64)
+    return ranges_text(np.unique(values))
+
+
+def ranges_text(ports):
+    """Sorted distinct integers (an int64 array) -> "21-23,80,443". Vectorised: a
+    scan of 65,536 ports in random order has ~20,000 ranges."""
+    if len(ports) == 0:
+        return ""
+    breaks = np.flatnonzero(np.diff(ports) != 1)
+    starts = np.concatenate((ports[:1], ports[breaks + 1])).tolist()
+    ends = np.concatenate((ports[breaks], ports[-1:])).tolist()
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
 
 
 def expand_ports(text):

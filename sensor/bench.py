@@ -1,24 +1,38 @@
 """Benchmark: synthetic captures, then the sensor against tcpdump and a dpkt loop.
 
-    python -m sensor.bench [--packets N] [--json PATH] [--keep DIR] [--flood]
+    python -m sensor.bench [--packets N] [--json PATH] [--keep DIR] [--no-clean-mix]
+                           [--scaling K,K,...] [--no-cold-start]
+    python -m sensor.bench --profile [--packets N]      (sensor/bench_profile.py)
+    python -m sensor.bench --flood [--packets N]
     python -m sensor.bench --live [--packets N] [--workers N]   (root: sensor/bench_live.py)
 
-Writes a synthetic classic pcap (60-byte Ethernet/IPv4/TCP frames, the mix
-below), then measures on the same file, page cache warm:
+Writes synthetic classic pcaps (60-byte Ethernet/IPv4 frames, the mixes
+below), then measures on each, page cache warm:
 
 * ``scan-sensor replay`` as a whole process (wall time, packets/s, peak RSS),
   and its steady-state rate (the replay loop only, from ``--stats-json``),
-  with 1 and with 2 workers (``sensor_*`` and ``sensor2_*``; both must print
-  the same alerts);
-* ``tcpdump -r FILE -w /dev/null``;
+  with 1 and with 2 workers (``sensor_*`` / ``sensor2_*`` on the benchmark
+  mix, ``clean_*`` / ``clean2_*`` on the flood-free one; both worker counts
+  must print the same alerts);
+* ``tcpdump -r FILE -w /dev/null`` on the same file (best of three);
 * a straightforward dpkt loop keeping per-source port sets (the "write it in
-  Python" baseline), on the first ``--dpkt-packets`` packets.
+  Python" baseline), on the first ``--dpkt-packets`` packets;
+* scaling: one worker's steady rate on ``--scaling-packets`` packets of the
+  benchmark mix whose flood comes from K distinct sources in turn, for each
+  K of ``--scaling``, then from a new spoofed source on every packet;
+* start-up: ``scan-sensor compile`` on an empty kernel cache (cold start),
+  and a whole replay of a 1,000-packet file (warm start).
 
-Mix (fractions of packets): background clients making whole TCP connections
-(handshake, data both ways, FIN) to a few services, scanners (a few sources sweeping many ports), a random-source SYN
-flood with spoofed addresses; ``--ipv6`` and ``--vlan`` shares re-encode that
-fraction of frames. ``--flood`` streams an all-flood capture of ``--packets``
-packets through standard input (no file) to show that memory stays at the
+It ends with the targets of issue #13, each met or not met.
+
+Benchmark mix (fractions of packets): a random-source SYN flood with spoofed
+addresses (``--flood-share``, 50 %); of the rest, 30 % from scanners (a few
+sources sweeping many ports) and 70 % background clients making whole TCP
+connections (handshake, data both ways, FIN) to a few services. Flood-free
+mix: whole TCP connections, DNS queries and answers (20 %) and a few
+scanners (2 %). ``--ipv6`` and ``--vlan`` shares re-encode that fraction of
+frames. ``--flood`` streams an all-flood capture of ``--packets`` packets
+through standard input (no file) to show that memory stays at the
 configured table budget.
 
 Numbers are measurements on the machine it runs on; nothing here asserts a
@@ -46,18 +60,41 @@ FLOW = [(0x02, False), (0x12, True), (0x10, False), (0x18, False), (0x10, True),
         (0x18, True), (0x10, False), (0x11, False), (0x11, True), (0x10, False)]
 
 
-def synth_records(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0):
-    """``n`` pcap records (header + frame) as one bytes object."""
+def synth_records(n, rng, start_s, **mix):
+    """``n`` pcap records (header + frame) as one bytes object (``synth_chunk``)."""
+    return synth_chunk(n, rng, start_s, **mix)[0]
+
+
+def synth_chunk(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0, scan=0.3,
+                dns=0.0, flood_sources=0, flood_offset=0):
+    """``n`` pcap records (header + frame) as one bytes object, and how many of them
+    are flood packets.
+
+    ``flood``: share of spoofed SYNs at one server; ``scan`` and ``dns``: shares of the
+    rest sent by the scanners and by DNS clients (query and answer); the remainder are
+    whole TCP connections. ``flood_sources``: 0 for a new random source on every flood
+    packet, else the flood's sources cycle through that many distinct addresses
+    (packet k of the flood, counted from ``flood_offset``, comes from source k mod
+    ``flood_sources``)."""
     kind = rng.random(n)
     is_flood = kind < flood
-    is_scan = (kind >= flood) & (kind < flood + (1 - flood) * 0.3)
+    is_scan = (kind >= flood) & (kind < flood + (1 - flood) * scan)
+    is_dns = (kind >= flood + (1 - flood) * scan) & (kind < flood + (1 - flood) * (scan + dns))
     src = np.empty(n, np.uint32)
     dst = np.empty(n, np.uint32)
     dport = np.empty(n, np.uint16)
     sport = rng.integers(1024, 65535, n).astype(np.uint16)
     flags = np.full(n, 0x02, np.uint8)
-    # spoofed flood: random sources and ports at one server
-    src[is_flood] = rng.integers(1, 2**32 - 1, is_flood.sum(), dtype=np.uint64).astype(np.uint32)
+    proto = np.full(n, 6, np.uint8)
+    # spoofed flood: random sources (or a fixed set of them, in turn) and ports at one server
+    nf = int(is_flood.sum())
+    if flood_sources:
+        k = (flood_offset + np.arange(nf, dtype=np.uint64)) % np.uint64(flood_sources)
+        # an odd multiplier is a bijection mod 2**32: flood_sources distinct addresses
+        src[is_flood] = ((k * np.uint64(0x9E3779B1) + np.uint64(0x5BD1E995))
+                         & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    else:
+        src[is_flood] = rng.integers(1, 2**32 - 1, nf, dtype=np.uint64).astype(np.uint32)
     dst[is_flood] = 0x0A000050
     dport[is_flood] = 80
     # scanners: a few internal sources, every port of a few targets
@@ -65,9 +102,23 @@ def synth_records(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0):
     src[is_scan] = 0x0A420000 + rng.integers(1, scanners + 1, ns).astype(np.uint32)
     dst[is_scan] = 0x0A010000 + rng.integers(1, 16, ns).astype(np.uint32)
     dport[is_scan] = rng.integers(1, 65535, ns).astype(np.uint16)
+    # DNS: 2,000 clients asking 3 resolvers, each query answered (UDP, 12-byte payload)
+    nd = int(is_dns.sum())
+    dq = np.arange(nd) // 2
+    nq = int(dq[-1]) + 1 if nd else 0
+    answer = (np.arange(nd) % 2) == 1
+    d_client = (0xC0A80000 + rng.integers(1, 2000, nq)).astype(np.uint32)[dq]
+    d_server = (0x0A000035 + rng.integers(0, 3, nq)).astype(np.uint32)[dq]
+    d_port = rng.integers(1024, 65535, nq).astype(np.uint16)[dq]
+    src[is_dns] = np.where(answer, d_server, d_client)
+    dst[is_dns] = np.where(answer, d_client, d_server)
+    sport[is_dns] = np.where(answer, 53, d_port)
+    dport[is_dns] = np.where(answer, d_port, 53)
+    proto[is_dns] = 17
+    flags[is_dns] = 0
     # background: 2,000 clients to 20 servers on 3 services, whole TCP connections
     # (handshake, data both ways, FIN), each FLOW packets long
-    bg = ~(is_flood | is_scan)
+    bg = ~(is_flood | is_scan | is_dns)
     nb = int(bg.sum())
     flow = np.arange(nb) // len(FLOW)
     nflows = int(flow[-1]) + 1 if nb else 0
@@ -85,6 +136,7 @@ def synth_records(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0):
 
     use6 = rng.random(n) < ipv6
     use6[bg] = (rng.random(nflows) < ipv6)[flow]      # a connection keeps its IP version
+    use6[is_dns] = (rng.random(nq) < ipv6)[dq]        # so does a DNS exchange
     use_vlan = rng.random(n) < vlan
     frame_len = np.where(use6, 74, 54) + np.where(use_vlan, 4, 0)
     caplen = np.maximum(frame_len, 60)
@@ -105,7 +157,6 @@ def synth_records(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0):
     put(offsets + 12, caplen.astype(np.uint32).byteswap(), 4)
     f = offsets + 16
     buf[f[:, None] + np.arange(12)] = np.frombuffer(bytes.fromhex("020000000002020000000001"), np.uint8)
-    l3 = f + 14
     buf[f[use_vlan] + 12] = 0x81
     buf[f[use_vlan] + 13] = 0x00
     put(f[use_vlan] + 14, np.full(use_vlan.sum(), 100, np.uint16), 2)
@@ -114,16 +165,18 @@ def synth_records(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0):
     l3 = np.where(use_vlan, f + 18, f + 14)
     v4 = ~use6
     o = l3[v4]
+    # the transport header is 20 bytes either way: TCP without options, or UDP with
+    # a 12-byte payload (a DNS header)
     buf[o] = 0x45
     put(o + 2, np.full(v4.sum(), 40, np.uint16), 2)
     buf[o + 8] = 64
-    buf[o + 9] = 6
+    buf[o + 9] = proto[v4]
     put(o + 12, src[v4], 4)
     put(o + 16, dst[v4], 4)
     o6 = l3[use6]
     buf[o6] = 0x60
     put(o6 + 4, np.full(use6.sum(), 20, np.uint16), 2)
-    buf[o6 + 6] = 6
+    buf[o6 + 6] = proto[use6]
     buf[o6 + 7] = 64
     buf[o6[:, None] + np.arange(8, 10)] = 0xFD     # fdfd::/16 prefix, then the IPv4 value
     put(o6 + 20, src[use6], 4)
@@ -132,19 +185,25 @@ def synth_records(n, rng, start_s, flood=0.5, scanners=8, ipv6=0.0, vlan=0.0):
     l4 = np.where(use6, l3 + 40, l3 + 20)
     put(l4, sport, 2)
     put(l4 + 2, dport, 2)
-    buf[l4 + 12] = 0x50
-    buf[l4 + 13] = flags
-    return buf.tobytes()
+    tcp = proto == 6
+    buf[l4[tcp] + 12] = 0x50
+    buf[l4[tcp] + 13] = flags[tcp]
+    put(l4[~tcp] + 4, np.full(int((~tcp).sum()), 20, np.uint16), 2)    # UDP length
+    return buf.tobytes(), nf
 
 
 def write_capture(path, packets, seed=1, chunk=1_000_000, **mix):
     rng = np.random.default_rng(seed)
+    flood_done = 0
     with open(path, "wb") as fh:
         fh.write(PCAP_HEADER)
         done = 0
         while done < packets:
             n = min(chunk, packets - done)
-            fh.write(synth_records(n, rng, 1_700_000_000 + done // 500_000, **mix))
+            recs, nf = synth_chunk(n, rng, 1_700_000_000 + done // 500_000,
+                                   flood_offset=flood_done, **mix)
+            flood_done += nf            # the next chunk's flood goes on with the next source
+            fh.write(recs)
             done += n
 
 
@@ -187,6 +246,119 @@ def dpkt_loop(path, limit):
     return n, time.perf_counter() - t0
 
 
+# the flood-free mix: whole TCP connections, DNS, a few scanners (2 % of packets)
+CLEAN_MIX = dict(flood=0.0, scan=0.02, dns=0.2)
+SCALING_KEYS = (1_000, 100_000, 1_000_000, 10_000_000)
+FLAT_RATIO = 0.8           # "flat": the slowest key count runs at >= 80 % of the fastest
+
+
+def replay_both(sensor, path, packets, workdir, tag):
+    """``scan-sensor replay`` of ``path`` with 1 and 2 workers: wall time, packets/s,
+    steady-state packets/s (replay loop only), peak RSS, and whether both printed
+    the same alerts."""
+    out, outputs = {}, {}
+    for workers, prefix in ((1, tag), (2, tag + "2")):
+        stats_path = os.path.join(workdir, f"stats-{tag}-{workers}.json")
+        secs, rss, printed = run_measured(sensor + ["--workers", str(workers),
+                                                    "--stats-json", stats_path, path])
+        stats = json.load(open(stats_path))
+        outputs[workers] = printed
+        out[prefix + "_wall_s"] = round(secs, 3)
+        out[prefix + "_pps"] = round(packets / secs)
+        out[prefix + "_steady_pps"] = round(packets / stats["seconds"])
+        out[prefix + "_peak_rss_mib"] = round(rss / 2**20, 1)
+    out[tag + "_alerts"] = stats["alerts"]
+    out[tag + "_workers_same_alerts"] = outputs[1] == outputs[2]
+    return out
+
+
+def tcpdump_pps(path, packets):
+    """Best of three ``tcpdump -r FILE -w /dev/null`` runs, packets/s (None: no tcpdump)."""
+    if not shutil.which("tcpdump"):
+        return None
+    secs = min(run_measured(["tcpdump", "-q", "-r", path, "-w", "/dev/null"])[0]
+               for _ in range(3))
+    return round(packets / secs)
+
+
+def measure_scaling(args, sensor, workdir):
+    """Steady-state packets/s of one worker on the benchmark mix whose flood comes
+    from K distinct sources in turn, for each K, and from a new spoofed source on
+    every packet; the tables are the configured ones (sizes reported)."""
+    rows = []
+    for keys in [int(k) for k in args.scaling.split(",") if k] + [0]:
+        path = os.path.join(workdir, "scaling.pcap")
+        write_capture(path, args.scaling_packets, flood=args.flood_share, ipv6=args.ipv6,
+                      vlan=args.vlan, flood_sources=keys)
+        stats_path = os.path.join(workdir, "stats-scaling.json")
+        run_measured(sensor + ["--stats-json", stats_path, path])
+        stats = json.load(open(stats_path))
+        os.unlink(path)
+        flood_packets = round(args.scaling_packets * args.flood_share)
+        rows.append({
+            "sources": keys or "spoofed",
+            "distinct_flood_sources": min(keys, flood_packets) if keys else flood_packets,
+            "steady_pps": round(args.scaling_packets / stats["seconds"]),
+            "probes_evictions": stats["probes_evictions"],
+            "port_scan_evictions": stats.get("port_scan_evictions", 0),
+        })
+        _note(f"scaling: {rows[-1]}")
+    table_mib = sum(v for k, v in stats.items() if k.endswith("table_bytes")) / 2**20
+    return {"scaling_packets": args.scaling_packets, "scaling": rows,
+            "scaling_table_mib": round(table_mib, 1),
+            "scaling_probe_table_mib": round(stats["probe_table_bytes"] / 2**20, 1)}
+
+
+def measure_start(sensor, tiny, workdir):
+    """Cold start: ``scan-sensor compile`` on an empty kernel cache (wall and CPU
+    seconds); warm start: a whole replay of a tiny file, best of three."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(workdir, "cold-cache"))
+    t0 = time.perf_counter()
+    before = os.times()
+    subprocess.run([sys.executable, "-m", "sensor", "compile"], env=env, check=True,
+                   capture_output=True)
+    cold = time.perf_counter() - t0
+    after = os.times()
+    cpu = (after.children_user + after.children_system
+           - before.children_user - before.children_system)
+    warm = min(run_measured(sensor + [tiny])[0] for _ in range(3))
+    return {"cold_start_s": round(cold, 1), "cold_start_cpu_s": round(cpu, 1),
+            "warm_start_s": round(warm, 2)}
+
+
+def targets(r):
+    """[(target, measured, met)] for the issue's targets that this run measured."""
+    out = []
+    for tag, mix in (("sensor", "benchmark mix"), ("clean", "flood-free mix")):
+        if r.get(tag + "_tcpdump_pps"):
+            ratio = r[tag + "_pps"] / r[tag + "_tcpdump_pps"]
+            out.append((f"1 worker >= 2x tcpdump -r, whole process, {mix}",
+                        f"{ratio:.2f}x ({r[tag + '_pps'] / 1e6:.2f} vs "
+                        f"{r[tag + '_tcpdump_pps'] / 1e6:.2f} Mpps)", ratio >= 2))
+        if tag + "2_steady_pps" in r:
+            gain = r[tag + "2_steady_pps"] / r[tag + "_steady_pps"]
+            out.append((f"--workers 2 >= 1.8x one worker, steady state, {mix}",
+                        f"{gain:.2f}x ({r[tag + '_steady_pps'] / 1e6:.2f} -> "
+                        f"{r[tag + '2_steady_pps'] / 1e6:.2f} Mpps)", gain >= 1.8))
+            out.append((f"--workers 2 gives the same alerts, {mix}",
+                        "same" if r[tag + "_workers_same_alerts"] else "different",
+                        r[tag + "_workers_same_alerts"]))
+    if "scaling" in r:
+        rates = [row["steady_pps"] for row in r["scaling"]]
+        ratio = min(rates) / max(rates)
+        out.append((f"flat as live keys grow (slowest >= {FLAT_RATIO:.0%} of fastest)",
+                    " / ".join(f"{row['sources']}: {row['steady_pps'] / 1e6:.2f}"
+                               for row in r["scaling"]) + f" Mpps ({ratio:.0%})",
+                    ratio >= FLAT_RATIO))
+    if "cold_start_s" in r:
+        out.append(("cold start (empty kernel cache) < 10 s",
+                    f"{r['cold_start_s']} s wall, {r['cold_start_cpu_s']} s CPU",
+                    r["cold_start_s"] < 10))
+        out.append(("warm start, tiny file < 1 s", f"{r['warm_start_s']} s",
+                    r["warm_start_s"] < 1))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sensor.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--packets", type=int, default=5_000_000)
@@ -194,6 +366,21 @@ def main(argv=None):
     p.add_argument("--ipv6", type=float, default=0.1)
     p.add_argument("--vlan", type=float, default=0.1)
     p.add_argument("--dpkt-packets", type=int, default=200_000)
+    p.add_argument("--clean-mix", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the flood-free mix (whole TCP connections, DNS, a few "
+                        "scanners)")
+    p.add_argument("--scaling", default=",".join(str(k) for k in SCALING_KEYS),
+                   metavar="K,K,...",
+                   help="distinct flood sources to measure one worker with (and a spoofed "
+                        "flood); empty: skip")
+    p.add_argument("--scaling-packets", type=int, default=20_000_000)
+    p.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure `scan-sensor compile` on an empty kernel cache")
+    p.add_argument("--profile", action="store_true",
+                   help="per-stage profile (ns per packet) instead (sensor/bench_profile.py)")
+    p.add_argument("--repeat", type=int, default=3, help="with --profile: runs per stage")
+    p.add_argument("--mix", choices=("bench", "clean"), default="bench",
+                   help="with --profile: the benchmark mix or the flood-free mix")
     p.add_argument("--flood", action="store_true",
                    help="stream an all-flood capture through stdin and report peak memory")
     p.add_argument("--live", action="store_true",
@@ -211,8 +398,9 @@ def main(argv=None):
     workdir = args.keep or tempfile.mkdtemp(prefix="scan-sensor-bench-")
     os.makedirs(workdir, exist_ok=True)
     # a fixed hash seed: both worker counts place keys alike and must print the same alerts
-    sensor = [sys.executable, "-m", "sensor", "replay", "--no-summary", "--no-progress",
-              "--set", "alerts.max_per_minute=0", "--set", "sensor.hash_seed=1"] + [x for s in args.set for x in ("--set", s)]
+    settings = ["alerts.max_per_minute=0", "sensor.hash_seed=1"] + args.set
+    sensor = [sys.executable, "-m", "sensor", "replay", "--no-summary", "--no-progress"] + [
+        x for s in settings for x in ("--set", s)]
     results = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}",
                "packets": args.packets}
@@ -223,50 +411,55 @@ def main(argv=None):
         subprocess.run(sensor + [warm], check=True, capture_output=True)
         if args.flood:
             return _flood(args, sensor, results, workdir)
-        path = os.path.join(workdir, "bench.pcap")
-        t0 = time.perf_counter()
-        write_capture(path, args.packets, flood=args.flood_share, ipv6=args.ipv6, vlan=args.vlan)
-        results["generate_s"] = round(time.perf_counter() - t0, 2)
-        results["file_bytes"] = os.path.getsize(path)
-        with open(path, "rb") as fh:        # into the page cache
-            while fh.read(1 << 24):
-                pass
-        outputs = {}
-        for workers, prefix in ((1, "sensor"), (2, "sensor2")):
-            stats_path = os.path.join(workdir, f"stats{workers}.json")
-            secs, rss, out = run_measured(sensor + ["--workers", str(workers),
-                                                    "--stats-json", stats_path, path])
-            stats = json.load(open(stats_path))
-            outputs[workers] = out
-            results[prefix + "_wall_s"] = round(secs, 3)
-            results[prefix + "_pps"] = round(args.packets / secs)
-            results[prefix + "_steady_pps"] = round(args.packets / stats["seconds"])
-            results[prefix + "_peak_rss_mib"] = round(rss / 2**20, 1)
-        results["alerts"] = stats["alerts"]
-        results["workers_same_alerts"] = outputs[1] == outputs[2]
-        if shutil.which("tcpdump"):
-            secs, _, _ = run_measured(["tcpdump", "-q", "-r", path, "-w", "/dev/null"])
-            results["tcpdump_pps"] = round(args.packets / secs)
-            for prefix in ("sensor", "sensor2"):
-                results[prefix + "_vs_tcpdump"] = round(results[prefix + "_pps"]
-                                                        / results["tcpdump_pps"], 3)
-            best = max(results["sensor_pps"], results["sensor2_pps"])
-            ratio = best / results["tcpdump_pps"]
-            results["target_2x_tcpdump"] = "met" if ratio >= 2 else f"not met ({ratio:.2f}x)"
-        steady = results["sensor2_steady_pps"]
-        results["target_14.88_mpps_2_workers"] = (
-            "met" if steady >= LINE_RATE_PPS else f"not met ({steady / 1e6:.2f} Mpps)")
-        n, secs = dpkt_loop(path, args.dpkt_packets)
-        results["dpkt_pps"] = round(n / secs)
-        results["sensor_vs_dpkt"] = round(results["sensor_pps"] / results["dpkt_pps"], 1)
+        if args.profile:
+            from sensor import bench_profile
+            mix = CLEAN_MIX if args.mix == "clean" else dict(flood=args.flood_share)
+            results.update(bench_profile.main(args, settings, workdir, write_capture, mix))
+            _save(args, results)
+            return 0
+        mixes = [("sensor", dict(flood=args.flood_share))]
+        if args.clean_mix:
+            mixes.append(("clean", CLEAN_MIX))
+        for tag, mix in mixes:
+            path = os.path.join(workdir, f"{tag}.pcap")
+            t0 = time.perf_counter()
+            write_capture(path, args.packets, ipv6=args.ipv6, vlan=args.vlan, **mix)
+            results[tag + "_generate_s"] = round(time.perf_counter() - t0, 2)
+            results[tag + "_file_bytes"] = os.path.getsize(path)
+            with open(path, "rb") as fh:        # into the page cache
+                while fh.read(1 << 24):
+                    pass
+            results.update(replay_both(sensor, path, args.packets, workdir, tag))
+            results[tag + "_tcpdump_pps"] = tcpdump_pps(path, args.packets)
+            if tag == "sensor":
+                n, secs = dpkt_loop(path, args.dpkt_packets)
+                results["dpkt_pps"] = round(n / secs)
+                results["sensor_vs_dpkt"] = round(results["sensor_pps"] / results["dpkt_pps"], 1)
+            if not args.keep:
+                os.unlink(path)
+            _note(f"{tag}: measured")
+        if args.scaling:
+            results.update(measure_scaling(args, sensor, workdir))
+        if args.cold_start:
+            results.update(measure_start(sensor, warm, workdir))
+        results["targets"] = [{"target": t, "measured": m, "met": met}
+                              for t, m, met in targets(results)]
         _print(results)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    _save(args, results)
+    return 0
+
+
+def _note(text):
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _save(args, results):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
-    return 0
 
 
 def _flood(args, sensor, results, workdir):
@@ -306,16 +499,26 @@ def _flood(args, sensor, results, workdir):
         slow_scanner_found=any("slow_scan" in (a.get("rules") or [a["rule"]])
                                and a["src_ip"].startswith("10.66.") for a in alerts))
     _print(results)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    _save(args, results)
     return 0
 
 
 def _print(results):
     width = max(len(k) for k in results)
     for key, value in results.items():
+        if key in ("targets", "scaling"):
+            continue
         print(f"{key.ljust(width)}  {value}")
+    for row in results.get("scaling", []):
+        print(f"scaling: {row['sources']!s:>9} flood sources  {row['steady_pps'] / 1e6:6.2f} Mpps  "
+              f"(probe evictions {row['probes_evictions']:,}, port_scan evictions "
+              f"{row['port_scan_evictions']:,})")
+    if results.get("targets"):
+        print("\ntargets (issue #13):")
+        tw = max(len(t["target"]) for t in results["targets"])
+        for t in results["targets"]:
+            print(f"  {t['target'].ljust(tw)}  {'met    ' if t['met'] else 'NOT MET'}  "
+                  f"{t['measured']}")
 
 
 if __name__ == "__main__":

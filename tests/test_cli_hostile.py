@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -204,22 +205,31 @@ def _reading(pid):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="run -i lo needs root (CAP_NET_RAW)")
 def test_run_stops_promptly_on_sigint(tmp_path):
+    # started is judged by the daemon's own READY=1 (as systemd would): a socket in
+    # /proc/PID/fd appears before the kernels load, and fds come and go while we look
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.5)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
     proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-i", "lo", "--set",
                              "sensor.name=hostile", "--jsonl", str(tmp_path / "a.jsonl")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith("socket:")
-                   for fd in os.listdir(f"/proc/{proc.pid}/fd")):
-                break
-        time.sleep(1.0)
+        deadline = time.monotonic() + 180          # a cold kernel cache compiles first
+        ready = False
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = "READY=1" in notify.recv(4096).decode().split("\n")
+            except socket.timeout:
+                pass
+        assert ready, f"no READY=1 (exit {proc.poll()})"
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         out, err = proc.communicate(timeout=20)
         took = time.monotonic() - sent
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
