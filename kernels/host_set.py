@@ -22,6 +22,23 @@ of the current and previous pane and the count is exact while the list has
 room. Two 4,096-bit pane sketches (hashed items) estimate the count by linear
 counting once the list is full; the estimate is flagged in the alert.
 
+An item is found in its list through an open-addressed index of
+``item_index_len(P_LIST)`` int32 entries (a power of two >= 2 * P_LIST, so at
+most half full): O(1) per row, where a scan of a full 1,024-item list cost a
+microsecond. An entry is ``generation << 13 | position + 1``; a slot's
+generation (``item_gen``) moves on when its list is emptied or compacted, which
+turns every old entry into an empty one without writing it (a new key costs no
+index clearing). The index is derived data: not saved in checkpoints, rebuilt
+on restore (``rebuild_index``).
+
+The pane sketches are only kept once the list has been full this episode
+(``sketch_live``): they are then cleared and filled with the listed items (in
+the pane each was last seen), and every item after that goes into them as
+well. Their union is the same set as if every item had always gone in (a
+listed item's bit sits in its last pane, and the older pane is the one cleared
+first), so the estimates and "new item" decisions are unchanged, while a new
+key (a spoofed flood's every packet) writes no sketch words at all.
+
 Sources (port_sweep, and arp_sweep / ndp_sweep whose "sources" are the sender's MACs as (0, MAC); the other rules get zero-width source arrays): per
 episode (the lifecycle's, ``kernels/alert_slots.py``: never shrinks until the
 episode ends), an exact list of up to ``max_sources`` probers in order of
@@ -39,8 +56,9 @@ a 4,096-bit sketch of the episode's sources, whose linear-counting estimate
 the alert gives (flagged) once a source was left out; while none was, the
 number of sources is exact.
 
-Memory (fixed at allocation, per slot): 26 B per list entry, 1 KiB of pane
-sketches, about 130 B of scalars; port_sweep adds 40 B per source, 4 B per
+Memory (fixed at allocation, per slot): 26 B per list entry plus 8 B of index
+per entry (4 B, twice as many entries), 1 KiB of pane sketches, about 140 B of
+scalars; port_sweep adds 40 B per source, 4 B per
 source of index, 512 B of source sketch, 16 B per episode host
 (``HOST_BITS``) and 24 B: 12.5 KiB at the default 256 sources.
 """
@@ -69,6 +87,17 @@ SM_SOURCES = 0              # src_meta columns: sources listed,
 SM_HOSTS = 1                # episode hosts listed (<= HOST_BITS),
 SM_UNLISTED = 2             # probes of sources beyond max_sources
 N_SRC_META = 3
+INDEX_POS_BITS = 13         # item_index entry: generation << 13 | position + 1 (max_listed <= 4096)
+INDEX_POS_MASK = (1 << INDEX_POS_BITS) - 1
+INDEX_GEN_MASK = (1 << 18) - 1      # generations wrap; an old entry is only ever a non-match
+
+
+def item_index_len(list_len):
+    """Entries of a slot's item index: a power of two >= 2 * list_len."""
+    n = 1
+    while n < 2 * list_len:
+        n *= 2
+    return n
 
 
 def source_index_len(max_sources):
@@ -105,6 +134,11 @@ class HostSetState:
         self.src_meta = np.zeros((capacity, N_SRC_META * on), np.int64)
         self.host_hi = np.zeros((capacity, HOST_BITS * on), np.uint64)  # episode hosts
         self.host_lo = np.zeros((capacity, HOST_BITS * on), np.uint64)
+        # the item lists' index (derived: rebuilt on restore) and what says which of its
+        # entries and sketch words are current
+        self.item_index = np.zeros((capacity, item_index_len(list_len)), np.int32)
+        self.item_gen = np.zeros(capacity, np.int64)
+        self.sketch_live = np.zeros(capacity, np.uint8)
 
     @property
     def arrays(self):
@@ -112,22 +146,26 @@ class HostSetState:
                 self.item_n, self.sketch, self.llr, self.failures, self.trw_state,
                 self.attempts, self.src_hi, self.src_lo, self.src_probes, self.src_hosts,
                 self.src_beyond, self.src_index, self.src_sketch, self.src_meta,
-                self.host_hi, self.host_lo)
+                self.host_hi, self.host_lo, self.item_index, self.item_gen, self.sketch_live)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
+
+    def rebuild_index(self, slots, seed):
+        """Rebuild the item index of ``slots`` from their lists (after a restore)."""
+        rebuild_indexes(self.arrays, np.asarray(slots, np.int64), np.uint64(seed))
 
 
 @inline
 def clear_slot(hs, slot, pane):
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
      trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
-     src_sketch, src_meta, host_hi, host_lo) = hs
+     src_sketch, src_meta, host_hi, host_lo) = hs[:21]
+    item_index, item_gen, sketch_live = hs[21], hs[22], hs[23]
     pane_a[slot] = pane
     item_n[slot] = 0
-    for w in range(SKETCH_WORDS):
-        sketch[slot, 0, w] = 0
-        sketch[slot, 1, w] = 0
+    item_gen[slot] += 1          # every index entry of the slot is now stale
+    sketch_live[slot] = 0        # the sketches are cleared when they are next needed
     if src_meta.shape[1] > 0:
         for k in range(N_SRC_META):
             src_meta[slot, k] = 0
@@ -162,19 +200,22 @@ def live_count(hs, slot, list_len):
 
 
 @inline
-def advance_pane(hs, slot, pane):
+def advance_pane(hs, slot, pane, seed):
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
      trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
-     src_sketch, src_meta, host_hi, host_lo) = hs
+     src_sketch, src_meta, host_hi, host_lo) = hs[:21]
+    item_index, item_gen, sketch_live = hs[21], hs[22], hs[23]
     old = pane_a[slot]
     if pane <= old:
         return
     if pane == old + 1:
         attempts[slot, pane & 1] = 0
-        for w in range(SKETCH_WORDS):
-            sketch[slot, pane & 1, w] = 0
+        if sketch_live[slot] != 0:
+            for w in range(SKETCH_WORDS):
+                sketch[slot, pane & 1, w] = 0
         keep = 0
-        for k in range(item_n[slot]):
+        n = item_n[slot]
+        for k in range(n):
             if item_pane[slot, k] >= pane - 1:
                 item_hi[slot, keep] = item_hi[slot, k]
                 item_lo[slot, keep] = item_lo[slot, k]
@@ -182,42 +223,137 @@ def advance_pane(hs, slot, pane):
                 item_pane[slot, keep] = item_pane[slot, k]
                 keep += 1
         item_n[slot] = keep
+        if keep < n:
+            rebuild_slot_index(hs, slot, seed)     # positions moved
     else:
         attempts[slot, 0] = 0
         attempts[slot, 1] = 0
-        for w in range(SKETCH_WORDS):
-            sketch[slot, 0, w] = 0
-            sketch[slot, 1, w] = 0
+        if sketch_live[slot] != 0:
+            for w in range(SKETCH_WORDS):
+                sketch[slot, 0, w] = 0
+                sketch[slot, 1, w] = 0
+        sketch_live[slot] = 0
         item_n[slot] = 0
+        item_gen[slot] += 1
     pane_a[slot] = pane
 
 
 @inline
+def item_hash(hi, lo, port, seed):
+    return mix64(mix64(hi ^ seed) ^ lo ^ np.uint64(port))
+
+
+@inline
+def index_find(hs, slot, hi, lo, port, h):
+    """(position of the item in the slot's list or -1, index entry where it would go
+    or -1 if the index has no free entry)."""
+    item_hi, item_lo, item_port, item_n = hs[1], hs[2], hs[3], hs[5]
+    item_index, item_gen = hs[21], hs[22]
+    gen = item_gen[slot] & INDEX_GEN_MASK
+    mask = np.int64(item_index.shape[1] - 1)
+    at = np.int64(h >> np.uint64(40)) & mask      # bits apart from the sketch bit's
+    n = item_n[slot]
+    for _ in range(item_index.shape[1]):
+        e = np.int64(item_index[slot, at])
+        k = (e & INDEX_POS_MASK) - 1
+        if k < 0 or (e >> INDEX_POS_BITS) != gen:
+            return -1, at                                  # empty (or stale)
+        if (k < n and item_hi[slot, k] == hi and item_lo[slot, k] == lo
+                and item_port[slot, k] == port):
+            return k, at
+        at = (at + 1) & mask
+    return -1, -1
+
+
+@inline
+def index_put(hs, slot, at, k):
+    item_index, item_gen = hs[21], hs[22]
+    item_index[slot, at] = np.int32(((item_gen[slot] & INDEX_GEN_MASK) << INDEX_POS_BITS) | (k + 1))
+
+
+@inline
+def rebuild_slot_index(hs, slot, seed):
+    """A new generation, every listed item entered again (in list order)."""
+    item_gen = hs[22]
+    item_gen[slot] += 1
+    enter_items(hs, slot, seed)
+
+
+@inline
+def enter_items(hs, slot, seed):
+    item_hi, item_lo, item_port, item_n = hs[1], hs[2], hs[3], hs[5]
+    for k in range(item_n[slot]):
+        hi = item_hi[slot, k]
+        lo = item_lo[slot, k]
+        port = item_port[slot, k]
+        found, at = index_find(hs, slot, hi, lo, port, item_hash(hi, lo, port, seed))
+        if found < 0 and at >= 0:
+            index_put(hs, slot, at, k)
+
+
+@kernel
+def rebuild_indexes(hs, slots, seed):
+    """The item index of ``slots`` from their lists and generations (a restore: the
+    same entries at the same places as the index they were saved from had)."""
+    item_index = hs[21]
+    for j in range(slots.shape[0]):
+        for a in range(item_index.shape[1]):
+            item_index[slots[j], a] = 0
+        enter_items(hs, slots[j], seed)
+
+
+@inline
+def fill_sketches(hs, slot, seed):
+    """The list is full for the first time this episode: clear the pane sketches and
+    enter every listed item in the pane it was last seen in."""
+    item_hi, item_lo, item_port, item_pane, item_n, sketch = hs[1], hs[2], hs[3], hs[4], hs[5], hs[6]
+    sketch_live = hs[23]
+    for w in range(SKETCH_WORDS):
+        sketch[slot, 0, w] = 0
+        sketch[slot, 1, w] = 0
+    for k in range(item_n[slot]):
+        h = item_hash(item_hi[slot, k], item_lo[slot, k], item_port[slot, k], seed)
+        bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
+        sketch[slot, item_pane[slot, k] & 1, bit >> 6] |= np.uint64(1) << np.uint64(bit & 63)
+    sketch_live[slot] = 1
+
+
+@inline
 def add_item(hs, slot, hi, lo, port, pane, list_len, seed):
-    """Record an item in the current pane; returns True if it is new to the window."""
-    (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
-     trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
-     src_sketch, src_meta, host_hi, host_lo) = hs
-    h = mix64(mix64(hi ^ seed) ^ lo ^ np.uint64(port))
+    """Record an item in the current pane; returns True if it is new to the window
+    (exactly while the list has room, then per the sketches)."""
+    item_hi, item_lo, item_port, item_pane, item_n, sketch = hs[1], hs[2], hs[3], hs[4], hs[5], hs[6]
+    pane_a, sketch_live = hs[0], hs[23]
+    h = item_hash(hi, lo, port, seed)
     bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
     word = bit >> 6
     mask = np.uint64(1) << np.uint64(bit & 63)
     cur = pane_a[slot] & 1
-    maybe_seen = ((sketch[slot, 0, word] | sketch[slot, 1, word]) & mask) != 0
-    sketch[slot, cur, word] |= mask
+    live = sketch_live[slot] != 0
+    k, at = index_find(hs, slot, hi, lo, port, h)
+    if k >= 0:
+        if pane > item_pane[slot, k]:
+            item_pane[slot, k] = pane
+        if live:
+            sketch[slot, cur, word] |= mask
+        return False
+    maybe_seen = False
+    if live:
+        maybe_seen = ((sketch[slot, 0, word] | sketch[slot, 1, word]) & mask) != 0
+        sketch[slot, cur, word] |= mask
     n = item_n[slot]
-    if maybe_seen:
-        for k in range(n):
-            if item_hi[slot, k] == hi and item_lo[slot, k] == lo and item_port[slot, k] == port:
-                if pane > item_pane[slot, k]:
-                    item_pane[slot, k] = pane
-                return False
     if n < list_len:
         item_hi[slot, n] = hi
         item_lo[slot, n] = lo
         item_port[slot, n] = port
         item_pane[slot, n] = pane
         item_n[slot] = n + 1
+        if at >= 0:
+            index_put(hs, slot, at, n)
+        else:
+            rebuild_slot_index(hs, slot, seed)     # stale entries filled it: start afresh
+        if n + 1 == list_len and not live:
+            fill_sketches(hs, slot, seed)
         return True
     return not maybe_seen
 
@@ -295,7 +431,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
      due_ns, count, probes, dir_mask, evidence, new_target, pending, meta, fps) = lc
     (pane_a, item_hi, item_lo, item_port, item_pane, item_n, sketch, llr, failures,
      trw_state, attempts, src_hi, src_lo, src_probes, src_hosts, src_beyond, src_index,
-     src_sketch, src_meta, host_hi, host_lo) = hs
+     src_sketch, src_meta, host_hi, host_lo) = hs[:21]
     (c_ts, c_src_hi, c_src_lo, c_dst_hi, c_dst_lo, c_sport, c_dport, c_proto, c_tcp_flags,
      c_icmp_type, c_icmp_code, c_pkt_flags, c_inner_proto, c_inner_src_hi, c_inner_src_lo,
      c_inner_dst_hi, c_inner_dst_lo, c_inner_sport, c_inner_dport, c_vlan, c_wire_len) = cols
@@ -342,8 +478,10 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         pane, pane_start, pane_end = pane_at(ts, window_ns, pane, pane_start, pane_end)
         if fresh:
             clear_slot(hs, slot, pane)
+        changed = fresh
         if pane > pane_a[slot]:
-            advance_pane(hs, slot, pane)
+            advance_pane(hs, slot, pane, seed)
+            changed = True
         is_new = add_item(hs, slot, it_hi, it_lo, it_port, pane_a[slot], list_len, seed)
         if mode == HS_TRW:
             if is_new and trw_state[slot] == 0:
@@ -359,7 +497,8 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
         elif count_attempts:
             attempts[slot, pane_a[slot] & 1] += 1
             count[slot] = attempts[slot, 0] + attempts[slot, 1]
-        else:
+        elif is_new or changed:
+            # the window's items change only with a new item or a new pane
             count[slot] = live_count(hs, slot, list_len)
         if mode == HS_PORT_SWEEP:
             if add_source(hs, slot, p_hi, p_lo, it_hi, it_lo, seed):

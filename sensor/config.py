@@ -249,7 +249,7 @@ for _rule in RULES:
         Setting(_p + "max_keys", _rule.max_keys,
                 "Keys tracked at once (table slots; memory is fixed by this). When full, the "
                 "least recently seen key is evicted (counted in stats). Memory per key: "
-                "about 18 KiB for port-set rules, 3-30 KiB for host-set rules (by "
+                "about 18 KiB for port-set rules, 3-40 KiB for host-set rules (by "
                 "`max_listed`); `--stats-json` `*_table_bytes` gives the figure; the start "
                 "is refused when all tables together exceed the available memory.",
                 min=8, max=1 << 18),

@@ -35,7 +35,7 @@ from sensor.state_tables import (  # noqa: F401
 )
 
 FORMAT = "scan-sensor-state"
-VERSION = 2
+VERSION = 3
 
 
 class StateCorrupt(Exception):
@@ -195,7 +195,38 @@ def v1_to_v2(header, state):
     return header, state
 
 
-CONVERTERS = {1: v1_to_v2}
+V3_SKETCH_ROW = 2 * 64                        # kernels/host_set.py sketch words per slot
+
+
+def v2_to_v3(header, state):
+    """Format 2 -> 3: a host-set table keeps its pane sketches only once a key's item
+    list has been full (``sketch_live``), and finds items through an index whose
+    entries carry a generation (``item_gen``; the index itself is rebuilt on
+    restore). Format 2 kept every sketch, so a key whose sketches hold anything is
+    marked live (its sketches go on being kept, as before); generations start at 0."""
+    state = dict(state)
+    detectors = {}
+    for name, saved in state["detectors"].items():
+        if saved["shape"].get("kind") != "host_set":
+            detectors[name] = saved
+            continue
+        live = np.asarray(saved["live"]).astype(np.int64)
+        dense, sparse = dict(saved["table"]["dense"]), dict(saved["table"]["sparse"])
+        if "sketch" in dense:
+            rows = np.asarray(dense["sketch"]).reshape(len(live), V3_SKETCH_ROW)
+            used = rows.any(axis=1)
+        else:
+            s = sparse["sketch"]
+            slots = np.asarray(s["index"]).astype(np.int64) // V3_SKETCH_ROW
+            used = np.isin(live, slots[np.asarray(s["values"]) != 0])
+        dense["sketch_live"] = used.astype(np.uint8)
+        sparse["item_gen"] = _empty_sparse("<i8")
+        detectors[name] = dict(saved, table={"dense": dense, "sparse": sparse})
+    state["detectors"] = detectors
+    return header, state
+
+
+CONVERTERS = {1: v1_to_v2, 2: v2_to_v3}
 
 
 def migrate(header, state, converters=None, current=None):

@@ -75,11 +75,19 @@ HOST_SET_NAMES = ("pane", "item_hi", "item_lo", "item_port", "item_pane", "item_
                   "llr", "failures", "trw_state", "attempts",
                   # port_sweep's sources (zero-width in the other host-set rules)
                   "src_hi", "src_lo", "src_probes", "src_hosts", "src_beyond", "src_index",
-                  "src_sketch", "src_meta", "host_hi", "host_lo")
+                  "src_sketch", "src_meta", "host_hi", "host_lo",
+                  # which index entries and sketch words are current (kernels/host_set.py)
+                  "item_gen", "sketch_live")
 
 
 def _host_set_arrays(t):
     return tuple((name, getattr(t, name)) for name in HOST_SET_NAMES)
+
+
+def derived_arrays(obj):
+    """Per-slot arrays that are not saved but rebuilt on restore from what is: the
+    item index of a host-set table (``HostSetState.rebuild_index``)."""
+    return (obj.item_index,) if hasattr(obj, "item_index") else ()
 
 
 def _slow_tier_arrays(t):
@@ -471,6 +479,8 @@ def restore_state(engine, state, drop_mismatched=False):
         live = saved["live"]
         _restore_slots(_lifecycle_arrays(det.lc), live, saved["lifecycle"])
         _restore_slots(slot_arrays(det.table), live, saved["table"])
+        if derived_arrays(det.table):
+            det.table.rebuild_index(live, seed)
         det.lc.meta[:] = saved["meta"]
         det.lc.pending[:len(saved["pending"])] = saved["pending"]
         dk = saved.get("doorkeeper")
