@@ -10,7 +10,9 @@ Writes synthetic classic pcaps (60-byte Ethernet/IPv4 frames, the mixes
 below), then measures on each, page cache warm:
 
 * ``scan-sensor replay`` as a whole process (wall time, packets/s, peak RSS),
-  and its steady-state rate (the replay loop only, from ``--stats-json``),
+  its steady-state rate (the packet loop only: no start-up, no end of input;
+  ``loop_seconds`` of ``--stats-json``) and its end-of-input time (attempts
+  still waiting decided, the last alerts reported),
   with 1 and with 2 workers (``sensor_*`` / ``sensor2_*`` on the benchmark
   mix, ``clean_*`` / ``clean2_*`` on the flood-free one; both worker counts
   must print the same alerts);
@@ -265,7 +267,9 @@ def replay_both(sensor, path, packets, workdir, tag):
         outputs[workers] = printed
         out[prefix + "_wall_s"] = round(secs, 3)
         out[prefix + "_pps"] = round(packets / secs)
-        out[prefix + "_steady_pps"] = round(packets / stats["seconds"])
+        # steady state: the packet loop alone (no start-up, no end of input)
+        out[prefix + "_steady_pps"] = round(packets / stats["loop_seconds"])
+        out[prefix + "_end_of_input_s"] = round(stats["finish_seconds"], 3)
         out[prefix + "_peak_rss_mib"] = round(rss / 2**20, 1)
     out[tag + "_alerts"] = stats["alerts"]
     out[tag + "_workers_same_alerts"] = outputs[1] == outputs[2]
@@ -298,7 +302,7 @@ def measure_scaling(args, sensor, workdir):
         rows.append({
             "sources": keys or "spoofed",
             "distinct_flood_sources": min(keys, flood_packets) if keys else flood_packets,
-            "steady_pps": round(args.scaling_packets / stats["seconds"]),
+            "steady_pps": round(args.scaling_packets / stats["loop_seconds"]),
             "probes_evictions": stats["probes_evictions"],
             "port_scan_evictions": stats.get("port_scan_evictions", 0),
         })

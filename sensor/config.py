@@ -114,9 +114,10 @@ SETTINGS = [
             min=0, max=2**63 - 1),
     Setting("sensor.workers", 1,
             "Threads that run the kernels. 2: the probe table and the rules fed by probe "
-            "outcomes run on a second core while the packet rules run on the first; the "
-            "alerts are identical to 1 worker (same content, same order). More than 2 "
-            "would have nothing to run.", min=1, max=2),
+            "outcomes run on a second core while the first classifies the batch; the packet "
+            "rules and the decode of the next batch go to whichever has less to do, by the "
+            "time each took on the last batches. The alerts are identical to 1 worker (same "
+            "content, same order). More than 2 would have nothing to run.", min=1, max=2),
     Setting("capture.batch_packets", 65536,
             "Packets decoded per batch: one kernel call per batch. Larger batches amortise "
             "call overhead; memory is about 100 bytes per packet.", min=64, max=16_777_216),

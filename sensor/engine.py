@@ -9,13 +9,17 @@ Live capture calls ``process`` the same way, so replay and live give the
 same alerts for the same packets.
 
 With ``sensor.workers = 2`` the probe table and the outcome rules run on a
-second thread (the kernels release the GIL) while this one runs the packet
-rules. The two share nothing but the probe table, which packet-rule alerts
-read for their outcomes: those are filled in once both halves of the batch
-are done, i.e. from the same table state as with one thread, so the alerts
-are the same, in the same order.
+second thread (the kernels release the GIL) while this one classifies the
+batch; the packet rules, and the decode of the next batch, are shared out
+between the two so that neither waits long for the other
+(``sensor/stage_balance.py``). The rules share nothing but the probe table,
+which packet-rule alerts read for their outcomes: those come from the table
+as it is after the batch's probe stage (filled in after the join for rules
+that ran meanwhile), i.e. from the same table state as with one thread, so
+the alerts are the same, in the same order.
 """
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -31,7 +35,7 @@ from sensor.detectors.counter import CounterDetector, port_bitmap
 from sensor.episodes import Episodes
 from sensor.netlists import compile_lists
 from sensor.rules import RULES
-from sensor import time_epochs
+from sensor import stage_balance, time_epochs
 
 END_OF_TIME_NS = np.iinfo(np.int64).max // 2
 
@@ -82,6 +86,7 @@ class Engine:
         self.time_regressions = 0
         self.time_jumps = []           # (from_ns, to_ns) per new epoch, for the caller to report
         self.pool = None
+        self.balance = stage_balance.StageBalance()
         if cfg["sensor.workers"] > 1:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="scan-sensor-probes")
 
@@ -92,10 +97,10 @@ class Engine:
     def process_then(self, batch, decode_next):
         """``process(batch)``, and ``decode_next()`` (which decodes the next batch
         into another of ``self.batches``); returns (alerts, what decode_next
-        returned). With 2 workers, decode_next runs on the worker thread once the
-        probe stage is done, while this thread still runs the packet rules; it
-        should report input errors in what it returns rather than raise, or the
-        alerts of this batch are lost with the exception."""
+        returned). With 2 workers, decode_next runs on whichever thread has less
+        to do (sensor/stage_balance.py) while the other still works on this
+        batch; it should report input errors in what it returns rather than
+        raise, or the alerts of this batch are lost with the exception."""
         if self.pool is None or batch.n == 0:
             return self.process(batch), decode_next()
         return self._process(batch, decode_next)
@@ -153,26 +158,58 @@ class Engine:
             for det in self.packet_rules:
                 alerts += det.process(batch, classes, no_outcome)
         else:
-            # the probe stage needs no address classes: start it first
-            worker = self.pool.submit(self._worker_stage, batch, then)
-            packet_alerts = []
-            for det in self.packet_rules:
-                det.defer_outcomes = True     # the probe table is busy until the join
-            try:
-                classify_rows(batch.columns, batch.n, self.nets, self.ignored_ports, classes)
-                for det in self.packet_rules:
-                    packet_alerts += det.process(batch, classes, no_outcome)
-            finally:
-                alerts, following = worker.result()     # (re-raises the worker's exception)
-                for det in self.packet_rules:
-                    det.defer_outcomes = False
-            for det in self.packet_rules:
-                det.complete_outcomes()
-            alerts += packet_alerts
+            alerts, following = self._two_threads(batch, then, classes, no_outcome)
         now = int(batch.ts_ns[batch.n - 1])
         for det in self.detectors:
             alerts += det.advance(now)
         return self._deliver(alerts, now), following
+
+    def _two_threads(self, batch, then, classes, no_outcome):
+        """One batch on two threads (sensor/stage_balance.py): the worker runs the
+        probe stage, then its share of the packet rules (and perhaps the next
+        decode); this thread classifies, then runs the rest. Alerts come out in the
+        order of one worker: the probe stage's, then each packet rule's in turn."""
+        balance = self.balance
+        on_worker = balance.split([det.name for det in self.packet_rules]
+                                  + ([stage_balance.DECODE] if then is not None else []))
+        mine = [det for det in self.packet_rules if det.name not in on_worker]
+        theirs = [det for det in self.packet_rules if det.name in on_worker]
+        classified = threading.Event()
+        out = {}
+
+        def worker_half():
+            stage_alerts = balance.timed(stage_balance.PROBE_STAGE, self._probe_stage, batch)
+            classified.wait()
+            for det in theirs:
+                out[det.name] = balance.timed(det.name, det.process, batch, classes, no_outcome)
+            following = None
+            if then is not None and stage_balance.DECODE in on_worker:
+                following = balance.timed(stage_balance.DECODE, then)
+            return stage_alerts, following
+
+        for det in mine:
+            det.defer_outcomes = True     # the probe table is busy until the join
+        worker = self.pool.submit(worker_half)
+        try:
+            try:
+                balance.timed(stage_balance.CLASSIFY, classify_rows, batch.columns, batch.n,
+                              self.nets, self.ignored_ports, classes)
+            finally:
+                classified.set()
+            for det in mine:
+                out[det.name] = balance.timed(det.name, det.process, batch, classes, no_outcome)
+            if then is not None and stage_balance.DECODE not in on_worker:
+                out[stage_balance.DECODE] = balance.timed(stage_balance.DECODE, then)
+        finally:
+            alerts, following = worker.result()     # (re-raises the worker's exception)
+            for det in mine:
+                det.defer_outcomes = False
+        for det in mine:
+            det.complete_outcomes()
+        following = out.get(stage_balance.DECODE, following)
+        for det in self.packet_rules:
+            alerts += out[det.name]
+        return alerts, following
 
     def warm_up(self, probes=True, rules=True):
         """Load the batch kernels now, with empty batches (no state changes): the
@@ -211,11 +248,6 @@ class Engine:
                                       self.outcomes.columns, self.outcomes.outcome, 0)
             alerts += self._outcome_rows(rows)
         return alerts
-
-    def _worker_stage(self, batch, then):
-        """The worker thread's half: the probe stage, then ``then()`` if given."""
-        alerts = self._probe_stage(batch)
-        return alerts, (then() if then is not None else None)
 
     def tick(self, now_ns):
         """Packet time reached ``now_ns`` without a packet (live capture on a quiet

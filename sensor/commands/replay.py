@@ -188,7 +188,9 @@ def run(args):
                     print(f"scan-sensor: {warning.level}: {warning}", file=sys.stderr)
                     if warning.is_error:
                         failed = True
+        loop_seconds = time.perf_counter() - started
         emit(engine.finish())
+        finish_seconds = time.perf_counter() - started - loop_seconds
     except BrokenPipeError:
         # the reader of stdout went away (e.g. `| head`): nothing more can be delivered
         outputs.close(0)
@@ -207,8 +209,12 @@ def run(args):
     if args.stats_json:
         try:
             with open(args.stats_json, "w", encoding="utf-8") as fh:
-                json.dump({"seconds": seconds, "alerts": len(all_alerts), **stats,
-                           "outputs": delivery}, fh, indent=2)
+                # seconds: reading, detecting and delivering (start-up excluded);
+                # loop_seconds: the packets only (up to the end of input), finish_seconds:
+                # the end of input (attempts still waiting decided, alerts reported)
+                json.dump({"seconds": seconds, "loop_seconds": loop_seconds,
+                           "finish_seconds": finish_seconds, "alerts": len(all_alerts),
+                           **stats, "outputs": delivery}, fh, indent=2)
         except OSError as exc:
             print(f"scan-sensor: error: --stats-json {args.stats_json}: cannot write: "
                   f"{exc.strerror or exc}", file=sys.stderr)

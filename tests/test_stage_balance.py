@@ -1,0 +1,72 @@
+"""Two workers share out the packet rules and the next decode by measured time
+(sensor/stage_balance.py); where each runs changes no alert."""
+import pytest
+
+from kernels.batch import COLUMN_NAMES, PacketBatch, new_stats
+from sensor import stage_balance as sb
+from sensor.capture.files import CaptureFile
+from sensor.config import load_config
+from sensor.engine import Engine
+
+from conftest import shipped
+
+
+def test_split_gives_the_biggest_tasks_to_the_lighter_side():
+    b = sb.StageBalance()
+    b.record(sb.PROBE_STAGE, 60.0)
+    b.record(sb.CLASSIFY, 8.0)
+    for task, secs in (("port_scan", 55.0), (sb.DECODE, 21.0), ("icmp_sweep", 4.0)):
+        b.record(task, secs)
+    # port_scan to the main thread (8 < 60), then decode (63 > 60) to the worker,
+    # then icmp_sweep to the main thread (63 < 81)
+    assert b.split(["port_scan", sb.DECODE, "icmp_sweep"]) == {sb.DECODE}
+    assert sb.StageBalance().split(["a", "b"]) == set()        # nothing measured yet
+
+
+def test_running_average():
+    b = sb.StageBalance()
+    b.record("x", 1.0)
+    b.record("x", 2.0)
+    assert b.seconds["x"] == pytest.approx(1.0 + sb.SMOOTHING)
+
+
+def _alerts(workers, rows, force=None):
+    cfg = load_config(None, ['sensor.name="balance"', "sensor.hash_seed=3",
+                             f"sensor.workers={workers}", "capture.batch_packets=256"])
+    engine = Engine(cfg)
+    out = []
+    batch = engine.batch
+    for a in range(0, rows.n, 256):
+        b = min(a + 256, rows.n)
+        for name in COLUMN_NAMES:
+            getattr(batch, name)[:b - a] = getattr(rows, name)[a:b]
+        batch.n = b - a
+        if force is not None:
+            # everything movable to one side: the other side looks far busier
+            engine.balance.seconds.update({sb.PROBE_STAGE: 0.0 if force == "worker" else 1e9,
+                                           sb.CLASSIFY: 1e9 if force == "worker" else 0.0})
+        out += [x.to_dict() for x in engine.process(batch)]
+    return out + [x.to_dict() for x in engine.finish()]
+
+
+def _rows(name):
+    parts = []
+    with CaptureFile(str(shipped(name))) as capture:
+        for batch in capture.batches(PacketBatch(4096), new_stats()):
+            parts.append({n: getattr(batch, n)[:batch.n].copy() for n in COLUMN_NAMES})
+    import numpy as np
+    rows = PacketBatch(sum(len(p["ts_ns"]) for p in parts))
+    for n in COLUMN_NAMES:
+        setattr(rows, n, np.concatenate([p[n] for p in parts]))
+    rows.n = len(rows.ts_ns)
+    return rows
+
+
+@pytest.mark.parametrize("capture", ["nmap_syn_scan.pcap", "nmap_host_sweep.pcap",
+                                     "nmap_udp_scan.pcap", "nmap_ping_sweep.pcap"])
+def test_any_split_gives_the_alerts_of_one_worker(capture):
+    rows = _rows(capture)
+    one = _alerts(1, rows)
+    assert one, "the capture gives alerts"
+    for force in ("worker", "main", None):
+        assert _alerts(2, rows, force) == one, force
