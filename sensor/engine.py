@@ -237,6 +237,8 @@ class Engine:
             det.process(self.outcomes, self.outcome_classes, self.outcomes.outcome)
         for det in self.detectors:
             det.advance(-END_OF_TIME_NS)
+            if isinstance(det, CounterDetector):
+                det.warm_up()
         empty.n = saved
 
     def _probe_stage(self, batch):

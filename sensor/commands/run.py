@@ -241,7 +241,7 @@ class Daemon:
         for ifname in self.cfg["capture.interfaces"]:
             self.captures.append(open_capture(ifname, self.cfg, self.fanout))
         if COLD_CACHE:
-            log("first start: compiling the packet kernels (about 35 s, once; "
+            log("first start: compiling the packet kernels (about 25 s, once; "
                 "`scan-sensor compile` does it ahead of time)")
             self.notifier.status("compiling the packet kernels")
         self.engine = self._new_engine(self.cfg)

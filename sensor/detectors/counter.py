@@ -148,6 +148,14 @@ class CounterDetector:
             now = int(batch.ts_ns[min(i, batch.n - 1)])
             alerts.append(self._report(slot, now))
 
+    def warm_up(self):
+        """Load (or compile) the kernels an alert report uses, changing no state:
+        releasing a slot (on a scratch lifecycle of the same array types) and
+        reading its outcomes from the probe table. Otherwise the first alert
+        would wait for them (``scan-sensor compile`` fills the cache this way)."""
+        ks.release_slot(ks.Lifecycle(2, 1).arrays, 0)   # 2: strided like real ones
+        self._outcomes(np.zeros(5, np.uint64), None)
+
     def advance(self, now_ns):
         """Packet time reached ``now_ns``: report alerts due by then."""
         alerts = []
