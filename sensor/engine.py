@@ -166,24 +166,37 @@ class Engine:
 
     def _two_threads(self, batch, then, classes, no_outcome):
         """One batch on two threads (sensor/stage_balance.py): the worker runs the
-        probe stage, then its share of the packet rules (and perhaps the next
-        decode); this thread classifies, then runs the rest. Alerts come out in the
-        order of one worker: the probe stage's, then each packet rule's in turn."""
+        probe stage; the address classes, each packet rule and the next decode go to
+        either thread. The classes come first on their thread (the packet rules wait
+        for them); the main thread decodes before its rules, so that it has work
+        while the worker classifies. Alerts come out in the order of one worker:
+        the probe stage's, then each packet rule's in turn."""
         balance = self.balance
-        on_worker = balance.split([det.name for det in self.packet_rules]
-                                  + ([stage_balance.DECODE] if then is not None else []))
+        decode = then is not None
+        on_worker = balance.split([stage_balance.CLASSIFY]
+                                  + [det.name for det in self.packet_rules]
+                                  + ([stage_balance.DECODE] if decode else []))
         mine = [det for det in self.packet_rules if det.name not in on_worker]
         theirs = [det for det in self.packet_rules if det.name in on_worker]
         classified = threading.Event()
         out = {}
 
+        def classify():
+            try:
+                balance.timed(stage_balance.CLASSIFY, classify_rows, batch.columns, batch.n,
+                              self.nets, self.ignored_ports, classes)
+            finally:
+                classified.set()
+
         def worker_half():
+            if stage_balance.CLASSIFY in on_worker:
+                classify()
             stage_alerts = balance.timed(stage_balance.PROBE_STAGE, self._probe_stage, batch)
             classified.wait()
             for det in theirs:
                 out[det.name] = balance.timed(det.name, det.process, batch, classes, no_outcome)
             following = None
-            if then is not None and stage_balance.DECODE in on_worker:
+            if decode and stage_balance.DECODE in on_worker:
                 following = balance.timed(stage_balance.DECODE, then)
             return stage_alerts, following
 
@@ -191,15 +204,13 @@ class Engine:
             det.defer_outcomes = True     # the probe table is busy until the join
         worker = self.pool.submit(worker_half)
         try:
-            try:
-                balance.timed(stage_balance.CLASSIFY, classify_rows, batch.columns, batch.n,
-                              self.nets, self.ignored_ports, classes)
-            finally:
-                classified.set()
+            if stage_balance.CLASSIFY not in on_worker:
+                classify()
+            if decode and stage_balance.DECODE not in on_worker:
+                out[stage_balance.DECODE] = balance.timed(stage_balance.DECODE, then)
+            classified.wait()
             for det in mine:
                 out[det.name] = balance.timed(det.name, det.process, batch, classes, no_outcome)
-            if then is not None and stage_balance.DECODE not in on_worker:
-                out[stage_balance.DECODE] = balance.timed(stage_balance.DECODE, then)
         finally:
             alerts, following = worker.result()     # (re-raises the worker's exception)
             for det in mine:

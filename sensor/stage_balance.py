@@ -1,14 +1,14 @@
-"""Which thread runs what, with ``sensor.workers = 2`` (``Engine._process_rows``).
+"""Which thread runs what, with ``sensor.workers = 2`` (``Engine._two_threads``).
 
 The worker thread always runs the probe stage (probe table, then the rules fed
-by its outcome rows); the main thread always classifies the batch's addresses.
-Everything else is independent of the thread it runs on and may go either way:
-each packet rule (it needs the classes, which the main thread computes first,
-and, if it runs on the worker, the probe stage to be done), and the decode of
-the next batch. So that neither thread waits long for the other, each of those
-tasks goes to the side with less work so far, biggest task first, by the time
-each took over the last batches (an exponential average of ``perf_counter``
-spans, per batch, never per packet).
+by its outcome rows). Everything else is independent of the thread it runs on
+and may go either way: the batch's address classes (which the packet rules
+wait for, so they come first on their thread), each packet rule (if it runs on
+the worker, after the probe stage), and the decode of the next batch. So that
+neither thread waits long for the other, each of those tasks goes to the side
+with less work so far, biggest task first, by the time each took over the last
+batches (an exponential average of ``perf_counter`` spans, per batch, never per
+packet).
 
 Where a task runs changes no result: each rule sees the same rows in the same
 order, a packet rule's alerts get their outcomes from the probe table as it is
@@ -42,7 +42,7 @@ class StageBalance:
     def split(self, movable):
         """``movable``: task names. Returns the set of them the worker thread runs."""
         worker = self.seconds.get(PROBE_STAGE, 0.0)
-        main = self.seconds.get(CLASSIFY, 0.0)
+        main = 0.0
         on_worker = set()
         # unknown tasks count as zero: the first batch measures them
         for task in sorted(movable, key=lambda t: (-self.seconds.get(t, 0.0), t)):

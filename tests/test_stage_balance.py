@@ -17,9 +17,10 @@ def test_split_gives_the_biggest_tasks_to_the_lighter_side():
     b.record(sb.CLASSIFY, 8.0)
     for task, secs in (("port_scan", 55.0), (sb.DECODE, 21.0), ("icmp_sweep", 4.0)):
         b.record(task, secs)
-    # port_scan to the main thread (8 < 60), then decode (63 > 60) to the worker,
-    # then icmp_sweep to the main thread (63 < 81)
-    assert b.split(["port_scan", sb.DECODE, "icmp_sweep"]) == {sb.DECODE}
+    # port_scan to the main thread (0 < 60), then decode (55 < 60) to the main
+    # thread too, then classify to the worker (60 < 76), icmp_sweep (68 < 76) too
+    assert b.split([sb.CLASSIFY, "port_scan", sb.DECODE, "icmp_sweep"]) == \
+        {sb.CLASSIFY, "icmp_sweep"}
     assert sb.StageBalance().split(["a", "b"]) == set()        # nothing measured yet
 
 
@@ -42,9 +43,7 @@ def _alerts(workers, rows, force=None):
             getattr(batch, name)[:b - a] = getattr(rows, name)[a:b]
         batch.n = b - a
         if force is not None:
-            # everything movable to one side: the other side looks far busier
-            engine.balance.seconds.update({sb.PROBE_STAGE: 0.0 if force == "worker" else 1e9,
-                                           sb.CLASSIFY: 1e9 if force == "worker" else 0.0})
+            engine.balance.split = force
         out += [x.to_dict() for x in engine.process(batch)]
     return out + [x.to_dict() for x in engine.finish()]
 
@@ -68,5 +67,10 @@ def test_any_split_gives_the_alerts_of_one_worker(capture):
     rows = _rows(capture)
     one = _alerts(1, rows)
     assert one, "the capture gives alerts"
-    for force in ("worker", "main", None):
-        assert _alerts(2, rows, force) == one, force
+    splits = {"everything on the worker": lambda movable: set(movable),
+              "everything on the main thread": lambda movable: set(),
+              "classes on the worker, rules on the main thread": lambda movable: {sb.CLASSIFY},
+              "every other rule on the worker": lambda movable: set(movable[1::2]),
+              "measured": None}
+    for name, split in splits.items():
+        assert _alerts(2, rows, split) == one, name
