@@ -99,8 +99,16 @@ def find_slot(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_n
     LOOKUP_FULL nothing is written: the caller must release the returned
     pinned slot first.
     """
+    return find_slot_hashed(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4,
+                            now_ns, stale_ns, ways, hash_key(k0, k1, k2, k3, k4, seed), True)
+
+
+@inline
+def find_slot_hashed(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_ns,
+                     stale_ns, ways, h, use_pins):
+    """``find_slot`` with the key's hash ``h`` already computed; ``use_pins`` False
+    for a table that never pins a slot (the probe table): ``pinned`` is not read."""
     nbuckets = keys.shape[0] // ways
-    h = hash_key(k0, k1, k2, k3, k4, seed)
     base = bucket_of(h, nbuckets) * ways
     free = -1
     stale = -1
@@ -119,7 +127,7 @@ def find_slot(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_n
         if (fps[s] == h and keys[s, 0] == k0 and keys[s, 1] == k1 and keys[s, 2] == k2
                 and keys[s, 3] == k3 and keys[s, 4] == k4):
             return LOOKUP_HIT, s
-        if pinned[s]:
+        if use_pins and pinned[s]:
             if seen < oldest_pinned_ts:
                 oldest_pinned_ts = seen
                 oldest_pinned = s
@@ -156,8 +164,14 @@ def find_slot(fps, keys, last_seen_ns, pinned, weight, k0, k1, k2, k3, k4, now_n
 @inline
 def lookup_slot(fps, keys, last_seen_ns, k0, k1, k2, k3, k4, ways, seed):
     """Slot holding key (k0..k4), or -1. Never writes."""
+    return lookup_slot_hashed(fps, keys, last_seen_ns, k0, k1, k2, k3, k4, ways,
+                              hash_key(k0, k1, k2, k3, k4, seed))
+
+
+@inline
+def lookup_slot_hashed(fps, keys, last_seen_ns, k0, k1, k2, k3, k4, ways, h):
+    """``lookup_slot`` with the key's hash ``h`` already computed."""
     nbuckets = keys.shape[0] // ways
-    h = hash_key(k0, k1, k2, k3, k4, seed)
     base = bucket_of(h, nbuckets) * ways
     for w in range(ways):
         s = base + w

@@ -38,6 +38,7 @@ COLUMNS = (
     ("wire_len", np.uint32),      # original frame length on the wire
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+_COLUMN_SET = frozenset(COLUMN_NAMES)
 ROW_BYTES = sum(np.dtype(dt).itemsize for _, dt in COLUMNS)
 
 # pkt_flags bits
@@ -75,10 +76,19 @@ class PacketBatch:
         for name, dtype in COLUMNS:
             setattr(self, name, np.zeros(self.capacity, dtype=dtype))
 
+    def __setattr__(self, name, value):
+        if name in _COLUMN_SET:
+            self.__dict__.pop("_columns", None)     # a column replaced: build the tuple anew
+        object.__setattr__(self, name, value)
+
     @property
     def columns(self):
-        """All columns as one tuple, in COLUMNS order, for passing to kernels."""
-        return tuple(getattr(self, name) for name in COLUMN_NAMES)
+        """All columns as one tuple, in COLUMNS order, for passing to kernels (built
+        once: kernels are called dozens of times per batch)."""
+        cols = self.__dict__.get("_columns")
+        if cols is None:
+            cols = self.__dict__["_columns"] = tuple(getattr(self, name) for name in COLUMN_NAMES)
+        return cols
 
     def rows(self):
         """The filled part as a dict of column name -> array view (tests, debugging)."""

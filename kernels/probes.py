@@ -78,8 +78,8 @@ plus the trace table: TRACE_SLOTS (1,024, 4-way) * (32 B pair + 8 B expiry +
 import numpy as np
 
 from kernels.addr_table import (
-    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, bucket_of, find_slot, hash_key, lookup_slot,
-    prefetch_bucket, slot_columns,
+    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, bucket_of, find_slot, find_slot_hashed, hash_key,
+    lookup_slot, lookup_slot_hashed, prefetch_bucket, slot_columns,
 )
 from kernels.batch import (
     PF_ARP, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
@@ -186,6 +186,9 @@ class ProbeState:
         self.trace_keys = np.zeros((TRACE_SLOTS, 4), np.uint64)
         self.trace_until_ns = np.full(TRACE_SLOTS, EMPTY, np.int64)
         self.trace_ports = np.zeros((TRACE_SLOTS, 3), np.int64)
+        # scratch: the key hashes of the rows ahead, computed once for their prefetch
+        # and used again by their lookup (probe_update); nothing to save
+        self.hash_ring = np.zeros(HASH_RING, np.uint64)
 
     @property
     def arrays(self):
@@ -415,12 +418,14 @@ def settle(st, slot, verdict, ts, seed):
 
 
 @inline
-def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, seed):
-    """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``)."""
+def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, h):
+    """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``); ``h``:
+    the hash of its key (``hash_key``)."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
      pflags, fps, tkeys, tuntil, tports, spare) = st
-    found, slot = find_slot(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo, word, ts,
-                            params[PP_STALE_NS], params[PP_WAYS], seed)
+    # probes are never pinned: the bucket scan skips the pin bytes
+    found, slot = find_slot_hashed(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi,
+                                   r_lo, word, ts, params[PP_STALE_NS], params[PP_WAYS], h, False)
     if found == LOOKUP_EVICTED:
         meta[PM_EVICTIONS] += 1
     if found == LOOKUP_HIT and state[slot] != 0:
@@ -470,6 +475,8 @@ def expire(st, now_ns, out, out_code, orow, seed):
 
 
 PREFETCH_AHEAD = 6     # rows between a bucket prefetch and its lookup
+HASH_RING = 8          # > PREFETCH_AHEAD, a power of two
+RING_MASK = HASH_RING - 1
 
 
 @inline
@@ -486,11 +493,16 @@ def row_probe_hash(pf, proto, f, src_hi, src_lo, dst_hi, dst_lo, sport, dport, s
 
 
 @kernel
-def probe_update(cols, start, n, st, seed, out, out_code, orow):
-    """Feed rows [start, n); write outcome rows from ``orow``.
+def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
+    """Feed rows [start, n); write outcome rows from ``orow``. ``ring``: the probe
+    table's ``hash_ring`` (scratch).
 
     Returns (next_row, next_outcome_row). Stops early when the outcome batch
     has fewer than 2 free rows.
+
+    Each row's likely key (``row_probe_hash``) is hashed once, PREFETCH_AHEAD
+    rows early, to prefetch its bucket; the hash waits in ``ring`` for the row's
+    own lookup.
     """
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
      pflags, fps, tkeys, tuntil, tports, spare) = st
@@ -512,6 +524,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
     icmp_code = cols[10]
     pkt_flags = cols[11]
     inner_proto = cols[12]
+    for j in range(start, min(n, start + PREFETCH_AHEAD)):
+        ring[j & RING_MASK] = row_probe_hash(pkt_flags[j], proto_c[j], tcp_flags[j], src_hi[j],
+                                             src_lo[j], dst_hi[j], dst_lo[j], sport_c[j],
+                                             dport_c[j], seed)
     for i in range(start, n):
         if out_cap - orow < 2:
             return i, orow
@@ -519,8 +535,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
         if j < n:
             h = row_probe_hash(pkt_flags[j], proto_c[j], tcp_flags[j], src_hi[j], src_lo[j],
                                dst_hi[j], dst_lo[j], sport_c[j], dport_c[j], seed)
+            ring[j & RING_MASK] = h
             if h != U0:
                 prefetch_bucket(fps, last_seen_ns, sent_ns, h, ways)
+        h_row = ring[i & RING_MASK]      # this row's likely key (row_probe_hash)
         ts = ts_col[i]
         head = meta[PM_HEAD]
         if head < meta[PM_TAIL] and fifo_ts[head % fifo_cap] + timeout_ns <= ts:
@@ -536,17 +554,18 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             rst = (f & TH_RST) != 0
             if syn and not ack and not rst:
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
                 continue
             if not syn and not ack and not rst:
                 # FIN, NULL, Xmas: no real connection sends these
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
                 continue
             if (syn and ack) or rst:
                 # a reply from the responder: look up the probe it answers
-                slot = lookup_slot(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
-                                   src_lo[i], port_word(sport_c[i], 6), ways, seed)
+                slot = lookup_slot_hashed(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i],
+                                          src_hi[i], src_lo[i], port_word(sport_c[i], 6), ways,
+                                          h_row)
                 if slot < 0:
                     if rst:
                         # the initiator's own RST (e.g. nmap -sS after a SYN-ACK) is no reply
@@ -570,8 +589,8 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                                 settle(st, slot, verdict, ts, seed))
                 continue
             # ACK without SYN/RST: part of a flow we know, or an ACK/Maimon probe
-            slot = lookup_slot(fps, keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
-                               dst_lo[i], port_word(dport_c[i], 6), ways, seed)
+            slot = lookup_slot_hashed(fps, keys, last_seen_ns, src_hi[i], src_lo[i], dst_hi[i],
+                                      dst_lo[i], port_word(dport_c[i], 6), ways, h_row)
             if slot >= 0 and (sport_a[slot] == sport_c[i] or state[slot] == ST_SENT):
                 last_seen_ns[slot] = max(last_seen_ns[slot], ts)
                 if state[slot] == ST_OPEN:
@@ -580,7 +599,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
             if slot >= 0:
                 # a decided probe to this port, from another initiator port: a new probe
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
                 continue
             slot = lookup_slot(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
                                src_lo[i], port_word(sport_c[i], 6), ways, seed)
@@ -590,7 +609,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                     state[slot] = ST_ESTABLISHED     # answered, not reset: an ongoing flow
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                       port_word(dport_c[i], 6), sport_c[i], f, ts, seed)
+                       port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
             continue
         if proto == 17 and (pf & PF_HAS_PORTS) != 0:
             # a reply to an earlier datagram?
@@ -604,7 +623,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow):
                                 decide(state, meta, slot, ST_OPEN))
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                       port_word(dport_c[i], 17), sport_c[i], 0, ts, seed)
+                       port_word(dport_c[i], 17), sport_c[i], 0, ts, h_row)
             continue
         if (pf & PF_ARP) != 0:
             # ARP: src/dst = sender/target protocol address, icmp_type = opcode

@@ -235,7 +235,8 @@ class Engine:
         first_regression(empty.ts_ns, 0, 0, self.latest_ns, self.max_regression_ns)
         if probes:
             kp.probe_update(empty.columns, 0, 0, self.probes.arrays, self.seed,
-                            self.outcomes.columns, self.outcomes.outcome, 0)
+                            self.outcomes.columns, self.outcomes.outcome, 0,
+                            self.probes.hash_ring)
             kp.expire_probes(self.probes.arrays, -END_OF_TIME_NS, self.outcomes.columns,
                              self.outcomes.outcome, 0)
         self.outcomes.n = 0
@@ -258,7 +259,8 @@ class Engine:
         i = 0
         while i < batch.n:
             i, rows = kp.probe_update(batch.columns, i, batch.n, self.probes.arrays, self.seed,
-                                      self.outcomes.columns, self.outcomes.outcome, 0)
+                                      self.outcomes.columns, self.outcomes.outcome, 0,
+                                      self.probes.hash_ring)
             alerts += self._outcome_rows(rows)
         return alerts
 

@@ -36,7 +36,7 @@ def kernel_outcomes(rows, timeout_s, batch_capacity, outcome_capacity):
         i = 0
         while i < batch.n:
             i, n = kp.probe_update(batch.columns, i, batch.n, state.arrays, seed,
-                                   ob.columns, ob.outcome, 0)
+                                   ob.columns, ob.outcome, 0, state.hash_ring)
             drain(n)
     while True:
         n = kp.expire_probes(state.arrays, 1 << 62, ob.columns, ob.outcome, 0)
