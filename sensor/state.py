@@ -172,27 +172,31 @@ def v1_to_v2(header, state):
     sources (``sources_complete: false``, ``source_count_estimated: true``). The
     saved shape gets ``max_sources: None``: an empty list fits any
     ``port_sweep.max_sources``."""
+    return header, _each_host_set(state, _v1_to_v2_table)
+
+
+def _each_host_set(state, convert):
+    """``state`` with ``convert(saved)`` in place of every host-set table's saved dict."""
     state = dict(state)
-    detectors = {}
-    for name, saved in state["detectors"].items():
-        if saved["shape"].get("kind") != "host_set":
-            detectors[name] = saved
-            continue
-        table = {"dense": {k: v for k, v in saved["table"]["dense"].items() if k not in V1_CONTRIB},
-                 "sparse": {k: v for k, v in saved["table"]["sparse"].items()
-                            if k not in V1_CONTRIB}}
-        for array, dtype in V2_SOURCES.items():
-            table["sparse"][array] = _empty_sparse(dtype)
-        live = np.asarray(saved["live"]).astype(np.int64)
-        if saved["meaning"].get("mode") == V1_PORT_SWEEP_MODE and len(live):
-            probes = _v1_episode_probes(saved["lifecycle"], live)
-            at = probes > 0
-            table["sparse"]["src_meta"] = {
-                "index": (live[at] * V2_SRC_META_WIDTH + V2_SM_UNLISTED).astype(np.int64),
-                "values": probes[at]}
-        detectors[name] = dict(saved, table=table, shape=dict(saved["shape"], max_sources=None))
-    state["detectors"] = detectors
-    return header, state
+    state["detectors"] = {name: convert(saved) if saved["shape"].get("kind") == "host_set"
+                          else saved for name, saved in state["detectors"].items()}
+    return state
+
+
+def _v1_to_v2_table(saved):
+    table = {"dense": {k: v for k, v in saved["table"]["dense"].items() if k not in V1_CONTRIB},
+             "sparse": {k: v for k, v in saved["table"]["sparse"].items()
+                        if k not in V1_CONTRIB}}
+    for array, dtype in V2_SOURCES.items():
+        table["sparse"][array] = _empty_sparse(dtype)
+    live = np.asarray(saved["live"]).astype(np.int64)
+    if saved["meaning"].get("mode") == V1_PORT_SWEEP_MODE and len(live):
+        probes = _v1_episode_probes(saved["lifecycle"], live)
+        at = probes > 0
+        table["sparse"]["src_meta"] = {
+            "index": (live[at] * V2_SRC_META_WIDTH + V2_SM_UNLISTED).astype(np.int64),
+            "values": probes[at]}
+    return dict(saved, table=table, shape=dict(saved["shape"], max_sources=None))
 
 
 V3_SKETCH_ROW = 2 * 64                        # kernels/host_set.py sketch words per slot
@@ -204,26 +208,22 @@ def v2_to_v3(header, state):
     entries carry a generation (``item_gen``; the index itself is rebuilt on
     restore). Format 2 kept every sketch, so a key whose sketches hold anything is
     marked live (its sketches go on being kept, as before); generations start at 0."""
-    state = dict(state)
-    detectors = {}
-    for name, saved in state["detectors"].items():
-        if saved["shape"].get("kind") != "host_set":
-            detectors[name] = saved
-            continue
-        live = np.asarray(saved["live"]).astype(np.int64)
-        dense, sparse = dict(saved["table"]["dense"]), dict(saved["table"]["sparse"])
-        if "sketch" in dense:
-            rows = np.asarray(dense["sketch"]).reshape(len(live), V3_SKETCH_ROW)
-            used = rows.any(axis=1)
-        else:
-            s = sparse["sketch"]
-            slots = np.asarray(s["index"]).astype(np.int64) // V3_SKETCH_ROW
-            used = np.isin(live, slots[np.asarray(s["values"]) != 0])
-        dense["sketch_live"] = used.astype(np.uint8)
-        sparse["item_gen"] = _empty_sparse("<i8")
-        detectors[name] = dict(saved, table={"dense": dense, "sparse": sparse})
-    state["detectors"] = detectors
-    return header, state
+    return header, _each_host_set(state, _v2_to_v3_table)
+
+
+def _v2_to_v3_table(saved):
+    live = np.asarray(saved["live"]).astype(np.int64)
+    dense, sparse = dict(saved["table"]["dense"]), dict(saved["table"]["sparse"])
+    if "sketch" in dense:
+        rows = np.asarray(dense["sketch"]).reshape(len(live), V3_SKETCH_ROW)
+        used = rows.any(axis=1)
+    else:
+        s = sparse["sketch"]
+        slots = np.asarray(s["index"]).astype(np.int64) // V3_SKETCH_ROW
+        used = np.isin(live, slots[np.asarray(s["values"]) != 0])
+    dense["sketch_live"] = used.astype(np.uint8)
+    sparse["item_gen"] = _empty_sparse("<i8")
+    return dict(saved, table={"dense": dense, "sparse": sparse})
 
 
 CONVERTERS = {1: v1_to_v2, 2: v2_to_v3}

@@ -490,6 +490,29 @@ def test_an_older_file_is_converted_on_load(scanned, tmp_path, monkeypatch):
     assert int(engine.seed) == int(engine0.seed)
 
 
+def go_on_from(fixture, cfg, capture, at, tmp_path, check=None):
+    """Load checkpoint ``fixture`` (written after rows [0, at) of ``capture``) into a
+    fresh engine, ``check(engine)``, feed it the rest. Returns (seed, the alerts a
+    fresh engine with the saved seed gives for rows [0, at), those of the restored
+    engine for the rest, those of one uninterrupted run)."""
+    path = tmp_path / "state.msgpack"
+    path.write_bytes(fixture.read_bytes())
+    rows = decode(shipped(capture))
+    engine = Engine(cfg)
+    result = st.load_checkpoint(engine, path)
+    assert result.status == "restored", result.messages
+    assert result.header["version"] == st.VERSION
+    if check is not None:
+        check(engine)
+    seed = int(engine.seed)
+    rest = feed(engine, rows, at, rows.n) + finish(engine)
+    head = Engine(cfg)
+    head.seed = np.uint64(seed)
+    for det in head.detectors:
+        det.seed = head.seed
+    return seed, feed(head, rows, 0, at), rest, uninterrupted(cfg, rows, seed, at)
+
+
 V1_FIXTURE = pathlib.Path(__file__).parent / "state_fixtures" / \
     "checkpoint_v1_distributed_port_sweep.msgpack"
 V1_SETS = ("port_sweep.threshold=20",)    # the config it was written with (README there)
@@ -503,23 +526,8 @@ def test_a_format_1_checkpoint_is_upgraded_keeping_the_other_tables(tmp_path):
     flagged as not complete."""
     header, _ = msgpack.unpackb(V1_FIXTURE.read_bytes(), raw=False)
     assert header["version"] == 1 and "contrib_n" in V1_FIXTURE.read_bytes().decode("latin-1")
-    path = tmp_path / "state.msgpack"
-    path.write_bytes(V1_FIXTURE.read_bytes())
-    cfg = config(*V1_SETS)
-    rows = decode(shipped("distributed_port_sweep.pcap"))
-    at = 120
-    engine = Engine(cfg)
-    result = st.load_checkpoint(engine, path)
-    assert result.status == "restored", result.messages
-    assert result.header["version"] == st.VERSION
-    seed = int(engine.seed)
-    rest = feed(engine, rows, at, rows.n) + finish(engine)
-    head = Engine(cfg)
-    head.seed = np.uint64(seed)
-    for det in head.detectors:
-        det.seed = head.seed
-    before = feed(head, rows, 0, at)
-    whole = uninterrupted(cfg, rows, seed, at)
+    _, before, rest, whole = go_on_from(V1_FIXTURE, config(*V1_SETS),
+                                        "distributed_port_sweep.pcap", 120, tmp_path)
     others = lambda alerts: [a for a in alerts if a["rule"] != "port_sweep"]  # noqa: E731
     assert others(whole), "the capture gives other alerts"
     assert others(before + rest) == others(whole)
@@ -548,26 +556,13 @@ def test_a_format_2_checkpoint_goes_on_as_one_uninterrupted_run(tmp_path):
     its estimate included, goes on exactly as one uninterrupted run."""
     header, _ = msgpack.unpackb(V2_FIXTURE.read_bytes(), raw=False)
     assert header["version"] == 2
-    path = tmp_path / "state.msgpack"
-    path.write_bytes(V2_FIXTURE.read_bytes())
-    cfg = config(*V2_SETS)
-    rows = decode(shipped("distributed_sweep_445.pcap"))
-    at = 90
-    engine = Engine(cfg)
-    result = st.load_checkpoint(engine, path)
-    assert result.status == "restored", result.messages
-    assert result.header["version"] == st.VERSION
-    sweep = next(d for d in engine.detectors if d.name == "port_sweep")
-    full = np.flatnonzero(sweep.table.item_n == 16)
-    assert len(full) == 1 and sweep.table.sketch_live[full[0]] == 1
-    seed = int(engine.seed)
-    rest = feed(engine, rows, at, rows.n) + finish(engine)
-    head = Engine(cfg)
-    head.seed = np.uint64(seed)
-    for det in head.detectors:
-        det.seed = head.seed
-    before = feed(head, rows, 0, at)
-    whole = uninterrupted(cfg, rows, seed, at)
+
+    def restored(engine):
+        sweep = next(d for d in engine.detectors if d.name == "port_sweep")
+        full = np.flatnonzero(sweep.table.item_n == 16)
+        assert len(full) == 1 and sweep.table.sketch_live[full[0]] == 1
+    _, before, rest, whole = go_on_from(V2_FIXTURE, config(*V2_SETS),
+                                        "distributed_sweep_445.pcap", 90, tmp_path, restored)
     assert any(a["rule"] == "port_sweep" and a["count_estimated"] for a in whole)
     assert before + rest == whole
 
