@@ -851,6 +851,54 @@ def host_hash(hi, lo):
     return mix64(mix64(hi) ^ lo)
 
 
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def hash_key(words, seed):
+    """kernels/addr_table.py hash_key: each of the five words mixed with its own
+    offset of the seed, combined, mixed again."""
+    h = 0
+    for k, w in enumerate(words):
+        h ^= mix64((w ^ ((seed + k * GOLDEN) & _MASK64)) & _MASK64)
+    return mix64(h)
+
+
+HIT, NEW, EVICTED, FULL = 0, 1, 2, 3     # kernels/addr_table.py LOOKUP_*
+
+
+def find_slot_reference(table, words, now_ns, stale_ns, ways, seed, use_pins=True):
+    """kernels/addr_table.py find_slot on a table of plain lists (``fps``, ``keys``,
+    ``last_seen``, ``pinned``, ``weight``; empty slots have last_seen -1): the key's
+    slot if present; else the first empty way, else the first way idle for
+    ``stale_ns``, else the unpinned way of lowest weight, least recently seen among
+    equals (the first such); else, every way pinned, FULL with the pinned way seen
+    longest ago. Returns (outcome, slot) and writes the key where it claims one."""
+    h = hash_key(words, seed)
+    nbuckets = len(table["fps"]) // ways
+    base = (((h >> 32) * nbuckets) >> 32) * ways
+    bucket = range(base, base + ways)
+    for s in bucket:
+        if (table["last_seen"][s] != -1 and table["fps"][s] == h
+                and table["keys"][s] == list(words)):
+            return HIT, s
+    live = [s for s in bucket if table["last_seen"][s] != -1]
+    pinned = [s for s in live if use_pins and table["pinned"][s]]
+    free = [s for s in bucket if table["last_seen"][s] == -1]
+    idle = [s for s in live if s not in pinned and now_ns - table["last_seen"][s] >= stale_ns]
+    others = [s for s in live if s not in pinned and s not in idle]
+    if free or idle:
+        outcome, slot = NEW, (free or idle)[0]
+    elif others:
+        outcome = EVICTED
+        slot = min(others, key=lambda s: (table["weight"][s], table["last_seen"][s], s))
+    else:
+        return FULL, min(pinned, key=lambda s: (table["last_seen"][s], s))
+    table["fps"][slot] = h
+    table["keys"][slot] = list(words)
+    table["last_seen"][slot] = now_ns
+    return outcome, slot
+
+
 def small_linear_count(word):
     zeros = 64 - bin(word).count("1")
     return int(round(-64 * math.log(max(zeros, 1) / 64)))
