@@ -212,6 +212,7 @@ class Engine:
             for det in mine:
                 out[det.name] = balance.timed(det.name, det.process, batch, classes, no_outcome)
         finally:
+            classified.set()        # never leave the worker waiting (this thread raised)
             alerts, following = worker.result()     # (re-raises the worker's exception)
             for det in mine:
                 det.defer_outcomes = False
