@@ -63,15 +63,29 @@ arp_sweep, ...) consume. The
 kernel returns early when the outcome batch is full; the caller drains it
 and resumes.
 
-Timeouts use a FIFO of (slot, sent time): packet time is (nearly) monotonic,
-so the queue is ordered and only its head is checked per row. A probe whose
+Timeouts use FIFOs of (slot, sent time): packet time is (nearly) monotonic,
+so a queue is ordered and only its head is checked per row. A probe whose
 slot was reused before its timeout is dropped from the queue silently (its
 eviction is counted).
 
+Under a spoofed flood that overflows the table. Each probe carries a weight,
+the number of probes its initiator opened lately (``count_initiator``: a
+count-min sketch of initiators, halved every INITIATOR_AGE_PROBES probes). A
+full bucket gives up the probe of lowest weight, the oldest among equals; and
+probes of weight HOT_WEIGHT or more wait for their timeout in a queue of their
+own (``queue_timeout``). A flood's every source has opened one probe: its
+probes are the ones evicted, and the ones whose timers the overflowing main
+queue drops. A scanner hidden in the flood has opened many: its probes keep
+their slots and their timers and reach the outcome rules (failed_connections,
+stealth_scan, udp_scan, slow_scan, ...). Before, the oldest probe went first
+and the queue, as long as the table, dropped the timer of every probe older
+than one table's worth of probes, the scanner's too.
+
 Memory (fixed): capacity * (40 B key + 8 B key hash + 8 B last seen + 8 B
-sent time + 1 B pin + 8 B row of state, initiator port and probe flags + 16 B
-queue entry) = 89 B per probe slot (22.3 MiB at the default 262,144 slots),
-plus the trace table: TRACE_SLOTS (1,024, 4-way) * (32 B pair + 8 B expiry +
+sent time + 8 B weight + 1 B pin + 8 B row of state, initiator port and probe
+flags + 16 B queue entry + 4 B of the busy initiators' queue) = 101 B per probe
+slot (25.3 MiB at the default 262,144 slots), plus the initiator sketch
+(2 x 131,072 uint16: 512 KiB) and the trace table: TRACE_SLOTS (1,024, 4-way) * (32 B pair + 8 B expiry +
 24 B port range and protocol) = 64 KiB. A mark evicted early (more than
 1,024 pairs traced within a hold) is counted (``PM_TRACE_EVICTIONS``).
 """
@@ -79,13 +93,14 @@ import numpy as np
 
 from kernels.addr_table import (
     EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, bucket_of, find_slot, find_slot_hashed, hash_key,
-    lookup_slot, lookup_slot_hashed, prefetch_bucket, slot_columns,
+    lookup_slot, lookup_slot_hashed, mix64, prefetch_bucket, slot_columns,
 )
 from kernels.batch import (
     PF_ARP, PF_HAS_ICMP, PF_HAS_INNER, PF_HAS_PORTS, PF_HAS_TCP_FLAGS, PF_INNER_HAS_PORTS,
     PF_IPV6, TH_ACK, TH_RST, TH_SYN, PacketBatch,
 )
 from kernels.jit import inline, kernel
+from kernels.prefetch import prefetch
 
 U0 = np.uint64(0)
 
@@ -98,6 +113,11 @@ OUT_UNKNOWN = 4
 OUT_TRACED = 5          # part of a traceroute: counted by no rule
 OUTCOME_NAMES = {OUT_OPEN: "open", OUT_CLOSED: "closed", OUT_FILTERED: "filtered",
                  OUT_UNKNOWN: "unknown", OUT_TRACED: "traced"}
+
+
+def hot_queue_len(capacity):
+    """Entries of the busy initiators' timeout queue for a table of ``capacity``."""
+    return 64 + capacity // HOT_QUEUE_PER_SLOTS      # (linear: sensor/memory_budget.py)
 
 
 class OutcomeBatch(PacketBatch):
@@ -137,7 +157,12 @@ PM_BACKSCATTER_ICMP = 13   # ICMP errors quoting no probe the table saw
 PM_ICMP_MISQUOTED = 14  # ICMPv4 errors quoting IPv6, ICMPv6 errors quoting IPv4
 PM_TRACE_UNTIL = 15     # latest expiry in the trace table (skip lookups past it)
 PM_TRACE_EVICTIONS = 16 # live trace marks replaced by another pair's
-N_PMETA = 17
+PM_SKETCH_AGE = 17      # probes counted in the initiator sketch since it was last halved
+PM_HOT_HEAD = 18        # the timeout queue of busy initiators' probes
+PM_HOT_TAIL = 19
+PM_QUEUE_DROPS = 20     # entries a full timeout queue dropped (their probes, if still
+                        # waiting, lost their timers)
+N_PMETA = 21
 
 # params
 PP_TIMEOUT_NS = 0
@@ -156,6 +181,19 @@ TRACE_WAYS = 4
 TRACE_PORTS_BELOW = 32     # a hop that did not answer before the first that did
 TRACE_PORTS_ABOVE = 256    # traceroute: 30 hops x 3 probes past the last answering hop
 TRACE_TAG = np.uint64(0x7472616365)     # fifth hash word of a trace key
+
+# initiator sketch: how many probes each initiator opened lately (a count-min sketch of
+# two rows, conservative update, halved every INITIATOR_AGE_PROBES probes). It is the
+# weight by which a full bucket chooses its victim, and it sends the probes of busy
+# initiators (HOT_WEIGHT or more) to a timeout queue of their own
+INITIATOR_BITS = 17                     # 2 x 131,072 uint16 counters: 512 KiB
+INITIATOR_WIDTH = 1 << INITIATOR_BITS
+INITIATOR_MASK = np.uint64(INITIATOR_WIDTH - 1)
+INITIATOR_MAX = 0xFFFF
+INITIATOR_AGE_PROBES = 1 << 18
+INITIATOR_SALT = np.uint64(0x1A17A7012)
+HOT_WEIGHT = 16           # well above a spoofed flood's noise in the sketch (~2-4)
+HOT_QUEUE_PER_SLOTS = 4   # the busy initiators' queue: one entry per 4 table slots
 
 
 class ProbeState:
@@ -188,13 +226,23 @@ class ProbeState:
         self.trace_ports = np.zeros((TRACE_SLOTS, 3), np.int64)
         # scratch: the key hashes of the rows ahead, computed once for their prefetch
         # and used again by their lookup (probe_update); nothing to save
-        self.hash_ring = np.zeros(HASH_RING, np.uint64)
+        self.hash_ring = np.zeros((2, HASH_RING), np.uint64)   # key hash, initiator hash
+        # eviction weight of each probe: its initiator's count when it was opened
+        self.weight = np.zeros(capacity, np.int64)
+        self.initiator_sketch = np.zeros(2 << INITIATOR_BITS, np.uint16)   # two rows
+        # the timeout queue of probes of busy initiators (weight >= HOT_WEIGHT)
+        self.hot_slot = np.zeros(hot_queue_len(capacity), np.int64)
+        self.hot_ts = np.zeros(hot_queue_len(capacity), np.int64)
+        # the main queue's tail when each entry was queued: the two queues are taken
+        # in the order the probes were opened, as one queue would be
+        self.hot_mark = np.zeros(hot_queue_len(capacity), np.int64)
 
     @property
     def arrays(self):
         return (self.keys, self.last_seen_ns, self.pinned, self.sent_ns, self.state,
                 self.fifo_slot, self.fifo_ts, self.meta, self.params, self.sport, self.pflags,
-                self.fps, self.trace_keys, self.trace_until_ns, self.trace_ports, self.spare)
+                self.fps, self.trace_keys, self.trace_until_ns, self.trace_ports, self.spare,
+                self.weight, self.initiator_sketch, self.hot_slot, self.hot_ts, self.hot_mark)
 
     def nbytes(self):
         return sum(a.nbytes for a in self.arrays)
@@ -275,13 +323,100 @@ def l2_mac(sport_a, pflags, spare, slot):
 
 
 @inline
+def initiator_hash(i_hi, i_lo, seed):
+    return mix64(mix64(i_hi ^ (seed + INITIATOR_SALT)) ^ i_lo)
+
+
+@inline
+def initiator_counters(h):
+    """The initiator's two counters in the (flat, two-row) sketch."""
+    return (np.int64(h & INITIATOR_MASK),
+            INITIATOR_WIDTH + np.int64((h >> np.uint64(32)) & INITIATOR_MASK))
+
+
+@inline
+def count_initiator(isketch, meta, h):
+    """One more probe of the initiator whose ``initiator_hash`` is ``h``: its count in
+    the sketch (conservative update: only the smaller of its two counters grows),
+    which is returned. Every INITIATOR_AGE_PROBES probes every counter is halved,
+    so the counts say "lately"."""
+    a, b = initiator_counters(h)
+    c = min(np.int64(isketch[a]), np.int64(isketch[b]))
+    if c < INITIATOR_MAX:
+        c += 1
+        if isketch[a] < c:
+            isketch[a] = c
+        if isketch[b] < c:
+            isketch[b] = c
+    meta[PM_SKETCH_AGE] += 1
+    if meta[PM_SKETCH_AGE] >= INITIATOR_AGE_PROBES:
+        meta[PM_SKETCH_AGE] = 0
+        for k in range(isketch.shape[0]):
+            isketch[k] >>= 1
+    return c
+
+
+@inline
+def queue_timeout(st, slot, ts):
+    """Queue probe ``slot`` (opened at ``ts``, its weight set) for its timeout: in the
+    busy initiators' queue if its weight is HOT_WEIGHT or more, else in the main one.
+    A full queue drops its oldest entry: that probe, if still waiting, loses its
+    timer (PM_QUEUE_DROPS counts the entries dropped). Under a spoofed flood the main
+    queue overflows and its probes lose their timers (they are the first evicted
+    too), while a scanner's probes, in the other queue, time out as they should."""
+    (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
+    if weight[slot] >= HOT_WEIGHT:
+        cap = hot_slot.shape[0]
+        if meta[PM_HOT_TAIL] - meta[PM_HOT_HEAD] >= cap:
+            drop_oldest(meta, PM_HOT_HEAD)
+        at = meta[PM_HOT_TAIL] % cap
+        hot_slot[at] = slot
+        hot_ts[at] = ts
+        hot_mark[at] = meta[PM_TAIL]
+        meta[PM_HOT_TAIL] += 1
+    else:
+        cap = fifo_slot.shape[0]
+        if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
+            drop_oldest(meta, PM_HEAD)
+        fifo_slot[meta[PM_TAIL] % cap] = slot
+        fifo_ts[meta[PM_TAIL] % cap] = ts
+        meta[PM_TAIL] += 1
+
+
+@inline
+def drop_oldest(meta, head):
+    """A full queue: its oldest entry goes (its probe, if still waiting, loses its
+    timer; not looked up, which would cost a cache miss per probe of a flood)."""
+    meta[head] += 1
+    meta[PM_QUEUE_DROPS] += 1
+
+
+@inline
+def due_queue(fifo_ts, hot_ts, hot_mark, meta, timeout_ns, now_ns):
+    """The queue whose head is the probe opened first, if its timeout passed by
+    ``now_ns`` (0: none, 1: the main queue, 2: the busy initiators'), so the two are
+    taken exactly as one queue of every probe would be."""
+    main = meta[PM_HEAD] < meta[PM_TAIL]
+    if meta[PM_HOT_HEAD] < meta[PM_HOT_TAIL]:
+        h = meta[PM_HOT_HEAD] % hot_ts.shape[0]
+        if not main or hot_mark[h] <= meta[PM_HEAD]:
+            return 2 if hot_ts[h] + timeout_ns <= now_ns else 0
+    if main:
+        return 1 if fifo_ts[meta[PM_HEAD] % fifo_ts.shape[0]] + timeout_ns <= now_ns else 0
+    return 0
+
+
+@inline
 def open_l2_probe(st, i_hi, i_lo, r_hi, r_lo, word, mac, ts, seed):
     """An ARP request or neighbour solicitation from I for R: a probe of R, waiting
     for R's reply. A repeat while waiting is a retransmission; one after the
     probe was decided asks again (a new probe)."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
-    found, slot = find_slot(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi, r_lo,
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
+    found, slot = find_slot(fps, keys, last_seen_ns, pinned, weight, i_hi, i_lo, r_hi, r_lo,
                             word, ts, params[PP_STALE_NS], params[PP_WAYS], seed)
     if found == LOOKUP_EVICTED:
         meta[PM_EVICTIONS] += 1
@@ -289,18 +424,14 @@ def open_l2_probe(st, i_hi, i_lo, r_hi, r_lo, word, mac, ts, seed):
         last_seen_ns[slot] = max(last_seen_ns[slot], ts)
         if state[slot] == ST_SENT:
             return
+    weight[slot] = count_initiator(isketch, meta, initiator_hash(i_hi, i_lo, seed))
     state[slot] = ST_SENT
     sent_ns[slot] = ts
     sport_a[slot] = np.uint16((mac >> np.uint64(32)) & np.uint64(0xFFFF))
     pflags[slot] = np.uint16((mac >> np.uint64(16)) & np.uint64(0xFFFF))
     spare[slot] = np.uint16(mac & np.uint64(0xFFFF))
     meta[PM_PROBES] += 1
-    cap = fifo_slot.shape[0]
-    if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
-        meta[PM_HEAD] += 1
-    fifo_slot[meta[PM_TAIL] % cap] = slot
-    fifo_ts[meta[PM_TAIL] % cap] = ts
-    meta[PM_TAIL] += 1
+    queue_timeout(st, slot, ts)
 
 
 @inline
@@ -308,7 +439,8 @@ def answer_l2(st, i_hi, i_lo, r_hi, r_lo, word, ts, out, out_code, orow, seed):
     """An ARP reply or neighbour advertisement from R to I: the probe is open
     (the host is there). Returns the next outcome row."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
     slot = lookup_slot(fps, keys, last_seen_ns, i_hi, i_lo, r_hi, r_lo, word, params[PP_WAYS],
                        seed)
     if slot < 0:
@@ -410,7 +542,8 @@ def settle(st, slot, verdict, ts, seed):
     """Decide probe ``slot`` as ``verdict`` at ``ts``; a failure (closed, filtered,
     unknown) of a pair being traced is decided TRACED. Returns the outcome code."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
     if verdict != ST_OPEN and verdict != ST_TRACED and trace_excuses(
             tkeys, tuntil, tports, meta, keys, slot, ts, params[PP_TRACE_HOLD_NS], seed):
         verdict = ST_TRACED
@@ -418,13 +551,16 @@ def settle(st, slot, verdict, ts, seed):
 
 
 @inline
-def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, h):
+def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, h, h_init):
     """A probe (TCP SYN, UDP datagram, or stealth segment with its ``flags``); ``h``:
-    the hash of its key (``hash_key``)."""
+    the hash of its key (``hash_key``), ``h_init`` its initiator's
+    (``initiator_hash``)."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
-    # probes are never pinned: the bucket scan skips the pin bytes
-    found, slot = find_slot_hashed(fps, keys, last_seen_ns, pinned, sent_ns, i_hi, i_lo, r_hi,
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
+    # probes are never pinned: the bucket scan skips the pin bytes; a full bucket gives
+    # up the probe whose initiator opened the fewest lately (``count_initiator``)
+    found, slot = find_slot_hashed(fps, keys, last_seen_ns, pinned, weight, i_hi, i_lo, r_hi,
                                    r_lo, word, ts, params[PP_STALE_NS], params[PP_WAYS], h, False)
     if found == LOOKUP_EVICTED:
         meta[PM_EVICTIONS] += 1
@@ -432,43 +568,52 @@ def open_probe(st, i_hi, i_lo, r_hi, r_lo, word, sport, flags, ts, h):
         last_seen_ns[slot] = max(last_seen_ns[slot], ts)
         if state[slot] == ST_SENT or sport_a[slot] == sport:
             return      # still waiting, or a retransmission of a decided attempt
+    if h_init == U0:        # not hashed ahead (only SYNs are)
+        h_init = initiator_hash(i_hi, i_lo, np.uint64(params[PP_SEED]))
+    weight[slot] = count_initiator(isketch, meta, h_init)
     state[slot] = ST_SENT
     sent_ns[slot] = ts
     sport_a[slot] = sport
     pflags[slot] = flags
     meta[PM_PROBES] += 1
-    cap = fifo_slot.shape[0]
-    if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
-        meta[PM_HEAD] += 1       # queue full: the oldest entry loses its timer
-    fifo_slot[meta[PM_TAIL] % cap] = slot
-    fifo_ts[meta[PM_TAIL] % cap] = ts
-    meta[PM_TAIL] += 1
+    queue_timeout(st, slot, ts)
 
 
 @kernel
 def expire_probes(st, now_ns, out, out_code, orow):
     """Decide probes whose timeout passed by ``now_ns``. Returns the next outcome row."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
     return expire(st, now_ns, out, out_code, orow, np.uint64(params[PP_SEED]))
 
 
 @inline
 def expire(st, now_ns, out, out_code, orow, seed):
+    """Decide the probes whose timeout passed by ``now_ns``, from both queues in the
+    order of their timeouts. Returns the next outcome row."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
     timeout_ns = params[PP_TIMEOUT_NS]
-    cap = fifo_slot.shape[0]
     out_cap = out[0].shape[0]
-    while meta[PM_HEAD] < meta[PM_TAIL] and orow < out_cap:
-        h = meta[PM_HEAD] % cap
-        if fifo_ts[h] + timeout_ns > now_ns:
+    while orow < out_cap:
+        which = due_queue(fifo_ts, hot_ts, hot_mark, meta, timeout_ns, now_ns)
+        if which == 0:
             break
-        slot = fifo_slot[h]
-        meta[PM_HEAD] += 1
-        if state[slot] == ST_SENT and sent_ns[slot] == fifo_ts[h]:
+        if which == 1:
+            h = meta[PM_HEAD] % fifo_slot.shape[0]
+            slot = fifo_slot[h]
+            sent = fifo_ts[h]
+            meta[PM_HEAD] += 1
+        else:
+            h = meta[PM_HOT_HEAD] % hot_slot.shape[0]
+            slot = hot_slot[h]
+            sent = hot_ts[h]
+            meta[PM_HOT_HEAD] += 1
+        if state[slot] == ST_SENT and sent_ns[slot] == sent:
             verdict = ST_FILTERED if meta[PM_REPLIES] > 0 else ST_UNKNOWN
-            at = fifo_ts[h] + timeout_ns
+            at = sent + timeout_ns
             outcome = settle(st, slot, verdict, at, seed)
             orow = emit(out, out_code, orow, at, keys, pflags, sport_a, spare, slot, outcome)
     return orow
@@ -477,6 +622,13 @@ def expire(st, now_ns, out, out_code, orow, seed):
 PREFETCH_AHEAD = 6     # rows between a bucket prefetch and its lookup
 HASH_RING = 8          # > PREFETCH_AHEAD, a power of two
 RING_MASK = HASH_RING - 1
+
+
+@inline
+def opens_probe(pf, f):
+    """The row is a TCP segment with SYN but not ACK or RST: it opens a probe (its
+    source is the initiator) unless it repeats one."""
+    return (pf & PF_HAS_TCP_FLAGS) != 0 and (f & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN
 
 
 @inline
@@ -495,7 +647,7 @@ def row_probe_hash(pf, proto, f, src_hi, src_lo, dst_hi, dst_lo, sport, dport, s
 @kernel
 def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
     """Feed rows [start, n); write outcome rows from ``orow``. ``ring``: the probe
-    table's ``hash_ring`` (scratch).
+    table's ``hash_ring`` (scratch: key and initiator hashes of the rows ahead).
 
     Returns (next_row, next_outcome_row). Stops early when the outcome batch
     has fewer than 2 free rows.
@@ -505,12 +657,12 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
     own lookup.
     """
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
     timeout_ns = params[PP_TIMEOUT_NS]
     ways = params[PP_WAYS]
     params[PP_SEED] = np.int64(seed)
     out_cap = out[0].shape[0]
-    fifo_cap = fifo_slot.shape[0]
     ts_col = cols[0]
     src_hi = cols[1]
     src_lo = cols[2]
@@ -525,9 +677,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
     pkt_flags = cols[11]
     inner_proto = cols[12]
     for j in range(start, min(n, start + PREFETCH_AHEAD)):
-        ring[j & RING_MASK] = row_probe_hash(pkt_flags[j], proto_c[j], tcp_flags[j], src_hi[j],
-                                             src_lo[j], dst_hi[j], dst_lo[j], sport_c[j],
-                                             dport_c[j], seed)
+        ring[0, j & RING_MASK] = row_probe_hash(pkt_flags[j], proto_c[j], tcp_flags[j],
+                                                src_hi[j], src_lo[j], dst_hi[j], dst_lo[j],
+                                                sport_c[j], dport_c[j], seed)
+        ring[1, j & RING_MASK] = U0
     for i in range(start, n):
         if out_cap - orow < 2:
             return i, orow
@@ -535,13 +688,21 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
         if j < n:
             h = row_probe_hash(pkt_flags[j], proto_c[j], tcp_flags[j], src_hi[j], src_lo[j],
                                dst_hi[j], dst_lo[j], sport_c[j], dport_c[j], seed)
-            ring[j & RING_MASK] = h
+            ring[0, j & RING_MASK] = h
             if h != U0:
-                prefetch_bucket(fps, last_seen_ns, sent_ns, h, ways)
-        h_row = ring[i & RING_MASK]      # this row's likely key (row_probe_hash)
+                prefetch_bucket(fps, last_seen_ns, weight, h, ways)
+            ring[1, j & RING_MASK] = U0          # (open_probe hashes it if need be)
+            if opens_probe(pkt_flags[j], tcp_flags[j]):
+                # a SYN opens a probe: its initiator's counters are wanted too
+                h_init = initiator_hash(src_hi[j], src_lo[j], seed)
+                ring[1, j & RING_MASK] = h_init
+                a, b = initiator_counters(h_init)
+                prefetch(isketch, a)
+                prefetch(isketch, b)
+        h_row = ring[0, i & RING_MASK]      # this row's likely key (row_probe_hash)
+        h_init = ring[1, i & RING_MASK]     # a SYN's initiator_hash (else 0)
         ts = ts_col[i]
-        head = meta[PM_HEAD]
-        if head < meta[PM_TAIL] and fifo_ts[head % fifo_cap] + timeout_ns <= ts:
+        if due_queue(fifo_ts, hot_ts, hot_mark, meta, timeout_ns, ts) != 0:
             orow = expire(st, ts, out, out_code, orow, seed)
         if out_cap - orow < 2:
             return i, orow
@@ -554,12 +715,12 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
             rst = (f & TH_RST) != 0
             if syn and not ack and not rst:
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row, h_init)
                 continue
             if not syn and not ack and not rst:
                 # FIN, NULL, Xmas: no real connection sends these
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row, h_init)
                 continue
             if (syn and ack) or rst:
                 # a reply from the responder: look up the probe it answers
@@ -599,7 +760,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
             if slot >= 0:
                 # a decided probe to this port, from another initiator port: a new probe
                 open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
+                           port_word(dport_c[i], 6), sport_c[i], f, ts, h_row, h_init)
                 continue
             slot = lookup_slot(fps, keys, last_seen_ns, dst_hi[i], dst_lo[i], src_hi[i],
                                src_lo[i], port_word(sport_c[i], 6), ways, seed)
@@ -609,7 +770,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
                     state[slot] = ST_ESTABLISHED     # answered, not reset: an ongoing flow
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                       port_word(dport_c[i], 6), sport_c[i], f, ts, h_row)
+                       port_word(dport_c[i], 6), sport_c[i], f, ts, h_row, h_init)
             continue
         if proto == 17 and (pf & PF_HAS_PORTS) != 0:
             # a reply to an earlier datagram?
@@ -623,7 +784,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
                                 decide(state, meta, slot, ST_OPEN))
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                       port_word(dport_c[i], 17), sport_c[i], 0, ts, h_row)
+                       port_word(dport_c[i], 17), sport_c[i], 0, ts, h_row, h_init)
             continue
         if (pf & PF_ARP) != 0:
             # ARP: src/dst = sender/target protocol address, icmp_type = opcode
@@ -722,7 +883,8 @@ def outcomes_of(st, k0, k1, t0, t1, by_target, port, proto, stealth, open_ports,
     the port of every such probe but the traced ones. Scans the whole table: called
     per alert."""
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
-     pflags, fps, tkeys, tuntil, tports, spare) = st
+     pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
+     hot_mark) = st
     n_open = 0
     n_closed = 0
     n_filtered = 0

@@ -495,6 +495,11 @@ def _flood(args, sensor, results, workdir):
         table_bytes_mib=round(sum(v for k, v in stats.items() if k.endswith("table_bytes")) / 2**20, 1),
         probes_evictions=stats["probes_evictions"],
         scanner_found=any(a["rule"] == "port_scan" and a["src_ip"].startswith("10.66.") for a in alerts),
+        # every rule that named the hidden scanner: the outcome rules need its attempts
+        # to live to their timeout in a probe table the flood overflows
+        scanner_rules=sorted({r for a in alerts if a["src_ip"].startswith("10.66.")
+                              for r in (a.get("rules") or [a["rule"]])}),
+        probe_queue_drops=stats["probe_queue_drops"],
         # the long-horizon tier: the flood writes doorkeeper marks, claims no slot
         slow_scan_table_mib=round(stats["slow_scan_table_bytes"] / 2**20, 1),
         slow_scan_doorkeeper_held=stats["slow_scan_doorkeeper_held"],

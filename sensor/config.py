@@ -283,8 +283,11 @@ for _rule in RULES:
 SETTINGS += [
     Setting("probes.max_probes", 262144,
             "Connection attempts tracked at once (initiator, responder, port, protocol), about "
-            "89 bytes each, fixed at start. When full the least recently seen attempt is "
-            "evicted (counted in stats as probes_evictions).", min=64, max=1 << 26),
+            "101 bytes each (plus 512 KiB of initiator counts), fixed at start. When a "
+            "bucket is full, the attempt whose initiator opened the fewest lately is "
+            "evicted, the oldest among equals (counted in stats as probes_evictions): under "
+            "a spoofed flood, the flood's one-packet sources go first and a scanner's "
+            "attempts live to their timeout.", min=64, max=1 << 26),
     Setting("probes.table_ways", 8, "Slots searched per lookup (set associativity).",
             min=1, max=64),
     Setting("probes.timeout_s", 5.0,

@@ -408,6 +408,7 @@ class Engine:
             "time_exceeded_seen": int(m[kp.PM_TIME_EXCEEDED]),
             "traceroute_probes": int(m[kp.PM_TRACED]),
             "trace_evictions": int(m[kp.PM_TRACE_EVICTIONS]),
+            "probe_queue_drops": int(m[kp.PM_QUEUE_DROPS]),
             "probe_table_bytes": int(self.probes.nbytes()),
         })
         for det in self.detectors:

@@ -207,8 +207,17 @@ def v2_to_v3(header, state):
     list has been full (``sketch_live``), and finds items through an index whose
     entries carry a generation (``item_gen``; the index itself is rebuilt on
     restore). Format 2 kept every sketch, so a key whose sketches hold anything is
-    marked live (its sketches go on being kept, as before); generations start at 0."""
-    return header, _each_host_set(state, _v2_to_v3_table)
+    marked live (its sketches go on being kept, as before); generations start at 0.
+    The probe table chooses its victims by each probe's ``weight`` (its initiator's
+    recent count, ``initiators``): a format-2 probe gets weight 0 (the first to go
+    if its bucket fills), the counts start empty, and the probes waiting stay in the
+    main timeout queue (the busy initiators' queue starts empty)."""
+    state = _each_host_set(state, _v2_to_v3_table)
+    probes = dict(state["probes"])
+    slots = probes["slots"]
+    probes["slots"] = {"dense": dict(slots["dense"]),
+                       "sparse": dict(slots["sparse"], weight=_empty_sparse("<i8"))}
+    return header, dict(state, probes=probes)
 
 
 def _v2_to_v3_table(saved):

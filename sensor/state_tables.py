@@ -19,7 +19,7 @@ slots, or as the non-zero elements of those rows (flat index + value) when
 that is smaller (port bitmaps, sketches, item lists, unused columns); port
 bitmaps only for keys whose ports are in bitmaps (``tier_n == IN_BITMAPS``;
 kernels/port_set.py keeps them all-zero otherwise). A checkpoint is
-therefore proportional to the live keys, not to the ~288 MiB the tables take at default settings.
+therefore proportional to the live keys, not to the ~306 MiB the tables take at default settings.
 
 The same pair moves state from the old engine to a new one on a config
 reload: thresholds, lists and outputs come from the new config, tables from
@@ -97,7 +97,8 @@ def _slow_tier_arrays(t):
 
 def _probe_arrays(p):
     return (("keys", p.keys), ("fps", p.fps), ("last_seen_ns", p.last_seen_ns),
-            ("pinned", p.pinned), ("sent_ns", p.sent_ns), ("row", _owner(p.state)))
+            ("pinned", p.pinned), ("sent_ns", p.sent_ns), ("row", _owner(p.state)),
+            ("weight", p.weight))
 
 
 def slot_arrays(obj):
@@ -201,10 +202,19 @@ def _capture_probes(probes):
     m = probes.meta
     cap = probes.fifo_slot.shape[0]
     at = np.arange(m[kp.PM_HEAD], m[kp.PM_TAIL], dtype=np.int64) % cap
+    hot = np.arange(m[kp.PM_HOT_HEAD], m[kp.PM_HOT_TAIL],
+                    dtype=np.int64) % probes.hot_slot.shape[0]
+    sketch = probes.initiator_sketch.reshape(-1)
+    counted = np.flatnonzero(sketch).astype(np.int32)
     trace_live = np.flatnonzero(probes.trace_until_ns != EMPTY).astype(np.int64)
     return {"shape": _probe_shape(probes), "live": live,
             "slots": _capture_slots(_probe_arrays(probes), live),
             "fifo_slot": probes.fifo_slot[at], "fifo_ts": probes.fifo_ts[at],
+            # the busy initiators' timeout queue and the initiators' recent counts
+            # (kernels/probes.py), the counts as (index, count) of the non-zero ones
+            "hot_slot": probes.hot_slot[hot], "hot_ts": probes.hot_ts[hot],
+            "hot_mark": probes.hot_mark[hot],
+            "initiators": {"index": counted, "values": sketch[counted]},
             "meta": m.copy(),
             # pairs being traced (kernels/probes.py), at their slots: the table's
             # size does not depend on the configuration
@@ -354,13 +364,25 @@ def _relocate_probes(probes, saved):
                             now["capacity"], now["ways"])
     fifo_new = new_of_live[np.searchsorted(live, saved["fifo_slot"])]
     m = fifo_new >= 0
+    old_index = saved["meta"][kp.PM_HEAD] + np.arange(len(fifo_new))   # queue positions
+    kept_index = old_index[m][-now["capacity"]:]
     fifo_slot, fifo_ts = fifo_new[m][-now["capacity"]:], saved["fifo_ts"][m][-now["capacity"]:]
     meta = saved["meta"].copy()
     dropped = int((new_of_live < 0).sum())
     meta[kp.PM_EVICTIONS] += dropped
     meta[kp.PM_HEAD], meta[kp.PM_TAIL] = 0, len(fifo_slot)
+    hot = {}
+    if "hot_slot" in saved:
+        hot_new = new_of_live[np.searchsorted(live, saved["hot_slot"])]
+        keep = hot_new >= 0
+        room = kp.hot_queue_len(now["capacity"])
+        # an entry's mark: the main entries queued before it, counted in the new queue
+        marks = np.searchsorted(kept_index, saved["hot_mark"][keep][-room:])
+        hot = {"hot_slot": hot_new[keep][-room:], "hot_ts": saved["hot_ts"][keep][-room:],
+               "hot_mark": marks.astype(np.int64)}
+        meta[kp.PM_HOT_HEAD], meta[kp.PM_HOT_TAIL] = 0, len(hot["hot_slot"])
     out = dict(saved, shape=now, live=new_of_live[new_of_live >= 0], meta=meta,
-               fifo_slot=fifo_slot, fifo_ts=fifo_ts,
+               fifo_slot=fifo_slot, fifo_ts=fifo_ts, **hot,
                slots=_move_slots(saved["slots"], live, new_of_live,
                                  _row_lens(_probe_arrays(probes))))
     old = saved["shape"]
@@ -384,6 +406,10 @@ def _check_refs(probes, probe_capacity, by_name, detectors):
     if not (0 <= queued <= probe_capacity and len(fifo) == queued) or (
             queued and (fifo.min() < 0 or fifo.max() >= probe_capacity)):
         raise ValueError("probe table: timeout queue does not fit the table")
+    hot = probes.get("hot_slot")
+    if hot is not None and (len(hot) > kp.hot_queue_len(probe_capacity) or (
+            len(hot) and (hot.min() < 0 or hot.max() >= probe_capacity))):
+        raise ValueError("probe table: busy initiators' timeout queue does not fit the table")
     for name, saved in detectors.items():
         det = by_name.get(name)
         if det is None:
@@ -468,6 +494,17 @@ def restore_state(engine, state, drop_mismatched=False):
     at = np.arange(probes.meta[kp.PM_HEAD], probes.meta[kp.PM_TAIL], dtype=np.int64) % cap
     probes.fifo_slot[at] = p_saved["fifo_slot"]
     probes.fifo_ts[at] = p_saved["fifo_ts"]
+    if "hot_slot" in p_saved:      # (a checkpoint from before it has none: empty)
+        hot = np.arange(probes.meta[kp.PM_HOT_HEAD], probes.meta[kp.PM_HOT_TAIL],
+                        dtype=np.int64) % probes.hot_slot.shape[0]
+        probes.hot_slot[hot] = p_saved["hot_slot"]
+        probes.hot_ts[hot] = p_saved["hot_ts"]
+        probes.hot_mark[hot] = p_saved["hot_mark"]
+    initiators = p_saved.get("initiators")
+    if initiators is not None:
+        flat = probes.initiator_sketch.reshape(-1)
+        _in_range("initiators", initiators["index"], flat.shape[0])
+        flat[initiators["index"]] = initiators["values"]
     summary = [f"probes {len(p_saved['live'])}"]
 
     for name, saved in detectors.items():

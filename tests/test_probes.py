@@ -341,3 +341,40 @@ def test_l2_sweep_threshold_and_quiet_neighbours(family):
     assert [(a.rule, a.src_ip, a.src_mac, a.count, a.outcomes["open"]) for a in alerts] == [
         (rule, net(200), "02:42:ac:11:00:01", 20, 3)]
     assert not {a for a in alerts[0].dst_ips} & found
+
+
+def test_scanner_hidden_in_a_flood_that_overflows_the_table_keeps_its_timeouts():
+    """50,000 spoofed one-packet sources against a 4,096-slot probe table (about 50
+    times what it holds in one timeout), a scanner's 250 probes among them, no answer
+    to anything. The flood's probes are the ones evicted and the ones whose timers
+    the full main queue drops. Once the scanner has opened HOT_WEIGHT probes its
+    initiator counts as busy (kernels/probes.py count_initiator): its probes keep
+    their slots and wait in the busy initiators' queue, so each is decided at its
+    timeout, and failed_connections, which reads those decisions, counts them. The
+    first HOT_WEIGHT - 1 went to the main queue with the flood and lost their
+    timers. (Before the busy initiators' queue, a probe kept its timer only while it
+    was among the last 4,096 opened: about 20 of the 250, those still queued at the end.)"""
+    rng = np.random.default_rng(5)
+    eng = engine("probes.max_probes=4096", "failed_connections.threshold=100",
+                 'alerts.group="rule"', "failed_connections.count_filtered=true")
+    rows = []
+    for i in range(50_000):
+        a = int(rng.integers(1, 2**32 - 1))
+        src = f"{a >> 24 & 255}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"
+        rows.append(syn_row(T0 + i * 1000, src, "10.0.0.1", 80, sport=int(a & 0xFFFF)))
+        if i % 200 == 0:
+            rows.append(syn_row(T0 + i * 1000 + 1, "10.66.0.1", "10.0.0.1", i // 200 + 1))
+    # one answered connection elsewhere: replies are seen, so timeouts are "filtered"
+    rows.append(syn_row(T0 + 50_000_000, "10.9.9.9", "10.0.0.2", 443))
+    rows.append(syn_row(T0 + 50_000_001, "10.0.0.2", "10.9.9.9", 40000, sport=443,
+                        flags=0x12))
+    alerts = []
+    for batch in batches_from_rows(sorted(rows, key=lambda r: r["ts_ns"]), 4096):
+        alerts += eng.process(batch)
+    alerts += eng.finish()
+    stats = eng.stats()
+    assert stats["probes_evictions"] > 40_000 and stats["probe_queue_drops"] > 30_000
+    failed = [a for a in alerts if a.rule == "failed_connections" and a.src_ip == "10.66.0.1"]
+    assert failed and max(a.count for a in failed) == 250 - (kp.HOT_WEIGHT - 1)
+    assert max(a.outcomes["filtered"] for a in failed) == 250 - (kp.HOT_WEIGHT - 1)
+    assert not any(a.src_ip != "10.66.0.1" and a.rule == "failed_connections" for a in alerts)

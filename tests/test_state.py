@@ -163,7 +163,9 @@ def test_every_per_slot_array_is_saved(obj):
     if obj == "probes":
         not_per_slot = {id(target.fifo_slot), id(target.fifo_ts), id(target.meta),
                         id(target.params), id(target.trace_keys), id(target.trace_until_ns),
-                        id(target.trace_ports)}     # saved whole (sensor/state_tables.py)
+                        id(target.trace_ports), id(target.initiator_sketch),
+                        id(target.hot_slot), id(target.hot_ts),
+                        id(target.hot_mark)}     # saved whole (sensor/state_tables.py)
     if obj == "lc":
         not_per_slot = {id(target.pending), id(target.meta)}
     # rebuilt on restore from what is saved (the host-set item index)
