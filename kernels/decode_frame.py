@@ -303,10 +303,10 @@ def parse_frame(buf, off, caplen, linktype):
      first_frag, cut) = parse_ip(buf, p, end, want)
     if st != IP_OK:
         if st == IP_TRUNCATED:
-            return skip_row(S_TRUNC_IP)
+            return skip_row(np.int64(S_TRUNC_IP))
         if st == IP_FRAGMENT:
-            return skip_row(S_FRAGMENT)
-        return skip_row(S_MALFORMED_IP)
+            return skip_row(np.int64(S_FRAGMENT))
+        return skip_row(np.int64(S_MALFORMED_IP))
 
     flags = 0
     if version == 6:
@@ -341,7 +341,7 @@ def parse_frame(buf, off, caplen, linktype):
                 not cut and not first_frag and (np.int64(buf[l4 + 12]) >> 4) * 4 > avail):
             # data offset below the header, or past the end of a whole, unfragmented
             # IP packet (a first fragment may hold the rest of the header in the next)
-            return skip_row(S_MALFORMED_L4)
+            return skip_row(np.int64(S_MALFORMED_L4))
         else:
             sport = be16(buf, l4)
             dport = be16(buf, l4 + 2)
@@ -369,7 +369,7 @@ def parse_frame(buf, off, caplen, linktype):
                     i_src_lo = (i_src_lo << np.uint64(8)) | np.uint64(buf[l4 + 26 + k])
         if is_icmp_error(proto, icmp_type) and avail > 8:
             (ist, iversion, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, iproto,
-             il4, il4_end, ifirst, icut) = parse_ip(buf, l4 + 8, l4_end, 0)
+             il4, il4_end, ifirst, icut) = parse_ip(buf, l4 + 8, l4_end, np.int64(0))
             if ist == IP_OK:
                 flags |= PF_HAS_INNER
                 inner_proto = iproto
@@ -393,15 +393,15 @@ def parse_arp(buf, p, end, vlan, has_vlan):
     """An ARP body at buf[p:end] -> a row (see the module comment) or a skip."""
     z = U64_ZERO
     if end - p < 8:
-        return skip_row(S_TRUNC_LINK)
+        return skip_row(np.int64(S_TRUNC_LINK))
     if (be16(buf, p) != 1 or be16(buf, p + 2) != 0x0800 or np.int64(buf[p + 4]) != 6
             or np.int64(buf[p + 5]) != 4):
-        return skip_row(S_NON_IP)
+        return skip_row(np.int64(S_NON_IP))
     op = be16(buf, p + 6)
     if op != 1 and op != 2:
-        return skip_row(S_NON_IP)
+        return skip_row(np.int64(S_NON_IP))
     if end - p < ARP_BYTES:
-        return skip_row(S_TRUNC_LINK)
+        return skip_row(np.int64(S_TRUNC_LINK))
     sha = z
     tha = z
     for k in range(6):

@@ -285,7 +285,7 @@ def enter_items(hs, slot, seed):
     for k in range(item_n[slot]):
         hi = item_hi[slot, k]
         lo = item_lo[slot, k]
-        port = item_port[slot, k]
+        port = np.int64(item_port[slot, k])
         found, at = index_find(hs, slot, hi, lo, port, item_hash(hi, lo, port, seed))
         if found < 0 and at >= 0:
             index_put(hs, slot, at, k)
@@ -312,7 +312,7 @@ def fill_sketches(hs, slot, seed):
         sketch[slot, 0, w] = 0
         sketch[slot, 1, w] = 0
     for k in range(item_n[slot]):
-        h = item_hash(item_hi[slot, k], item_lo[slot, k], item_port[slot, k], seed)
+        h = item_hash(item_hi[slot, k], item_lo[slot, k], np.int64(item_port[slot, k]), seed)
         bit = np.int64(h & np.uint64(SKETCH_BITS - 1))
         sketch[slot, item_pane[slot, k] & 1, bit >> 6] |= np.uint64(1) << np.uint64(bit & 63)
     sketch_live[slot] = 1
@@ -505,7 +505,7 @@ def host_set_update(cols, cls, start, n, lc, hs, params, excluded_ports, seed, o
                 is_new = True                  # a new source: an update names it
         elif (mode == HS_ARP_SWEEP or mode == HS_NDP_SWEEP) and c_inner_src_lo[i] != U0:
             add_source(hs, slot, U0, c_inner_src_lo[i], it_hi, it_lo, seed)   # requester's MAC
-        forced = row_counted(lc, slot, ts, d, is_new, params, False)
+        forced = row_counted(lc, slot, ts, d, is_new, params, np.bool_(False))
         if forced >= 0:
             return i + 1, EV_FORCED, forced
     return n, EV_NONE, -1

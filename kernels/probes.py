@@ -92,7 +92,7 @@ slot (25.3 MiB at the default 262,144 slots), plus the initiator sketch
 import numpy as np
 
 from kernels.addr_table import (
-    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, bucket_of, find_slot, find_slot_hashed, hash_key,
+    EMPTY, LOOKUP_EVICTED, LOOKUP_HIT, bucket_of, find_slot_hashed, hash_key,
     lookup_slot, lookup_slot_hashed, mix64, prefetch_bucket, slot_columns,
 )
 from kernels.batch import (
@@ -370,7 +370,7 @@ def queue_timeout(st, slot, ts):
     if weight[slot] >= HOT_WEIGHT:
         cap = hot_slot.shape[0]
         if meta[PM_HOT_TAIL] - meta[PM_HOT_HEAD] >= cap:
-            drop_oldest(meta, PM_HOT_HEAD)
+            drop_oldest(meta, np.int64(PM_HOT_HEAD))
         at = meta[PM_HOT_TAIL] % cap
         hot_slot[at] = slot
         hot_ts[at] = ts
@@ -379,7 +379,7 @@ def queue_timeout(st, slot, ts):
     else:
         cap = fifo_slot.shape[0]
         if meta[PM_TAIL] - meta[PM_HEAD] >= cap:
-            drop_oldest(meta, PM_HEAD)
+            drop_oldest(meta, np.int64(PM_HEAD))
         fifo_slot[meta[PM_TAIL] % cap] = slot
         fifo_ts[meta[PM_TAIL] % cap] = ts
         meta[PM_TAIL] += 1
@@ -416,8 +416,9 @@ def open_l2_probe(st, i_hi, i_lo, r_hi, r_lo, word, mac, ts, seed):
     (keys, last_seen_ns, pinned, sent_ns, state, fifo_slot, fifo_ts, meta, params, sport_a,
      pflags, fps, tkeys, tuntil, tports, spare, weight, isketch, hot_slot, hot_ts,
      hot_mark) = st
-    found, slot = find_slot(fps, keys, last_seen_ns, pinned, weight, i_hi, i_lo, r_hi, r_lo,
-                            word, ts, params[PP_STALE_NS], params[PP_WAYS], seed)
+    found, slot = find_slot_hashed(fps, keys, last_seen_ns, pinned, weight, i_hi, i_lo, r_hi,
+                                   r_lo, word, ts, params[PP_STALE_NS], params[PP_WAYS],
+                                   hash_key(i_hi, i_lo, r_hi, r_lo, word, seed), False)
     if found == LOOKUP_EVICTED:
         meta[PM_EVICTIONS] += 1
     if found == LOOKUP_HIT:
@@ -450,7 +451,7 @@ def answer_l2(st, i_hi, i_lo, r_hi, r_lo, word, ts, out, out_code, orow, seed):
         return orow
     meta[PM_REPLIES] += 1
     return emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
-                decide(state, meta, slot, ST_OPEN))
+                decide(state, meta, slot, np.int64(ST_OPEN)))
 
 
 @inline
@@ -781,10 +782,10 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
                 if state[slot] == ST_SENT:
                     meta[PM_REPLIES] += 1
                     orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
-                                decide(state, meta, slot, ST_OPEN))
+                                decide(state, meta, slot, np.int64(ST_OPEN)))
                 continue
             open_probe(st, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                       port_word(dport_c[i], 17), sport_c[i], 0, ts, h_row, h_init)
+                       port_word(dport_c[i], 17), sport_c[i], np.uint8(0), ts, h_row, h_init)
             continue
         if (pf & PF_ARP) != 0:
             # ARP: src/dst = sender/target protocol address, icmp_type = opcode
@@ -842,7 +843,7 @@ def probe_update(cols, start, n, st, seed, out, out_code, orow, ring):
                 if state[slot] == ST_SENT:
                     meta[PM_REPLIES] += 1
                     orow = emit(out, out_code, orow, ts, keys, pflags, sport_a, spare, slot,
-                                decide(state, meta, slot, ST_TRACED))
+                                decide(state, meta, slot, np.int64(ST_TRACED)))
                 continue
             if proto == 1 and t == 3:
                 if c == 3:

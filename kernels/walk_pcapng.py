@@ -161,9 +161,9 @@ def walk_pcapng(buf, pos, end, state, cols, row, stats):
                 return pos, row, WALK_OK
             return pos, row, WALK_NEED_MORE
         swap = section[SEC_ORDER] == 1
-        btype = u32_at(buf, pos, False)
+        btype = u32_at(buf, pos, np.bool_(False))
         if btype == BT_SHB:
-            magic_le = u32_at(buf, pos + 8, False)
+            magic_le = u32_at(buf, pos + 8, np.bool_(False))
             if magic_le == 0x1A2B3C4D:
                 swap = False
             elif magic_le == 0x4D3C2B1A:

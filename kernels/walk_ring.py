@@ -82,7 +82,7 @@ def walk_ring_block(ring, block_end, pkt_off, pkts_left, cols, row, stats):
         stats[S_RECORDS] += 1
         (skip, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, tcp_flags, icmp_type,
          icmp_code, pkt_flags, inner_proto, i_src_hi, i_src_lo, i_dst_hi, i_dst_lo, i_sport,
-         i_dport, vlan) = parse_frame(ring, frame, snaplen, LINKTYPE_ETHERNET)
+         i_dport, vlan) = parse_frame(ring, frame, snaplen, np.int64(LINKTYPE_ETHERNET))
         if skip != 0:
             stats[skip] += 1
         else:

@@ -223,17 +223,19 @@ class Engine:
             alerts += out[det.name]
         return alerts, following
 
-    def warm_up(self, probes=True, rules=True):
+    def warm_up(self, probes=True, rules=True, classes=True):
         """Load the batch kernels now, with empty batches (no state changes): the
         first kernel loaded from the cache costs about 0.3 s of LLVM start-up, which
         then counts as start-up rather than as packet processing. ``probes`` /
-        ``rules``: the probe stage's kernels, the rules' kernels (``scan-sensor
-        compile`` compiles the two in separate processes at once)."""
+        ``rules`` / ``classes``: the probe stage's kernels, the rules' kernels, the
+        address classes and clock check (``scan-sensor compile`` compiles them in
+        separate processes at once, each kernel in one of them)."""
         empty = self.batch
         saved = empty.n
         empty.n = 0
-        classify_rows(empty.columns, 0, self.nets, self.ignored_ports, self.classes)
-        first_regression(empty.ts_ns, 0, 0, self.latest_ns, self.max_regression_ns)
+        if classes:
+            classify_rows(empty.columns, 0, self.nets, self.ignored_ports, self.classes)
+            first_regression(empty.ts_ns, 0, 0, self.latest_ns, self.max_regression_ns)
         if probes:
             kp.probe_update(empty.columns, 0, 0, self.probes.arrays, self.seed,
                             self.outcomes.columns, self.outcomes.outcome, 0,
