@@ -129,7 +129,7 @@ def run(args):
     check_memory(cfg)
     from kernels.jit import COLD_CACHE
     if COLD_CACHE and sys.stderr.isatty():
-        print("scan-sensor: first run: compiling the packet kernels (about 25 s, once)",
+        print("scan-sensor: first run: compiling the packet kernels (about 15 s, once)",
               file=sys.stderr)
     outputs = open_outputs(cfg, args.syslog, args.jsonl, log=_warn)
     try:
