@@ -80,9 +80,8 @@ def port_bits(text):
     # one bit array, then one conversion: OR-ing a shifted run into a Python int per
     # range copies the whole (8 KiB) number each time, quadratic for ~20,000 ranges
     lo, hi = spans
-    edges = np.zeros(int(hi.max()) + 2, np.int32)
-    np.add.at(edges, lo, 1)
-    np.add.at(edges, hi + 1, -1)
+    size = int(hi.max()) + 2
+    edges = np.bincount(lo, minlength=size) - np.bincount(hi + 1, minlength=size)
     bits = (np.cumsum(edges[:-1]) > 0).astype(np.uint8)
     return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
 
