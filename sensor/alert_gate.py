@@ -4,6 +4,11 @@ Alerts over the cap in a minute are held back; when that minute is over (the
 next alert or the end of input shows a later time) one ``alert_rate_limited``
 record states how many were held back, per rule, and the first and last
 source among them, so a SIEM sees that a flood happened and how large it was.
+
+With ``run --workers N`` the supervisor holds the one gate for all workers
+(``sensor/supervisor.py``): their alerts arrive merged, a ring block or so out
+of packet-time order, so an alert of a minute already closed counts in the
+current one rather than reopening it.
 """
 import collections
 
@@ -26,8 +31,11 @@ class AlertGate:
         """Alerts to deliver now (including rate-limit summaries), in order."""
         out = []
         for alert in alerts:
+            if isinstance(alert, RateLimited):      # another gate's summary: passed on
+                out.append(alert)
+                continue
             minute = alert.emitted_ns // MINUTE_NS
-            if minute != self.minute:
+            if self.minute is None or minute > self.minute:
                 out.extend(self._close_minute())
                 self.minute = minute
                 self.passed = 0

@@ -198,7 +198,8 @@ SETTINGS = [
     Setting("alerts.max_per_minute", 600,
             "At most this many alerts per minute of packet time; past it alerts are held "
             "back and one `alert_rate_limited` record says how many, per rule, when the "
-            "minute ends. 0: no limit.", min=0, max=10_000_000),
+            "minute ends. For the whole daemon: with `capture.workers` > 1 the supervisor caps "
+            "what all the workers send together. 0: no limit.", min=0, max=10_000_000),
     # --- one alert per prober episode (sensor/episodes.py) ---
     Setting("alerts.group", "prober",
             "\"prober\": the rules' alerts about one source (all rules but port_sweep) are "

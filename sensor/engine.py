@@ -45,9 +45,12 @@ class Engine:
     ``export``: rules this engine does not count but whose rows it hands out
     (``take_exports``) for an engine elsewhere to count (``count_exported``):
     live capture with several workers counts port_sweep, whose probers spread
-    over all workers, in the supervisor (``sensor/supervisor.py``)."""
+    over all workers, in the supervisor (``sensor/supervisor.py``).
+    ``rate_cap``: False for an engine whose alerts are capped elsewhere (the
+    supervisor caps what all its workers send, ``alerts.max_per_minute`` being
+    a cap for the whole daemon)."""
 
-    def __init__(self, cfg, rules=None, export=()):
+    def __init__(self, cfg, rules=None, export=(), rate_cap=True):
         self.cfg = cfg
         self.seed = np.uint64(cfg["sensor.hash_seed"] or (secrets.randbits(63) | 1))
         self.sensor_name = cfg.sensor_name
@@ -79,7 +82,7 @@ class Engine:
         self.packet_rules = [d for d in self.detectors if not d.reads_outcomes]
         self.outcome_rules = [d for d in self.detectors if d.reads_outcomes]
         self.episodes = Episodes.from_config(cfg, [d.name for d in self.counters])
-        self.gate = AlertGate(cfg["alerts.max_per_minute"], self.sensor_name)
+        self.gate = AlertGate(cfg["alerts.max_per_minute"] if rate_cap else 0, self.sensor_name)
         # time epochs (sensor/time_epochs.py): the latest packet time of this epoch
         self.latest_ns = NO_TIME_NS
         self.max_regression_ns = int(round(cfg["capture.max_time_regression_s"] * 1e9))

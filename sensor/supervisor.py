@@ -22,6 +22,10 @@ every host of a sweep are merged in that one table, as with one worker; the
 rows of different workers interleave out of order by at most a ring block
 timeout, well inside the rule's panes.
 
+One rate cap: ``alerts.max_per_minute`` holds for the daemon, so the workers'
+engines cap nothing and the supervisor passes everything they and its
+port_sweep engine report through one gate (``sensor/alert_gate.py``).
+
 Workers talk to the supervisor over pipes, one message per batch or event,
 never per packet: ``("ready", status)``, ``("alerts", [records])``,
 ``("rows", [exports])``, ``("stats", dict, final)``, ``("error", text,
@@ -154,6 +158,7 @@ class Supervisor:
         self.pending = []          # exported rows not yet released to the sweep engine
         self.swept_to_ns = None
         self.done = set()          # workers that said goodbye
+        self.gate = None           # alerts.max_per_minute, for every worker's alerts at once
 
     def run(self, flags):
         from sensor.notify import Notifier
@@ -173,6 +178,8 @@ class Supervisor:
         finally:
             self._stop_workers()
             self.sweep_tick(final=True)
+            if self.gate is not None:
+                self._submit(self.gate.finish())       # the last minute's summary
             if self.sweep is not None:
                 self.checkpointer.save(self.sweep, wait=True)
             self.report_stats(final=True)
@@ -181,8 +188,10 @@ class Supervisor:
 
     # --- start -----------------------------------------------------------------
     def _start(self):
+        from sensor.alert_gate import AlertGate
         self.state_dir = single.check_state_dir(self.cfg)
         self.outputs = single.open_outputs(self.args, self.cfg)
+        self.gate = AlertGate(self.cfg["alerts.max_per_minute"], self.cfg.sensor_name)
         if self.cfg["port_sweep.enabled"]:
             self.sweep = self._sweep_engine(self.cfg)
             self.sweep = single.restore(self.sweep, self.state_dir, SWEEP_STATE,
@@ -207,7 +216,7 @@ class Supervisor:
     @staticmethod
     def _sweep_engine(cfg):
         from sensor.engine import Engine
-        engine = Engine(cfg, rules={"port_sweep"})
+        engine = Engine(cfg, rules={"port_sweep"}, rate_cap=False)   # capped in _emit
         engine.warm_up()
         return engine
 
@@ -294,6 +303,11 @@ class Supervisor:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _emit(self, records):
+        """Alerts of the workers and of the port_sweep engine, through the one rate
+        gate (the workers' engines cap nothing)."""
+        self._submit(self.gate.admit(records))
+
+    def _submit(self, records):
         if records:
             self.alerts += sum(1 for r in records if r.rule != "alert_rate_limited")
             self.outputs.submit(records)
@@ -363,6 +377,7 @@ class Supervisor:
         if cfg["capture.workers"] != self.count:
             single.log("note: capture.workers changed; it takes effect on restart")
         self.sweep, self.cfg = sweep, cfg
+        self.gate.cap = cfg["alerts.max_per_minute"]
         self.notifier.ready("configuration reloaded")
 
     def stats(self):
@@ -378,6 +393,7 @@ class Supervisor:
                     "probes_evictions"):
             total.setdefault(key, 0)
         total["alerts"] = self.alerts
+        total["alerts_rate_limited"] = self.gate.total_held if self.gate is not None else 0
         total["workers"] = self.count
         total["per_worker"] = {str(i + 1): {k: s.get(k) for k in
                                             ("kernel_packets", "kernel_drops", "decoded",

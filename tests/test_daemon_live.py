@@ -278,6 +278,50 @@ def test_two_workers_give_the_alerts_of_one(link, tmp_path):
         per_worker
 
 
+SCANS_SCRIPT = r"""
+import sys
+from scapy.all import Ether, IP, TCP, sendp
+dev, dst_mac = sys.argv[1], sys.argv[2]
+frames = [Ether(dst=dst_mac) / IP(src=f"203.0.113.{s + 1}", dst="10.88.1.1")
+          / TCP(sport=41000 + s, dport=port, flags="S")
+          for s in range(8) for port in range(1, 21)]    # 8 outside sources, 20 ports each
+sendp(frames, iface=dev, verbose=False)
+"""
+
+
+def test_the_rate_cap_holds_for_all_workers_together(link, tmp_path):
+    """Eight scanners, which the fanout spreads over two workers, against
+    `alerts.max_per_minute = 3`: the 2-worker daemon sends as many alerts and holds
+    back as many as the 1-worker one (each worker capping its own share let up to
+    twice the cap through)."""
+    cap = ["--set", "alerts.max_per_minute=3", "--set", "port_scan.threshold=10",
+           "--set", "port_scan.report_delay_s=1"]
+    one = daemon(link, tmp_path, *cap, name="one")
+    two = daemon(link, tmp_path, "--workers", "2", "--stats-json", str(tmp_path / "two.json"),
+                 *cap, name="two")
+    try:
+        link.run("a", [sys.executable, "-c", SCANS_SCRIPT, link.dev["a"], mac_of(link, "b")])
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and min(len(one.alerts()), len(two.alerts())) < 3:
+            time.sleep(0.1)
+        time.sleep(3)                   # every scan decided (held back or not)
+        assert one.stop() == 0 and two.stop() == 0, two.stderr()
+    finally:
+        one.close()
+        two.close()
+
+    def counts(d):
+        sent = [a for a in d.alerts() if a["rule"] != "alert_rate_limited"]
+        held = sum(a["suppressed_total"] for a in d.alerts() if a["rule"] == "alert_rate_limited")
+        return len(sent), held
+
+    assert counts(one)[0] >= 3 and counts(one)[1] > 0, one.alerts()
+    assert counts(two) == counts(one), (two.alerts(), one.alerts())
+    stats = json.loads((tmp_path / "two.json").read_text())
+    assert all(w["alerts"] > 0 for w in stats["per_worker"].values()), stats["per_worker"]
+    assert stats["alerts_rate_limited"] == counts(one)[1]
+
+
 def start_fails(link, *args, side="b"):
     r = link.run(side, [sys.executable, "-m", "sensor", "run", "--jsonl", os.devnull, *args],
                  check=False, cwd=ROOT, timeout=120)

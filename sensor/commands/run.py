@@ -388,6 +388,7 @@ class Daemon:
                 return
         for message in messages:
             log(message)
+        self._emit(self.engine.gate.finish())     # held back so far: the new gate starts afresh
         self.engine.close()
         self.engine, self.cfg = engine, cfg
         log("configuration reloaded; table state kept")
@@ -395,7 +396,8 @@ class Daemon:
 
     def _new_engine(self, cfg):
         from sensor.engine import Engine
-        engine = Engine(cfg, export=self.export)
+        # a capture worker's alerts are capped by the supervisor, with every worker's
+        engine = Engine(cfg, export=self.export, rate_cap=self.worker is None)
         engine.warm_up()
         return engine
 
@@ -431,6 +433,9 @@ class Daemon:
             try:
                 self._drain()
                 self._tick(time.time_ns() - _tick_lag_ns(self.cfg))
+                # the alerts held back by the rate cap this minute: its counts are not
+                # part of the saved state, so say them now
+                self._emit(self.engine.gate.finish())
             except Exception as exc:       # state and outputs must still be saved
                 log(f"error while stopping: {exc}")
                 self.failures += 1
