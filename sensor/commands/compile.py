@@ -2,8 +2,9 @@
 
 The packet kernels are compiled by Numba on first use (about 17 s of CPU
 time; on a cold cache this command spreads it over the CPUs, in four
-groups: decoders, probe stage, host-set rules, the other rules) and cached on disk (``kernels/jit.py``: a directory under
-``$NUMBA_CACHE_DIR`` named after a hash of the kernel sources). Packaging
+groups: decoders, probe stage, host-set rules, the other rules) and cached
+on disk (``kernels/jit.py``: a directory under ``$NUMBA_CACHE_DIR`` named
+after a hash of the kernel sources). Packaging
 runs this once at install time (and the systemd unit as ``ExecStartPre=``)
 so that neither the first ``replay`` nor the daemon's first start waits for
 the compiler. It compiles every specialisation the commands use: the engine
